@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import typer
 
+from persyn.router.cli import router_app
+
 app = typer.Typer(
     name="persyn",
     help="Build a distillation dataset personalised to one student from a pool of teachers "
@@ -11,6 +13,9 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
 )
+
+
+app.add_typer(router_app, name="router")
 
 
 @app.callback()

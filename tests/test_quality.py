@@ -1,0 +1,100 @@
+"""Quality scorers: one method per prompt for every teacher, stable keys, missing responses."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from persyn.scoring.answers import AnswerScorer
+from persyn.scoring.quality import (
+    AutoScorer,
+    EngineScorer,
+    build_quality_scorer,
+    score_quality_matrix,
+)
+
+
+class RecordingScoreEngine:
+    """An Engine whose `score` is a deterministic function of the response (its length), recording
+    every call so the test can see which method scored which (prompt, response)."""
+
+    fingerprint = "recording-engine@1"
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str]] = []
+
+    def score(self, prompts, responses):
+        self.calls += list(zip(prompts, responses, strict=True))
+        return [float(len(r)) for r in responses]
+
+    def generate(self, prompts, params):  # pragma: no cover - not used
+        raise NotImplementedError
+
+    def loglik(self, prompts, responses):  # pragma: no cover - not used
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+def test_keys_are_stable_and_name_the_method():
+    eng = RecordingScoreEngine()
+    assert EngineScorer(eng, "judge").key == "judge:recording-engine@1"
+    assert EngineScorer(eng, "reward").key == "reward:recording-engine@1"
+    auto = AutoScorer(EngineScorer(eng, "judge"))
+    assert auto.key == "auto(answers:v1|judge:recording-engine@1)"
+    assert build_quality_scorer("auto", eng).key == auto.key
+    assert build_quality_scorer("answers").key == AnswerScorer.key
+    with pytest.raises(ValueError, match="needs an engine"):
+        build_quality_scorer("judge")
+    with pytest.raises(ValueError, match="unknown"):
+        build_quality_scorer("vibes")  # type: ignore[arg-type]
+
+
+def test_auto_scores_each_prompt_with_one_method_for_all_teachers():
+    eng = RecordingScoreEngine()
+    auto = build_quality_scorer("auto", eng)
+    prompts = ["What is 2+2?", "Write a haiku about rain.", "What is 10*10?"]
+    refs = ["4", None, "100"]
+    responses = {
+        "a": ["The answer is 4.", "Rain falls softly", "#### 1000"],
+        "b": ["5", "Drops", None],  # b failed on the third prompt
+        "c": ["\\boxed{4}", None, "It is 100."],
+    }
+    q, methods = score_quality_matrix(auto, prompts, responses, refs)
+    assert methods == ["answers:v1", "judge:recording-engine@1", "answers:v1"]
+    expected = np.array(
+        [
+            [1.0, 0.0, 1.0],  # answers: 0/1 for every teacher
+            [len("Rain falls softly"), len("Drops"), np.nan],  # judge for every teacher, c missing
+            [0.0, np.nan, 1.0],  # b missing: NaN, not 0
+        ]
+    )
+    np.testing.assert_array_equal(q, expected)
+    # The judge saw exactly the responses to the prompt without a reference, nothing else.
+    assert eng.calls == [(prompts[1], "Rain falls softly"), (prompts[1], "Drops")]
+
+
+def test_judge_only_scores_everything_with_the_engine():
+    eng = RecordingScoreEngine()
+    q, methods = score_quality_matrix(
+        EngineScorer(eng, "judge"), ["p1", "p2"], {"a": ["xx", "yyy"], "b": ["z", None]}, ["4", None]
+    )
+    np.testing.assert_array_equal(q, [[2.0, 1.0], [3.0, np.nan]])
+    assert set(methods) == {"judge:recording-engine@1"}
+
+
+def test_shape_errors_are_clear():
+    with pytest.raises(ValueError, match="teacher 'b' has 1 responses for 2 prompts"):
+        score_quality_matrix(AnswerScorer(), ["p1", "p2"], {"a": ["1", "2"], "b": ["1"]}, ["1", "2"])
+    with pytest.raises(ValueError, match="references"):
+        score_quality_matrix(AnswerScorer(), ["p1", "p2"], {"a": ["1", "2"]}, ["1"])
+
+
+def test_engine_returning_wrong_count_is_an_error():
+    class Broken(RecordingScoreEngine):
+        def score(self, prompts, responses):
+            return [0.0]
+
+    with pytest.raises(RuntimeError, match="returned 1 scores for 2"):
+        EngineScorer(Broken(), "reward").score(["a", "b"], ["x", "y"])
