@@ -98,3 +98,43 @@ def test_engine_returning_wrong_count_is_an_error():
 
     with pytest.raises(RuntimeError, match="returned 1 scores for 2"):
         EngineScorer(Broken(), "reward").score(["a", "b"], ["x", "y"])
+
+
+def test_context_overflow_makes_a_score_missing_not_a_crash():
+    from persyn.engines.base import ContextLengthError
+    from persyn.scoring.learnability import Learnability, learnability_matrix
+
+    class SmallContext(RecordingScoreEngine):
+        """Refuses responses over 10 characters, naming them, as engines do."""
+
+        fingerprint = "small-context@1"
+
+        def _check(self, responses):
+            bad = [i for i, r in enumerate(responses) if len(r) > 10]
+            if bad:
+                exc = ContextLengthError(f"{len(bad)} inputs too long")
+                exc.indices = bad  # engines name the offending inputs
+                raise exc
+
+        def score(self, prompts, responses):
+            self._check(responses)
+            return super().score(prompts, responses)
+
+        def loglik(self, prompts, responses):
+            self._check(responses)
+            return [-float(len(r)) for r in responses]
+
+    eng = SmallContext()
+    vals = EngineScorer(eng).score(["p"] * 3, ["short", "much too long to fit", "tiny"])
+    assert vals[0] == 5.0 and np.isnan(vals[1]) and vals[2] == 4.0
+    assert Learnability(eng).key == "loglik:small-context@1"
+    m = learnability_matrix(eng, ["p1", "p2", "p3"], {"a": ["ok", "x" * 50, ""], "b": [None, "fine", "yes"]})
+    # overflow, a failed teacher (None) and an empty response are all missing, never 0
+    np.testing.assert_array_equal(m, [[-2.0, np.nan], [np.nan, -4.0], [np.nan, -3.0]])
+
+    class Unnamed(RecordingScoreEngine):
+        def score(self, prompts, responses):
+            raise ContextLengthError("too long")  # no indices: nothing to drop, so it must raise
+
+    with pytest.raises(ContextLengthError):
+        EngineScorer(Unnamed()).score(["p"], ["r"])

@@ -178,3 +178,40 @@ def test_holdout_is_a_function_of_text_seed_and_fraction():
     assert not np.array_equal(m, holdout_mask(prompts, 0.2, seed=4))
     assert holdout_mask(prompts[:3], 0.1, seed=0).sum() == 1  # never empty when asked for
     assert holdout_mask(prompts, 0.0, seed=0).sum() == 0
+
+
+def test_hf_mean_pooling_reproduces_sentence_transformers(minilm):
+    """The AutoModel path pools like sentence-transformers does (MiniLM: mean, then unit norm)."""
+    hf = load_encoder("zoo:minilm-l6-v2", pooling="mean")
+    assert hf.kind == "hf" and hf.pooling == "mean" and hf.dim == 384
+    texts = ["How do I reverse a linked list in Rust?", "Why is Mars red?", "short"]
+    a = hf.embed(texts)
+    a /= np.linalg.norm(a, axis=1, keepdims=True)
+    np.testing.assert_allclose(a, minilm.embed(texts), atol=1e-5)
+    assert hf.key != minilm.key  # different cache namespaces
+
+
+def test_finetune_lm_encoder_end_to_end_on_tiny_llama(tmp_path):
+    """The paper's variant: an LM backbone (last-token pooling) trained with the head."""
+    import torch
+
+    enc = load_encoder("zoo:tiny-llama-s0")
+    assert enc.kind == "hf" and enc.pooling == "last"
+    before = {k: v.clone() for k, v in enc.module.state_dict().items()}
+    d = make_synthetic(n_prompts=48, n_teachers=3, n_topics=3, seed=0)
+    labels = combine_labels(d.quality, None, alpha=0.0)
+    cfg = TrainConfig(finetune_encoder=True, max_steps=4, batch_prompts=8, encoder_lr=1e-3, hidden=32, seed=0)
+    router, report = train_router(d.prompts, labels, d.teachers, encoder=enc, config=cfg)
+    assert report.steps == 4
+    tuned = router.encoder.module.state_dict()
+    assert any(not torch.equal(before[k], v) for k, v in tuned.items())  # the encoder trained
+    assert all(torch.equal(before[k], v) for k, v in enc.module.state_dict().items())  # shared copy intact
+    assert router.encoder.finetuned_digest and router.encoder.key != enc.key
+
+    out = save_router(router, tmp_path / "ft")
+    cfg_json = read_router_config(out)
+    assert cfg_json["encoder"]["finetuned"] is True and cfg_json["encoder"]["pooling"] == "last"
+    assert (out / "encoder" / "model.safetensors").is_file()
+    assert not list(out.rglob("*.bin")) and not list(out.rglob("*.pt")) and not list(out.rglob("*.pkl"))
+    loaded = load_router(out, expected_teachers=d.teachers)
+    np.testing.assert_allclose(loaded.scores(d.prompts[:10]), router.scores(d.prompts[:10]), atol=1e-5)

@@ -8,11 +8,13 @@ re-scores learnability and nothing else.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 
 from persyn.engines.base import Engine
+from persyn.scoring.quality import call_dropping_overflow
 
 
 def learnability_key(student: Engine) -> str:
@@ -29,14 +31,19 @@ class Learnability:
         self.key = learnability_key(student)
 
     def score(self, prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
+        """NaN (missing) for an empty response, whose mean over zero tokens is undefined, and for
+        one that overflows the student's context; a number for everything else."""
         if len(prompts) != len(responses):
             raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
-        if not prompts:
-            return []
-        values = [float(v) for v in self.student.loglik(list(prompts), list(responses))]
-        if len(values) != len(prompts):
-            raise RuntimeError(f"{self.key}: engine returned {len(values)} values for {len(prompts)} inputs")
-        return values
+        out = [math.nan] * len(prompts)
+        keep = [i for i, r in enumerate(responses) if r and r.strip()]
+        if keep:
+            vals = call_dropping_overflow(
+                self.student.loglik, [prompts[i] for i in keep], [responses[i] for i in keep], self.key
+            )
+            for i, v in zip(keep, vals, strict=True):
+                out[i] = v
+        return out
 
 
 def learnability_matrix(

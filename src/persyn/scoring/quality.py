@@ -13,12 +13,12 @@ the prompt's reference answer alone (`scorer_for(reference)`), never from the re
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Literal, Protocol, runtime_checkable
 
 import numpy as np
 
-from persyn.engines.base import Engine
+from persyn.engines.base import ContextLengthError, Engine
 from persyn.scoring.answers import AnswerScorer
 
 QualityKind = Literal["answers", "judge", "reward", "auto"]
@@ -39,6 +39,34 @@ class QualityScorer(Protocol):
     ) -> list[float]: ...
 
 
+def call_dropping_overflow(
+    verb: Callable[[list[str], list[str]], Sequence[float]],
+    prompts: Sequence[str],
+    responses: Sequence[str],
+    what: str,
+) -> list[float]:
+    """Call an engine verb; inputs that overflow the model's context come back NaN (missing, so
+    that teacher is absent from the prompt's pairs) and the rest are scored. Other errors raise."""
+    try:
+        values = [float(v) for v in verb(list(prompts), list(responses))]
+    except ContextLengthError as exc:
+        bad = {i for i in getattr(exc, "indices", ()) if 0 <= i < len(prompts)}
+        if not bad:
+            raise
+        keep = [i for i in range(len(prompts)) if i not in bad]
+        values = [math.nan] * len(prompts)
+        if keep:
+            sub = call_dropping_overflow(
+                verb, [prompts[i] for i in keep], [responses[i] for i in keep], what
+            )
+            for i, v in zip(keep, sub, strict=True):
+                values[i] = v
+        return values
+    if len(values) != len(prompts):
+        raise RuntimeError(f"{what}: engine returned {len(values)} scores for {len(prompts)} inputs")
+    return values
+
+
 def has_reference(reference: Reference) -> bool:
     if reference is None:
         return False
@@ -56,7 +84,9 @@ class EngineScorer:
     user can override) and so is part of the engine's fingerprint, hence of this key.
     """
 
-    def __init__(self, engine: Engine, kind: Literal["judge", "reward"] = "judge"):
+    def __init__(self, engine: Engine, kind: Literal["judge", "reward"] | None = None):
+        if kind is None:  # a sequence-classification engine is a reward model, a causal LM a judge
+            kind = "reward" if getattr(engine, "kind", None) == "reward" else "judge"
         if kind not in ("judge", "reward"):
             raise ValueError(f"EngineScorer kind must be 'judge' or 'reward', not {kind!r}")
         self.engine = engine
@@ -73,10 +103,7 @@ class EngineScorer:
             raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
         if not prompts:
             return []
-        values = [float(v) for v in self.engine.score(list(prompts), list(responses))]
-        if len(values) != len(prompts):
-            raise RuntimeError(f"{self.key}: engine returned {len(values)} scores for {len(prompts)} inputs")
-        return values
+        return call_dropping_overflow(self.engine.score, prompts, responses, self.key)
 
 
 class AutoScorer:
@@ -115,7 +142,7 @@ class AutoScorer:
 
 
 def build_quality_scorer(
-    kind: QualityKind, engine: Engine | None = None, *, engine_kind: Literal["judge", "reward"] = "judge"
+    kind: QualityKind, engine: Engine | None = None, *, engine_kind: Literal["judge", "reward"] | None = None
 ) -> QualityScorer:
     """The scorer a config names. `engine` is the judge or reward model (not needed for answers)."""
     if kind == "answers":
