@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -42,3 +42,6 @@ class EngineSpec(BaseModel):
     # vLLM in-process.
     tensor_parallel_size: int = Field(default=1, ge=1)
     gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1)
+    # Further keyword arguments for `vllm.LLM` (e.g. enforce_eager, kv_cache_memory_bytes,
+    # max_num_seqs, quantization); the fields above win where both name the same setting.
+    vllm_args: dict[str, Any] = Field(default_factory=dict)

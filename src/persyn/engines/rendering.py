@@ -1,0 +1,148 @@
+"""Client-side rendering and token accounting for engines that do not run the model in-process
+through transformers (the OpenAI-compatible HTTP engine and the vLLM engine).
+
+It follows the transformers engine token for token, so that learnability and judge scores mean the
+same thing whichever back end computed them:
+
+* prompt ids: the rendered prompt (chat template with the generation prompt, tokenised without
+  extra special tokens; or the completion template, tokenised with them);
+* response ids: ``tokenizer(response, add_special_tokens=False)``; only these are scored, with no
+  end-of-turn token;
+* judge: the judging prompt rendered like any prompt; score = logsumexp over the single-token
+  spellings of Yes minus the same for No, at the next position.
+
+Only the tokenizer (and config.json, to tell a reward model from a causal LM) is loaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from persyn.engines.base import DEFAULT_JUDGE_TEMPLATE, EngineError
+from persyn.engines.spec import EngineSpec
+
+# Kept equal to the transformers engine's lists (tests/test_openai_engine.py checks the rendering).
+END_OF_TURN = ("<|im_end|>", "<end_of_turn>", "<|eot_id|>", "<|end|>", "<|endoftext|>")
+YES = ("Yes", "yes", "YES")
+NO = ("No", "no", "NO")
+
+
+def row_seed(seed: int, prompt: str) -> int:
+    """The sampling seed of one prompt (as the transformers engine derives it): the same (seed,
+    prompt) gives the same text in any batch, and different prompts draw independent streams."""
+    digest = hashlib.sha256(f"{seed}\x1f{prompt}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+def check_template(template: str, fields: tuple[str, ...], name: str) -> None:
+    try:
+        template.format(**{f: "" for f in fields})
+    except (KeyError, IndexError, ValueError) as exc:
+        raise EngineError(
+            f"{name} {template!r} must use only {', '.join('{' + f + '}' for f in fields)} "
+            f"(double any literal braces): {exc!r}"
+        ) from exc
+    missing = [f for f in fields if "{" + f + "}" not in template]
+    if missing:
+        raise EngineError(f"{name} {template!r} lacks {', '.join('{' + f + '}' for f in missing)}")
+
+
+def model_kind(path: str) -> str:
+    """ "reward" for a sequence-classification checkpoint, else "causal" (also when unknown)."""
+    cfg = os.path.join(path, "config.json")
+    if not os.path.isfile(cfg):
+        return "causal"
+    with open(cfg, encoding="utf-8") as fh:
+        archs = json.load(fh).get("architectures") or []
+    return "reward" if any(a.endswith("ForSequenceClassification") for a in archs) else "causal"
+
+
+def template_mode(spec: EngineSpec, has_chat_template: bool) -> str:
+    if spec.template == "chat" and not has_chat_template:
+        raise EngineError(
+            f"{spec.model}: template 'chat' asked for, but its tokenizer has no chat template; "
+            "use template: completion (with completion_template) or auto"
+        )
+    return "chat" if has_chat_template and spec.template in ("auto", "chat") else "completion"
+
+
+class Renderer:
+    """A model's prompt format and token accounting, from its tokenizer alone."""
+
+    def __init__(self, spec: EngineSpec, tokenizer: Any):
+        self.spec = spec
+        self.tokenizer = tokenizer
+        self.mode = template_mode(spec, bool(getattr(tokenizer, "chat_template", None)))
+        check_template(spec.completion_template, ("prompt",), "completion_template")
+        self.judge_template = spec.judge_template or DEFAULT_JUDGE_TEMPLATE
+        check_template(self.judge_template, ("prompt", "response"), "judge_template")
+        self.yes_ids = self._single_token_ids(YES)
+        self.no_ids = self._single_token_ids(NO)
+
+    @classmethod
+    def from_path(cls, spec: EngineSpec, path: str) -> Renderer:
+        from transformers import AutoTokenizer
+
+        try:
+            tok = AutoTokenizer.from_pretrained(path, trust_remote_code=spec.trust_remote_code)
+        except Exception as exc:  # OSError offline, ValueError for unknown classes...
+            raise EngineError(f"cannot load the tokenizer of {spec.model!r} from {path!r}: {exc}") from exc
+        return cls(spec, tok)
+
+    def messages(self, prompt: str) -> list[dict[str, str]]:
+        system = [{"role": "system", "content": self.spec.system_prompt}] if self.spec.system_prompt else []
+        return [*system, {"role": "user", "content": prompt}]
+
+    def render(self, prompt: str) -> str:
+        if self.mode == "chat":
+            return self.tokenizer.apply_chat_template(
+                self.messages(prompt), tokenize=False, add_generation_prompt=True
+            )
+        return self.spec.completion_template.format(prompt=prompt)
+
+    def prompt_ids(self, prompt: str) -> list[int]:
+        return self.tokenizer(self.render(prompt), add_special_tokens=self.mode == "completion").input_ids
+
+    def response_ids(self, response: str) -> list[int]:
+        return self.tokenizer(response, add_special_tokens=False).input_ids
+
+    def loglik_pair(self, i: int, prompt: str, response: str) -> tuple[list[int], list[int]]:
+        p_ids, r_ids = self.prompt_ids(prompt), self.response_ids(response)
+        if not r_ids:
+            raise EngineError(f"loglik: response {i} is empty; a mean over zero tokens is undefined")
+        if not p_ids:
+            raise EngineError(f"loglik: prompt {i} renders to zero tokens; nothing to condition on")
+        return p_ids, r_ids
+
+    def judge_ids(self, prompt: str, response: str) -> list[int]:
+        return self.prompt_ids(self.judge_template.format(prompt=prompt, response=response))
+
+    def reward_ids(self, prompt: str, response: str) -> list[int]:
+        """A (prompt, response) conversation as a reward model reads it (as the transformers engine)."""
+        if self.mode == "chat":
+            conv = [*self.messages(prompt), {"role": "assistant", "content": response}]
+            text = self.tokenizer.apply_chat_template(conv, tokenize=False)
+            return self.tokenizer(text, add_special_tokens=False).input_ids
+        return self.tokenizer(self.render(prompt) + response).input_ids
+
+    def stop_token_ids(self, extra: Sequence[int] = ()) -> list[int]:
+        ids = {i for i in extra if i is not None}
+        if self.tokenizer.eos_token_id is not None:
+            ids.add(self.tokenizer.eos_token_id)
+        if self.mode == "chat":
+            vocab = self.tokenizer.get_vocab()
+            ids.update(vocab[t] for t in END_OF_TURN if t in vocab)
+        return sorted(ids)
+
+    def _single_token_ids(self, words: Sequence[str]) -> list[int]:
+        ids = set()
+        for word in words:
+            for variant in (word, " " + word):
+                enc = self.tokenizer(variant, add_special_tokens=False).input_ids
+                if len(enc) == 1:
+                    ids.add(enc[0])
+        return sorted(ids)
