@@ -347,6 +347,10 @@ def test_events_and_state(store):
     assert "generate resume: 40 done earlier, 24 to do" in str(gen[0])
     assert store.events(kind="start")[0].stage == "score"
     assert store.events(since_id=ev.id - 1) == [ev]
+    assert str(store.log_todo("generate", 0, 64)).endswith("generate start: 0 done earlier, 64 to do")
+    e = store.log_todo("generate", 40, 24, failed=3)
+    assert e.message == "40 done earlier, 24 to do (3 failed earlier, not retried: use --retry-failed)"
+    assert e.kind == "resume" and e.counts == {"done": 40, "todo": 24, "failed": 3}
     store.set_state("router_key", "r1")
     store.set_state("router_key", {"key": "r2"})
     assert store.get_state("router_key") == {"key": "r2"} and store.get_state("nope", 3) == 3

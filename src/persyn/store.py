@@ -1097,6 +1097,17 @@ class RunStore:
             )
         return Event(cur.lastrowid, ts, stage, kind, message, counts)
 
+    def log_todo(self, stage: str, done: int, todo: int, *, failed: int = 0, retrying: bool = False) -> Event:
+        """The event each resumable stage logs before it starts work, e.g.
+        "generate: 40 done earlier, 24 to do" (plus how failed rows are treated)."""
+        msg = f"{done} done earlier, {todo} to do"
+        if failed:
+            msg += (
+                f" ({failed} failed earlier, {'retrying' if retrying else 'not retried: use --retry-failed'})"
+            )
+        kind = "resume" if done or failed else "start"
+        return self.log_event(stage, kind, msg, done=done, todo=todo, failed=failed)
+
     def events(self, stage: str | None = None, kind: str | None = None, *, since_id: int = 0) -> list[Event]:
         """Logged events in order, optionally of one stage and/or kind, after `since_id`."""
         where, args = ["id > ?"], [since_id]
