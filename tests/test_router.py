@@ -195,6 +195,7 @@ def test_finetune_lm_encoder_end_to_end_on_tiny_llama(tmp_path):
     """The paper's variant: an LM backbone (last-token pooling) trained with the head."""
     import torch
 
+    pytest.importorskip("persyn.zoo")  # builds the tiny Llamas
     enc = load_encoder("zoo:tiny-llama-s0")
     assert enc.kind == "hf" and enc.pooling == "last"
     before = {k: v.clone() for k, v in enc.module.state_dict().items()}

@@ -119,7 +119,7 @@ class SentenceTransformerEncoder(PromptEncoder):
         self.pooling = "auto"
         self.max_length = max_length
         try:
-            self.model = SentenceTransformer(path, device=device, local_files_only=True)
+            self.model = SentenceTransformer(path, device=device)
         except Exception as exc:  # many loader errors; one clear message
             raise EncoderError(
                 f"cannot load sentence-transformers encoder {name} from {path}: {exc}"
