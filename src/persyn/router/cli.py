@@ -283,29 +283,29 @@ def evaluate(
         payload = {name: {k_: r.get(k_) for k_ in keys} for name, r in results.items()}
         sys.stdout.write(json.dumps(json_safe(payload), allow_nan=False) + "\n")
         return
+    # One table, routers as columns: it stays readable however many models there are.
     table = Table(title=f"{len(ev)} prompts: {where}", title_justify="left")
-    for col in ("name", "hit@1", "hit@3", "regret", "mean score", "gain recovered"):
-        table.add_column(col, justify="left" if col == "name" else "right")
-    alloc = Table(title="allocation (prompts per model)", title_justify="left")
-    alloc.add_column("name")
+    table.add_column("metric")
+    for name in results:
+        table.add_column(name, justify="right")
+    rows = [
+        ("hit@1", "hit@1"),
+        ("hit@3", "hit@3"),
+        ("regret", "regret"),
+        ("mean score", "mean_score"),
+        ("gain recovered", "oracle_gain_recovered"),
+    ]
+    for label, key in rows:
+        table.add_row(label, *(_fmt(r.get(key)) for r in results.values()))
+    table.add_section()
     for t in teachers:
-        alloc.add_column(t, justify="right")
-    for name, r in results.items():
-        table.add_row(
-            name,
-            _fmt(r["hit@1"]),
-            _fmt(r["hit@3"]),
-            _fmt(r["regret"]),
-            _fmt(r.get("mean_score")),
-            _fmt(r["oracle_gain_recovered"]),
-        )
-        alloc.add_row(name, *(str(r["allocation"][t]) for t in teachers))
+        table.add_row(f"n → {t}", *(str(r["allocation"][t]) for r in results.values()))
     console = Console()
     console.print(table)
-    console.print(alloc)
     best = results["router"].get("best_single")
     console.print(
-        f"Hit@k over {results['router']['n_ranked']} prompts whose models do not all tie; "
+        f"n → model: prompts routed to it. Hit@k over {results['router']['n_ranked']} prompts whose "
+        "models do not all tie; "
         f"regret in within-prompt {normalisation} units; best single model: {best}",
         highlight=False,
     )

@@ -56,9 +56,7 @@ def call_dropping_overflow(
         keep = [i for i in range(len(prompts)) if i not in bad]
         values = [math.nan] * len(prompts)
         if keep:
-            sub = call_dropping_overflow(
-                verb, [prompts[i] for i in keep], [responses[i] for i in keep], what
-            )
+            sub = call_dropping_overflow(verb, [prompts[i] for i in keep], [responses[i] for i in keep], what)
             for i, v in zip(keep, sub, strict=True):
                 values[i] = v
         return values
