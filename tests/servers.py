@@ -11,6 +11,7 @@ is shown when start-up fails.
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import socket
@@ -29,8 +30,9 @@ def vllm_python() -> Path:
     return Path(os.environ.get("VLLM_PYTHON") or REPO / ".venv-vllm" / "bin" / "python")
 
 
+@functools.cache
 def vllm_env_problem() -> str | None:
-    """Why the vLLM environment cannot be used, or None when it can."""
+    """Why the vLLM environment cannot be used, or None when it can (checked once: ~10 s)."""
     py = vllm_python()
     if not py.exists():
         return f"{py} does not exist; build it with `make vllm-env`"
@@ -40,6 +42,15 @@ def vllm_env_problem() -> str | None:
     if probe.returncode != 0:
         return f"{py} cannot import vllm and persyn (rebuild with `make vllm-env`):\n{probe.stderr[-2000:]}"
     return None
+
+
+def require_vllm_env() -> None:
+    """Skip without the vLLM environment; fail in CI, where `make test` builds it."""
+    import pytest
+
+    problem = vllm_env_problem()
+    if problem:
+        (pytest.fail if os.environ.get("CI") else pytest.skip)(f"no vLLM environment: {problem}")
 
 
 def cpu_env(threads: int | None = None) -> dict[str, str]:
@@ -130,6 +141,34 @@ class VLLMServer:
                 pass
         self.proc = None
         self._log.close()
+
+
+def build_tiny_reward_model(out: Path, tokenizer_from: str) -> Path:
+    """A randomly initialised LlamaForSequenceClassification (one output: a reward model) with a
+    real tokenizer and chat template. head_dim 64: vLLM's CPU attention rejects tiny head sizes."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForSequenceClassification
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_from)
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        num_labels=1,
+        max_position_embeddings=2048,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        initializer_range=0.2,  # large enough that different inputs get clearly different scores
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        LlamaForSequenceClassification(config).save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
 
 
 if __name__ == "__main__":  # manual use: python tests/servers.py MODEL_DIR

@@ -11,14 +11,13 @@ from __future__ import annotations
 import asyncio
 import http.server
 import json
-import os
 import pickle
 import threading
 import time
 
 import pytest
 from faultproxy import FaultProxy
-from servers import SERVED_NAME, VLLMServer, vllm_env_problem
+from servers import SERVED_NAME, VLLMServer, require_vllm_env
 
 from persyn.engines import ContextLengthError, EngineError, EngineSpec, GenerationParams
 from persyn.engines.openai_engine import OpenAIEngine
@@ -49,10 +48,7 @@ def smollm_path() -> str:
 
 @pytest.fixture(scope="session")
 def vllm_server(smollm_path, tmp_path_factory):
-    problem = vllm_env_problem()
-    if problem:
-        # CI builds the environment (make test depends on make vllm-env): missing there is a failure.
-        (pytest.fail if os.environ.get("CI") else pytest.skip)(f"no vLLM environment: {problem}")
+    require_vllm_env()
     server = VLLMServer(smollm_path, log_path=tmp_path_factory.mktemp("vllm") / "serve.log")
     server.start()
     print(f"\nvllm serve started in {server.startup_s:.1f} s")
@@ -173,6 +169,32 @@ def test_seeded_sampling_is_reproducible_and_batch_independent(http_engine):
     other = [g.text for g in http_engine.generate(PROMPTS[:4], p2)]
     assert first == again
     assert first != other
+
+
+@pytest.mark.zoo
+def test_reward_model_through_classify(smollm_path, tmp_path):
+    """A reward model (sequence classification) served by vLLM: the engine reads the raw logit from
+    /classify and agrees with the transformers engine. Its own short-lived server (~35 s)."""
+    from servers import build_tiny_reward_model
+
+    from persyn.engines.transformers_engine import TransformersEngine
+
+    require_vllm_env()
+    model = str(build_tiny_reward_model(tmp_path / "rm", smollm_path))
+    prompts = ["What is 2+2?", "Hi", "Tell me a joke"]
+    responses = ["4", "Hello there, how are you?", "No."]
+    ref = TransformersEngine(EngineSpec(model=model, dtype="float32"))
+    expected = ref.score(prompts, responses)
+    ref.close()
+    server = VLLMServer(model, log_path=tmp_path / "serve.log").start()
+    try:
+        with OpenAIEngine(EngineSpec(model=model, engine="openai", base_url=server.base_url)) as engine:
+            assert engine.kind == "reward"
+            got = engine.score(prompts, responses)  # served name found through /v1/models
+    finally:
+        server.stop()
+    assert len({round(x, 3) for x in expected}) == 3  # distinct scores: the check can fail
+    assert max(abs(a - b) for a, b in zip(got, expected, strict=True)) < 1e-3, (got, expected)
 
 
 # --------------------------------------------------------------------------------------------------

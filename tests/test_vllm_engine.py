@@ -43,11 +43,9 @@ if not HAVE_VLLM:
     @pytest.mark.zoo
     @pytest.mark.slow
     def test_vllm_engine_suite_in_the_vllm_environment():
-        from servers import cpu_env, vllm_env_problem, vllm_python
+        from servers import cpu_env, require_vllm_env, vllm_python
 
-        problem = vllm_env_problem()
-        if problem:
-            (pytest.fail if os.environ.get("CI") else pytest.skip)(f"no vLLM environment: {problem}")
+        require_vllm_env()
         from persyn.zoo import resolve_model
 
         resolve_model(SMOL)  # convert here, where the zoo's GGUF tools are installed
@@ -151,33 +149,13 @@ else:
     def test_reward_model_through_the_pooling_runner(tmp_path):
         """A sequence-classification checkpoint is served by vLLM's pooling runner; its raw logit
         equals the transformers engine's reward. Closing ends the worker and vLLM's processes."""
-        import torch
-        from transformers import AutoTokenizer, LlamaConfig, LlamaForSequenceClassification
+        from servers import build_tiny_reward_model
 
         from persyn.engines.transformers_engine import TransformersEngine
         from persyn.engines.vllm_engine import VLLMEngine
         from persyn.zoo import resolve_model
 
-        tok = AutoTokenizer.from_pretrained(resolve_model(SMOL))
-        # head_dim 64: vLLM's CPU attention kernels do not support tiny head sizes (16 fails).
-        config = LlamaConfig(
-            vocab_size=len(tok),
-            hidden_size=128,
-            intermediate_size=256,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            num_key_value_heads=1,
-            num_labels=1,
-            max_position_embeddings=2048,
-            pad_token_id=tok.pad_token_id,
-            bos_token_id=tok.bos_token_id,
-            eos_token_id=tok.eos_token_id,
-            initializer_range=0.2,
-        )
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)
-            LlamaForSequenceClassification(config).save_pretrained(tmp_path)
-        tok.save_pretrained(tmp_path)
+        build_tiny_reward_model(tmp_path, resolve_model(SMOL))
         prompts = ["What is 2+2?", "Hi", "Tell me a joke"]
         responses = ["4", "Hello there, how are you?", "No."]
         ref = TransformersEngine(EngineSpec(model=str(tmp_path), dtype="float32"))
