@@ -234,16 +234,18 @@ class OpenAIEngine:
         """The model's tokenizer-backed renderer; loglik and score need it."""
         if self._renderer is None:
             if self._renderer_error is None:
-                try:  # a hub id: works where the tokenizer is in the local HF cache or the hub is reachable
-                    self._renderer = Renderer.from_path(self.spec, self.spec.model)
+                try:  # a hub id whose tokenizer is in the local HF cache; never a download mid-run
+                    self._renderer = Renderer.from_path(self.spec, self.spec.model, local_only=True)
                     return self._renderer
                 except EngineError as exc:
                     self._renderer_error = str(exc)
             raise EngineError(
                 f"{self.spec.model}: loglik/score over HTTP render the prompt with the model's own "
                 "tokenizer, and none could be loaded locally; set `model` to a local folder or zoo "
-                "alias holding the served model's tokenizer (and `served_model_name` to the name the "
-                f"server knows it by). ({self._redact(self._renderer_error or '')})"
+                "alias holding the served model's tokenizer, or fetch it into the Hugging Face cache "
+                "(`hf download MODEL` with the tokenizer files), and "
+                "`served_model_name` to the name the server knows it by. "
+                f"({self._redact(self._renderer_error or '')})"
             )
         return self._renderer
 

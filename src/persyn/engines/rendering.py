@@ -84,11 +84,13 @@ class Renderer:
         self.no_ids = self._single_token_ids(NO)
 
     @classmethod
-    def from_path(cls, spec: EngineSpec, path: str) -> Renderer:
+    def from_path(cls, spec: EngineSpec, path: str, local_only: bool = False) -> Renderer:
         from transformers import AutoTokenizer
 
         try:
-            tok = AutoTokenizer.from_pretrained(path, trust_remote_code=spec.trust_remote_code)
+            tok = AutoTokenizer.from_pretrained(
+                path, trust_remote_code=spec.trust_remote_code, local_files_only=local_only
+            )
         except Exception as exc:  # OSError offline, ValueError for unknown classes...
             raise EngineError(f"cannot load the tokenizer of {spec.model!r} from {path!r}: {exc}") from exc
         return cls(spec, tok)
