@@ -1,13 +1,25 @@
 """The run config: one YAML file, validated by pydantic, with errors that name the key and line.
 
 Every section is a model with `extra="forbid"`, so a typo is an error instead of a silent default.
-The shapes here are the public contract of `persyn run`; keep them stable once shipped.
+Checks that involve several sections (a cap naming an unknown teacher, a budget without prices)
+also name the key they are about. The shapes here are the public contract of `persyn run`; keep
+them stable once shipped. `persyn init` writes `templates/config.yaml`, which documents every key.
+
+    cfg = load_config("persyn.yaml", overrides={"calibration.size": 64})
+    cfg.teacher_spec("qwen")     # the EngineSpec `load_engine` takes
+    cfg.manifest_dict()          # what the run directory's manifest hashes (see below)
+
+The manifest hash covers what changes the data (prompts, student, teachers, generation, quality,
+calibration, router, routing, baselines, seed), not where or how the work runs (`output`,
+`executor`, `prompts.skip_bad_rows`): moving a run or changing the batch size never needs --force.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -18,21 +30,39 @@ from persyn.engines.base import GenerationParams
 from persyn.engines.spec import EngineSpec
 
 __all__ = [
+    "BaselinesConfig",
     "CalibrationConfig",
     "Config",
     "ConfigError",
+    "Cost",
+    "ExecutorConfig",
     "GenerationConfig",
+    "OutputConfig",
     "PromptsConfig",
     "QualityConfig",
     "RouterConfig",
     "RoutingConfig",
+    "StudentConfig",
+    "TeacherCap",
     "TeacherConfig",
     "load_config",
+    "parse_overrides",
 ]
+
+#: Export formats D2's `export_dataset` writes.
+EXPORT_FORMATS = ("messages", "prompt_completion", "sharegpt", "parquet", "hf")
 
 
 class ConfigError(ValueError):
     """A config that cannot be used. The message names the file, the key and, where known, the line."""
+
+
+class _KeyedProblems(ValueError):
+    """Cross-section problems, each with the key path it is about (so errors can show its line)."""
+
+    def __init__(self, problems: list[tuple[tuple, str]]):
+        self.problems = problems
+        super().__init__("; ".join(f"{_dotted(loc)}: {msg}" for loc, msg in problems))
 
 
 class _Section(BaseModel):
@@ -76,6 +106,13 @@ class Cost(_Section):
     output: float = Field(default=0.0, ge=0.0)
 
 
+_SPEC_FIELDS = tuple(EngineSpec.model_fields)
+
+
+def _spec_of(model: BaseModel) -> EngineSpec:
+    return EngineSpec(**{k: getattr(model, k) for k in _SPEC_FIELDS})
+
+
 class TeacherConfig(EngineSpec):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$")
     # Declared families enable the Family-Strong baseline (the strongest teacher of the student's family).
@@ -84,38 +121,57 @@ class TeacherConfig(EngineSpec):
     generation: GenerationConfig | None = None
     cost_per_1k_tokens: Cost | None = None
 
+    def engine_spec(self) -> EngineSpec:
+        """The model part only: two roles with the same spec share one loaded engine."""
+        return _spec_of(self)
+
 
 class StudentConfig(EngineSpec):
     family: str | None = None
+
+    def engine_spec(self) -> EngineSpec:
+        return _spec_of(self)
 
 
 class QualityConfig(_Section):
     """How response quality r_q is measured (PAPER.md step 2).
 
-    `auto`: verifiable answers where a prompt has a reference answer, else the judge (or reward model).
+    `auto`: verifiable answers where a prompt has a reference answer, else the judge (or reward
+    model). Every teacher's response to one prompt is scored by the same method.
     """
 
     method: Literal["auto", "answers", "judge", "reward"] = "auto"
-    answers: Literal["numeric", "exact"] = "numeric"
     judge: EngineSpec | None = None
     reward: EngineSpec | None = None
 
     @model_validator(mode="after")
     def _needs_a_model(self) -> QualityConfig:
+        problems = []
         if self.method == "judge" and self.judge is None:
-            raise ValueError("quality.method is 'judge' but quality.judge names no model")
+            problems.append((("judge",), "quality.method is 'judge' but quality.judge names no model"))
         if self.method == "reward" and self.reward is None:
-            raise ValueError("quality.method is 'reward' but quality.reward names no model")
+            problems.append((("reward",), "quality.method is 'reward' but quality.reward names no model"))
         if self.judge is not None and self.reward is not None:
-            raise ValueError("set quality.judge or quality.reward, not both")
+            problems.append((("reward",), "set quality.judge or quality.reward, not both"))
+        if problems:
+            raise _KeyedProblems(problems)
         return self
+
+    @property
+    def engine(self) -> EngineSpec | None:
+        """The judge or reward model, if any."""
+        return self.judge or self.reward
 
 
 class CalibrationConfig(_Section):
-    """The subset every teacher answers. `diverse` = k-means over prompt embeddings."""
+    """The subset every teacher answers. `random`: a seeded hash of each prompt id picks it;
+    `diverse`: k-means over the router encoder's prompt embeddings, the prompt nearest each centroid."""
 
     size: int = Field(default=2500, ge=4)
     selection: Literal["random", "diverse"] = "random"
+    # diverse: k-means runs on a seeded pool of pool_factor x size prompts (all, if fewer), since
+    # clustering a million prompts into thousands of centroids would dominate the run.
+    pool_factor: int = Field(default=10, ge=1)
 
 
 class RouterConfig(_Section):
@@ -124,13 +180,25 @@ class RouterConfig(_Section):
     alpha: float = Field(default=0.4, ge=0.0, le=1.0)
     normalisation: Literal["zscore", "minmax"] = "zscore"
     encoder: str = "zoo:minilm-l6-v2"
-    pooling: Literal["mean", "last"] = "mean"
+    pooling: Literal["auto", "mean", "last", "cls"] = "auto"
+    max_length: int = Field(default=256, ge=8)
+    device: str = "cpu"
     fine_tune: bool = False
-    hidden_dim: int = Field(default=256, ge=1)
-    epochs: int = Field(default=200, ge=1)
+    encoder_lr: float = Field(default=2e-5, gt=0)
+    hidden: int = Field(default=256, ge=1)
+    layers: int = Field(default=1, ge=0)
+    dropout: float = Field(default=0.1, ge=0.0, lt=1.0)
     learning_rate: float = Field(default=1e-3, gt=0)
-    val_fraction: float = Field(default=0.2, ge=0.0, lt=1.0)
+    weight_decay: float = Field(default=1e-2, ge=0)
+    batch_prompts: int = Field(default=64, ge=1)
+    max_epochs: int = Field(default=300, ge=1)
     patience: int = Field(default=20, ge=1)
+    # Early stopping split, inside the training prompts.
+    val_fraction: float = Field(default=0.15, ge=0.0, lt=1.0)
+    # Calibration prompts held out to measure the router against the baselines (report metrics).
+    test_fraction: float = Field(default=0.2, ge=0.0, le=0.5)
+    # After measuring, train the router that routes on every calibration prompt (more data).
+    refit: bool = True
 
 
 class TeacherCap(_Section):
@@ -141,16 +209,21 @@ class TeacherCap(_Section):
 
 class RoutingConfig(_Section):
     """Route every prompt to argmax of the router, or under caps (an assignment maximising the
-    total router score)."""
+    total router score). Caps and budget apply to the prompts outside the calibration set: those
+    are the new generations; calibration prompts already hold every teacher's response."""
 
     caps: dict[str, TeacherCap] = Field(default_factory=dict)
     budget: float | None = Field(default=None, ge=0.0)
+    # Calibration prompts: `router` (PAPER.md step 6: route every prompt by the router) or `best`
+    # (the teacher with the best combined label; their responses are already paid for).
+    calibration_prompts: Literal["router", "best"] = "router"
 
 
 class BaselinesConfig(_Section):
     car_beta: float = Field(default=3.0, ge=0.0)
     mix_share: float = Field(default=0.2, ge=0.0, le=1.0)
-    # Mix blends the strong teacher with this one; default: the teacher with the best CAR.
+    # Mix blends the strong teacher with this one; default: the teacher with the best CAR other
+    # than the strong one.
     mix_weak: str | None = None
     knn_k: int = Field(default=10, ge=1)
 
@@ -158,9 +231,16 @@ class BaselinesConfig(_Section):
 class OutputConfig(_Section):
     dir: Path = Path("runs/persyn")
     formats: list[Literal["messages", "prompt_completion", "sharegpt", "parquet", "hf"]] = Field(
-        default_factory=lambda: ["messages", "prompt_completion", "sharegpt", "parquet", "hf"]
+        default_factory=lambda: list(EXPORT_FORMATS), min_length=1
     )
-    dataset_name: str = "persyn"
+    dataset_name: str = Field(default="persyn", min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$")
+    # Example rows shown in the report.
+    samples: int = Field(default=12, ge=0)
+
+    @field_validator("formats")
+    @classmethod
+    def _unique_formats(cls, formats: list[str]) -> list[str]:
+        return list(dict.fromkeys(formats))
 
 
 class ExecutorConfig(_Section):
@@ -168,6 +248,9 @@ class ExecutorConfig(_Section):
     address: str | None = None
     # Rows per store transaction: a crash loses at most this many rows of work.
     batch_size: int = Field(default=32, ge=1)
+    # Engines kept loaded between uses (a teacher that is also the student or the judge is loaded
+    # once). None: 1 when a GPU is present (free each model before the next), else 4.
+    max_loaded_engines: int | None = Field(default=None, ge=1)
 
 
 class Config(_Section):
@@ -195,21 +278,56 @@ class Config(_Section):
         return teachers
 
     @model_validator(mode="after")
-    def _references_known_teachers(self) -> Config:
+    def _cross_checks(self) -> Config:
         names = self.teacher_names
-        for name in self.routing.caps:
+        problems: list[tuple[tuple, str]] = []
+        for name, cap in self.routing.caps.items():
             if name not in names:
-                raise ValueError(f"routing.caps names unknown teacher {name!r}; teachers are {names}")
-        if self.baselines.mix_weak is not None and self.baselines.mix_weak not in names:
-            raise ValueError(f"baselines.mix_weak names unknown teacher {self.baselines.mix_weak!r}")
-        if self.quality.method == "auto" and self.quality.judge is None and self.quality.reward is None:
-            if self.prompts.answer_field is None:
-                raise ValueError(
-                    "quality.method 'auto' needs quality.judge or quality.reward for prompts "
-                    "without reference answers (or set prompts.answer_field and method 'answers')"
+                problems.append(
+                    (("routing", "caps", name), f"unknown teacher {name!r}; teachers are {names}")
                 )
-        if self.quality.method == "answers" and self.prompts.answer_field is None:
-            raise ValueError("quality.method is 'answers' but prompts.answer_field is not set")
+            elif cap.max_cost is not None and self.teacher(name).cost_per_1k_tokens is None:
+                problems.append(
+                    (
+                        ("routing", "caps", name, "max_cost"),
+                        f"needs teacher {name!r} to have cost_per_1k_tokens",
+                    )
+                )
+        if self.routing.budget is not None:
+            unpriced = [t.name for t in self.teachers if t.cost_per_1k_tokens is None]
+            if unpriced:
+                problems.append(
+                    (
+                        ("routing", "budget"),
+                        f"a budget needs cost_per_1k_tokens for every teacher; missing: {unpriced}",
+                    )
+                )
+        if self.baselines.mix_weak is not None and self.baselines.mix_weak not in names:
+            problems.append(
+                (
+                    ("baselines", "mix_weak"),
+                    f"unknown teacher {self.baselines.mix_weak!r}; teachers are {names}",
+                )
+            )
+        q = self.quality
+        if q.method == "auto" and q.engine is None and self.prompts.answer_field is None:
+            problems.append(
+                (
+                    ("quality", "method"),
+                    "'auto' needs quality.judge or quality.reward for prompts without reference answers "
+                    "(or set prompts.answer_field and method 'answers')",
+                )
+            )
+        if q.method == "answers" and self.prompts.answer_field is None:
+            problems.append((("quality", "method"), "'answers' needs prompts.answer_field"))
+        for i, spec in enumerate([*self.teachers, self.student]):
+            where = ("teachers", i) if i < len(self.teachers) else ("student",)
+            if spec.engine == "openai" and not spec.base_url:
+                problems.append(
+                    ((*where, "base_url"), "engine 'openai' needs base_url (e.g. http://host:8000/v1)")
+                )
+        if problems:
+            raise _KeyedProblems(problems)
         return self
 
     @property
@@ -222,20 +340,52 @@ class Config(_Section):
                 return t
         raise KeyError(f"unknown teacher {name!r}; teachers are {self.teacher_names}")
 
+    def teacher_spec(self, name: str) -> EngineSpec:
+        return self.teacher(name).engine_spec()
+
     def generation_for(self, name: str) -> GenerationConfig:
         return self.teacher(name).generation or self.generation
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
 
+    def manifest_dict(self) -> dict[str, Any]:
+        """The part of the config that changes results: what the run directory's manifest records
+        and hashes. Leaves out where and how work runs (output, executor, skip_bad_rows)."""
+        d = self.to_dict()
+        d.pop("output", None)
+        d.pop("executor", None)
+        d["prompts"].pop("skip_bad_rows", None)
+        # Relative to the run directory: a project moved or copied whole keeps its identity.
+        try:
+            d["prompts"]["path"] = os.path.relpath(self.prompts.path, self.output.dir)
+        except ValueError:  # another drive (Windows)
+            pass
+        return d
+
     def hash(self) -> str:
-        """A stable hash of the whole config (the run manifest checks it on resume)."""
-        blob = json.dumps(self.to_dict(), sort_keys=True)
+        """A stable hash of the manifest part of the config."""
+        blob = json.dumps(self.manifest_dict(), sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()
 
 
+def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
+    """`["calibration.size=64", "teachers.0.batch_size=4"]` -> {dotted key: YAML-parsed value}."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override {item!r} must look like key.path=value")
+        try:
+            out[key.strip()] = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"override {item!r}: value is not valid YAML: {e}") from e
+    return out
+
+
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Config:
-    """Read, validate and return a config. Relative paths inside it are relative to the file."""
+    """Read, validate and return a config. Relative paths inside it are relative to the file.
+    `overrides` maps dotted keys (`router.alpha`, `teachers.0.model`) to values, applied first."""
     path = Path(path)
     try:
         text = path.read_text()
@@ -248,43 +398,92 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Co
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the config must be a mapping of sections (prompts, student, teachers...)")
     for key, value in (overrides or {}).items():
-        _set_dotted(data, key, value)
+        try:
+            _set_dotted(data, key, value)
+        except (KeyError, IndexError, TypeError) as e:
+            raise ConfigError(f"{path}: cannot apply override {key}={value!r}: {e}") from None
     try:
         config = Config.model_validate(data)
     except ValidationError as e:
         raise ConfigError(_format_validation_error(path, text, e)) from None
     base = path.parent
     if not config.prompts.path.is_absolute():
-        config.prompts.path = base / config.prompts.path
+        config.prompts.path = (base / config.prompts.path).resolve()
     if not config.output.dir.is_absolute():
-        config.output.dir = base / config.output.dir
+        config.output.dir = (base / config.output.dir).resolve()
     return config
 
 
 def _set_dotted(data: dict, key: str, value: Any) -> None:
-    node = data
+    node: Any = data
     parts = key.split(".")
     for part in parts[:-1]:
-        node = node.setdefault(part, {})
-    node[parts[-1]] = value
+        if isinstance(node, list):
+            node = node[int(part)]
+        else:
+            node = node.setdefault(part, {})
+    last = parts[-1]
+    if isinstance(node, list):
+        node[int(last)] = value
+    else:
+        node[last] = value
 
 
 def _format_validation_error(path: Path, text: str, error: ValidationError) -> str:
     lines = _key_lines(text)
-    out = [f"{path}: invalid config ({error.error_count()} problem{'s' if error.error_count() > 1 else ''})"]
+    problems: list[tuple[tuple, str]] = []
     for err in error.errors():
         loc = tuple(err["loc"])
+        cause = (err.get("ctx") or {}).get("error")
+        if isinstance(cause, _KeyedProblems):
+            # A cross-section check: its problems carry their own key paths (relative to `loc`).
+            problems += [(loc + sub, msg) for sub, msg in cause.problems]
+            continue
         key = _dotted(loc)
-        line = _nearest_line(lines, loc)
-        where = f"line {line}: " if line else ""
         if err["type"] == "extra_forbidden":
-            msg = f"unknown key {key!r}"
+            msg = f"unknown key {key!r}" + _suggest(loc)
         elif err["type"] == "missing":
             msg = f"missing required key {key!r}"
         else:
             msg = f"{key}: {err['msg']}" if key else err["msg"]
+        problems.append((loc, msg))
+    out = [f"{path}: invalid config ({len(problems)} problem{'s' if len(problems) > 1 else ''})"]
+    for loc, msg in problems:
+        line = _nearest_line(lines, loc)
+        where = f"line {line}: " if line else ""
+        key = _dotted(loc)
+        if key and not msg.startswith((key, "unknown key", "missing required")):
+            msg = f"{key}: {msg}"
         out.append(f"  {where}{msg}")
     return "\n".join(out)
+
+
+def _suggest(loc: tuple) -> str:
+    """A hint for a misspelt key: the closest known key of that section."""
+    import difflib
+
+    section: Any = Config
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        field = getattr(section, "model_fields", {}).get(part)
+        if field is None:
+            return ""
+        ann = field.annotation
+        for cand in (ann, *getattr(ann, "__args__", ())):
+            if isinstance(cand, type) and issubclass(cand, BaseModel):
+                section = cand
+                break
+            inner = getattr(cand, "__args__", ())
+            models = [a for a in inner if isinstance(a, type) and issubclass(a, BaseModel)]
+            if models:
+                section = models[0]
+                break
+        else:
+            return ""
+    known = list(getattr(section, "model_fields", {}))
+    close = difflib.get_close_matches(str(loc[-1]), known, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def _dotted(loc: tuple) -> str:
