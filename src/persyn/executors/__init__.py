@@ -1,0 +1,213 @@
+"""Executors: where model work runs. The pipeline driver hands a `Job` to an executor and writes
+the `BatchResult`s it yields to the store; executors never open the store.
+
+    executor = make_executor(config.executor)
+    fp = executor.fingerprint(spec)                 # the engine's identity (loads it if needed)
+    for batch in executor.run(Job("calibrate/qwen", spec, "generate", items, params, batch_size=32)):
+        store.put_responses(rows_from(batch))       # the driver: one transaction per batch
+
+A job is one engine and one verb over a list of items:
+- `generate`: items are prompts; values are `Generation`s;
+- `loglik`: the student's mean log-likelihood of each item's response (learnability, PAPER.md Eq. 1);
+- `judge` / `reward`: the quality model's score of each (prompt, response).
+Scores that cannot be computed (an empty response, an input over the model's context) come back
+NaN, as the scorers in `persyn.scoring` define; an item whose call fails comes back with `error`
+set, and the rest of its batch still comes back (failures are isolated item by item).
+
+`LocalExecutor` (executors/local.py) runs batches in this process, keeping a few engines loaded
+(see `ExecutorConfig.max_loaded_engines`). A Ray executor (E) implements the same three methods
+with teacher replicas as actors: it may yield batches in any order, and must yield every item of
+the job exactly once. `run_batch` is the one function both call on a loaded engine.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+from persyn.engines.base import ContextLengthError, Engine, Generation, GenerationParams
+from persyn.engines.spec import EngineSpec
+
+if TYPE_CHECKING:
+    from persyn.config import ExecutorConfig
+
+__all__ = [
+    "BatchResult",
+    "Executor",
+    "ItemResult",
+    "Job",
+    "Verb",
+    "WorkItem",
+    "make_executor",
+    "run_batch",
+]
+
+Verb = Literal["generate", "loglik", "judge", "reward"]
+VERBS: tuple[str, ...] = ("generate", "loglik", "judge", "reward")
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    """One unit of work. `key` is the caller's (usually a store `ResponseKey`): results carry it
+    back so the driver knows which row each value belongs to."""
+
+    key: Any
+    prompt: str
+    response: str | None = None  # scoring verbs only
+
+
+@dataclass
+class Job:
+    name: str  # for progress and logs: "calibrate/qwen"
+    spec: EngineSpec
+    verb: Verb
+    items: list[WorkItem]
+    params: GenerationParams | None = None  # generate only
+    batch_size: int = 32
+
+    def __post_init__(self) -> None:
+        if self.verb not in VERBS:
+            raise ValueError(f"unknown verb {self.verb!r}; expected one of {VERBS}")
+        if self.verb == "generate" and self.params is None:
+            raise ValueError("a generate job needs GenerationParams")
+        if self.batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+
+    def batches(self) -> Iterator[list[WorkItem]]:
+        for s in range(0, len(self.items), self.batch_size):
+            yield self.items[s : s + self.batch_size]
+
+
+@dataclass
+class ItemResult:
+    item: WorkItem
+    value: Generation | float | None  # None when `error` is set
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@dataclass
+class BatchResult:
+    results: list[ItemResult]
+    seconds: float  # wall time of the batch (per-row time is seconds / len(results))
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.results)
+
+
+class Executor(ABC):
+    """Runs jobs; see the module docstring. Executors are context managers (close frees engines)."""
+
+    @abstractmethod
+    def fingerprint(self, spec: EngineSpec) -> str:
+        """The engine's `fingerprint` for `spec` (store keys depend on it). May load the engine."""
+
+    @abstractmethod
+    def run(self, job: Job) -> Iterator[BatchResult]:
+        """Yield the job's results batch by batch as they finish; every item exactly once."""
+
+    def release(self, spec: EngineSpec | None = None) -> None:  # noqa: B027 - optional hook
+        """Free the engine of `spec` (all engines when None)."""
+
+    def close(self) -> None:
+        self.release()
+
+    def __enter__(self) -> Executor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def make_executor(config: ExecutorConfig) -> Executor:
+    if config.kind == "local":
+        from persyn.executors.local import LocalExecutor
+
+        return LocalExecutor(max_loaded=config.max_loaded_engines)
+    if config.kind == "ray":
+        try:
+            from persyn.executors.ray import RayExecutor  # type: ignore[import-not-found]
+        except ImportError as exc:
+            raise RuntimeError(
+                "executor.kind 'ray' needs the Ray executor (persyn.executors.ray) and `pip install "
+                f"'persyn[ray]'`: {exc}"
+            ) from exc
+        return RayExecutor(config)
+    raise ValueError(f"unknown executor kind {config.kind!r}")
+
+
+# ------------------------------------------------------------------------------------------------
+# the work itself, shared by every executor
+
+
+def _call(engine: Engine, job: Job, items: Sequence[WorkItem]) -> list[Any]:
+    prompts = [it.prompt for it in items]
+    if job.verb == "generate":
+        assert job.params is not None
+        return list(engine.generate(prompts, job.params))
+    responses = [it.response or "" for it in items]
+    if job.verb == "loglik":
+        from persyn.scoring.learnability import Learnability
+
+        return Learnability(engine).score(prompts, responses)
+    from persyn.scoring.quality import EngineScorer
+
+    return EngineScorer(engine, job.verb).score(prompts, responses)  # type: ignore[arg-type]
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+def run_batch(engine: Engine, job: Job, items: Sequence[WorkItem]) -> BatchResult:
+    """Run one batch on a loaded engine. A failing batch is split so that only the items that
+    fail carry an error: prompts over the context window (named by the engine) fail alone, and
+    any other error retries the items one by one."""
+    t0 = time.perf_counter()
+    results = _run_isolating(engine, job, list(items))
+    return BatchResult(results, time.perf_counter() - t0)
+
+
+def _run_isolating(engine: Engine, job: Job, items: list[WorkItem]) -> list[ItemResult]:
+    try:
+        values = _call(engine, job, items)
+    except ContextLengthError as exc:
+        bad = {i for i in exc.indices if 0 <= i < len(items)}
+        if not bad:
+            return _one_by_one(engine, job, items, exc)
+        keep = [it for i, it in enumerate(items) if i not in bad]
+        rest = iter(_run_isolating(engine, job, keep) if keep else [])
+        return [
+            ItemResult(it, None, f"ContextLengthError: {exc}") if i in bad else next(rest)
+            for i, it in enumerate(items)
+        ]
+    except (KeyboardInterrupt, SystemExit, MemoryError):
+        raise
+    except Exception as exc:
+        return _one_by_one(engine, job, items, exc)
+    if len(values) != len(items):
+        raise RuntimeError(f"{job.name}: engine returned {len(values)} results for {len(items)} items")
+    return [ItemResult(it, _finite_or_nan(v)) for it, v in zip(items, values, strict=True)]
+
+
+def _one_by_one(engine: Engine, job: Job, items: list[WorkItem], exc: BaseException) -> list[ItemResult]:
+    if len(items) == 1:
+        return [ItemResult(items[0], None, _describe(exc))]
+    out: list[ItemResult] = []
+    for it in items:
+        out += _run_isolating(engine, job, [it])
+    return out
+
+
+def _finite_or_nan(v: Any) -> Any:
+    if isinstance(v, float) and not math.isfinite(v):
+        return math.nan
+    return v
