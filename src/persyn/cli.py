@@ -1,8 +1,19 @@
-"""The `persyn` command line. Commands stay thin: they parse, call the pipeline, print."""
+"""The `persyn` command line. Commands stay thin: they parse, call the pipeline, print.
+
+Every stage is a command (`calibrate`, `score`, `train-router`, `route`, `generate`, `export`,
+`report`) and `run` does them all; each resumes from what the run directory holds. Progress goes to
+stderr; results (and `--json`) to stdout.
+"""
 
 from __future__ import annotations
 
+import json
+import shutil
+import sys
+from pathlib import Path
+
 import typer
+from rich.console import Console
 
 from persyn.router.cli import router_app
 
@@ -14,13 +25,132 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
 )
 
-
 app.add_typer(router_app, name="router")
+
+_out = Console(highlight=False)
+_err = Console(stderr=True, highlight=False)
+
+FORCE_HELP = (
+    "Use this run directory although its config changed: the manifest takes the new config and "
+    "every row whose content key still matches is reused (a new student recomputes only "
+    "learnability, the router and the routes; a new teacher or generation setting only that "
+    "teacher's responses). Without it a different config is refused."
+)
+RETRY_HELP = "Try failed generations and scores again (they are otherwise kept as failed)."
+SKIP_HELP = (
+    "Skip malformed prompt rows (listed in <run>/prompts/bad_rows.jsonl) instead of refusing the file."
+)
+SET_HELP = "Override a config key, e.g. --set calibration.size=64 --set teachers.0.batch_size=4."
+
+
+def _fail(message: str, code: int = 2) -> None:
+    _err.print(f"[bold red]error:[/] {message}", soft_wrap=True, markup=True, highlight=False)
+    raise typer.Exit(code)
+
+
+def _errors():
+    """The exceptions a user can cause (bad input, a stage run too early): message, no traceback."""
+    from persyn.config import ConfigError
+    from persyn.engines.base import EngineError
+    from persyn.prompts import PromptSetError
+    from persyn.routing import RoutingInfeasibleError
+    from persyn.stages.context import StageError
+    from persyn.store import StoreError
+
+    errs: list[type[BaseException]] = [
+        ConfigError,
+        PromptSetError,
+        StageError,
+        StoreError,
+        EngineError,
+        RoutingInfeasibleError,
+    ]
+    try:
+        from persyn.export import ExportError
+
+        errs.append(ExportError)
+    except ImportError:  # pragma: no cover
+        pass
+    try:
+        from persyn.router.io import RouterFileError
+        from persyn.zoo import ZooError
+
+        errs += [RouterFileError, ZooError]
+    except ImportError:  # pragma: no cover
+        pass
+    return tuple(errs)
+
+
+def _quiet_libraries() -> None:
+    """Our bars show progress; the libraries' own (weight loading, dataset saving) would garble them."""
+    import os
+
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+        import datasets
+
+        datasets.disable_progress_bars()
+    except ImportError:  # pragma: no cover - both are dependencies
+        pass
+
+
+def _pipeline(
+    config: Path, *, force=False, retry_failed=False, skip_bad_rows=False, overrides=(), quiet=False
+):
+    from persyn.config import parse_overrides
+    from persyn.pipeline import Pipeline
+
+    _quiet_libraries()
+    return Pipeline.from_config(
+        config,
+        force=force,
+        retry_failed=retry_failed,
+        skip_bad_rows=True if skip_bad_rows else None,
+        overrides=parse_overrides(list(overrides)) or None,
+        progress=not quiet,
+    )
+
+
+def _run_stage(
+    config: Path, stage: str, *, force: bool, retry_failed: bool, skip_bad_rows: bool, overrides, quiet=False
+):
+    """Open the pipeline, run one stage method, close; user errors become messages."""
+    try:
+        with _pipeline(
+            config,
+            force=force,
+            retry_failed=retry_failed,
+            skip_bad_rows=skip_bad_rows,
+            overrides=overrides,
+            quiet=quiet,
+        ) as pipe:
+            return getattr(pipe, stage)()
+    except _errors() as exc:
+        _report_error(exc)
+
+
+def _report_error(exc: BaseException) -> None:
+    from persyn.store import ConfigMismatchError
+
+    msg = str(exc)
+    if isinstance(exc, ConfigMismatchError):
+        msg += "\n  (persyn: pass --force to reuse this run directory, or set output.dir to a new one)"
+    _fail(msg)
+
+
+# Common options (typer needs them spelt out per command).
+_CONFIG = typer.Argument(..., exists=False, help="The run config (YAML); `persyn init` writes one.")
 
 
 @app.callback()
 def _root() -> None:
-    """Keep `persyn` a command group even while it has a single command."""
+    """persyn: calibrate all teachers on a subset, score quality and the student's learnability,
+    train a router, route every prompt, and let each teacher answer only its prompts."""
 
 
 @app.command()
@@ -31,8 +161,308 @@ def zoo() -> None:
     print_zoo()
 
 
+@app.command()
+def init(
+    path: Path = typer.Argument(Path("persyn.yaml"), help="Where to write the starter config."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing file."),
+) -> None:
+    """Write a commented starter config (every key documented)."""
+    from importlib import resources
+
+    if path.exists() and not force:
+        _fail(f"{path} exists; pass --force to overwrite it")
+    text = resources.files("persyn").joinpath("templates", "config.yaml").read_text(encoding="utf-8")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    _out.print(f"wrote {path}; edit it, then: persyn plan {path} && persyn run {path}")
+
+
+@app.command()
+def plan(
+    config: Path = _CONFIG,
+    as_json: bool = typer.Option(False, "--json", help="Print the plan as JSON only."),
+    skip_bad_rows: bool = typer.Option(False, "--skip-bad-rows", help=SKIP_HELP),
+    overrides: list[str] = typer.Option([], "--set", help=SET_HELP),
+) -> None:
+    """Generations, tokens and cost per teacher, Route-then-Generate against Generate-then-Select,
+    before any model runs. Prompt tokens: the teachers' tokenizers where local, else chars/4;
+    completion tokens: observed on calibration when the run dir has some, else max_new_tokens."""
+    from persyn.config import parse_overrides
+    from persyn.pipeline import Pipeline
+    from persyn.plan import render_plan
+
+    try:
+        pipe = Pipeline.from_config(
+            config,
+            overrides=parse_overrides(overrides) or None,
+            skip_bad_rows=True if skip_bad_rows else None,
+            progress=False,
+        )
+        p = pipe.plan()
+    except _errors() as exc:
+        _report_error(exc)
+    if as_json:
+        print(json.dumps(p.to_dict(), indent=2))
+    else:
+        render_plan(p, _out)
+
+
+def _stage_command(stage: str, doc: str):
+    def command(
+        config: Path = _CONFIG,
+        force: bool = typer.Option(False, "--force", help=FORCE_HELP),
+        retry_failed: bool = typer.Option(False, "--retry-failed", help=RETRY_HELP),
+        skip_bad_rows: bool = typer.Option(False, "--skip-bad-rows", help=SKIP_HELP),
+        overrides: list[str] = typer.Option([], "--set", help=SET_HELP),
+    ) -> None:
+        result = _run_stage(
+            config,
+            stage,
+            force=force,
+            retry_failed=retry_failed,
+            skip_bad_rows=skip_bad_rows,
+            overrides=overrides,
+        )
+        _print_stage(stage, result)
+
+    command.__doc__ = doc
+    command.__name__ = stage
+    return command
+
+
+def _print_stage(stage: str, result) -> None:
+    if stage == "calibrate":
+        _out.print(f"calibration: {len(result.prompt_ids)} prompts, {result.new_generations} new generations")
+    elif stage == "score":
+        import numpy as np
+
+        _out.print(
+            f"scored {len(result.prompt_ids)} prompts x {len(result.teachers)} teachers "
+            f"({result.new_scores} new scores; quality missing for {int(np.isnan(result.quality).sum())} "
+            f"responses, learnability for {int(np.isnan(result.learnability).sum())})"
+        )
+    elif stage == "train_router":
+        rm = result.router_metrics
+        extra = f", held-out hit@1 {rm['hit@1']:.3f}" if rm.get("hit@1") is not None else ""
+        _out.print(f"router: {result.path}{extra}")
+    elif stage == "route":
+        _out.print(result.routing.summary())
+        _out.print("all prompts: " + ", ".join(f"{t} {n}" for t, n in result.counts.items()))
+    elif stage == "generate":
+        _out.print(f"generated {result.new_generations} responses ({result.failed} failed)")
+    elif stage == "export":
+        _out.print(f"dataset: {result.path} ({result.n_rows} rows)")
+        for fmt, p in result.files.items():
+            _out.print(f"  {fmt}: {p}")
+    elif stage == "report":
+        _out.print(f"report: {result}")
+
+
+for _name, _cli, _doc in (
+    (
+        "calibrate",
+        "calibrate",
+        "Choose the calibration subset (random or diverse) and have every teacher answer it.",
+    ),
+    (
+        "score",
+        "score",
+        "Score every calibration response: quality (answers/judge/reward) and learnability (the student).",
+    ),
+    (
+        "train_router",
+        "train-router",
+        "Train the Bradley-Terry router; measure it against the baselines on held-out calibration prompts.",
+    ),
+    ("route", "route", "Route every prompt to one teacher (argmax, or under routing.caps / routing.budget)."),
+    (
+        "generate",
+        "generate",
+        "Each teacher answers only its routed prompts (failed rows are kept; --retry-failed).",
+    ),
+    (
+        "export",
+        "export",
+        "Write the dataset (TRL messages / prompt-completion, sharegpt, Parquet, HF) into <run>/dataset.",
+    ),
+    (
+        "report",
+        "report",
+        "Write the HTML report (allocation, router vs baselines, cost vs Generate-then-Select).",
+    ),
+):
+    app.command(_cli)(_stage_command(_name, _doc))
+
+
+@app.command()
+def run(
+    config: Path = _CONFIG,
+    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
+    retry_failed: bool = typer.Option(False, "--retry-failed", help=RETRY_HELP),
+    skip_bad_rows: bool = typer.Option(False, "--skip-bad-rows", help=SKIP_HELP),
+    overrides: list[str] = typer.Option([], "--set", help=SET_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON only."),
+) -> None:
+    """Run every stage (calibrate, score, train-router, route, generate, export, report). Re-running
+    resumes: finished rows are never recomputed, and a crash loses at most the batch in flight."""
+    summary = _run_stage(
+        config,
+        "run",
+        force=force,
+        retry_failed=retry_failed,
+        skip_bad_rows=skip_bad_rows,
+        overrides=overrides,
+    )
+    if as_json:
+        print(json.dumps(summary.to_dict(), indent=2))
+    else:
+        print_summary(summary)
+
+
+def print_summary(s) -> None:
+    _out.print()
+    _out.print(
+        f"[bold green]done[/] in {s.seconds:.0f}s: {s.rows} rows from {s.prompts} prompts "
+        f"({', '.join(f'{t} {n}' for t, n in s.teacher_counts.items())})"
+    )
+    _out.print(f"  dataset: [bold]{s.dataset}[/]")
+    _out.print(f"  report:  [bold]{s.report / 'index.html' if s.report.is_dir() else s.report}[/]")
+    _out.print(
+        f"  generations: {s.generations} ({s.calibration} calibration x {len(s.teacher_counts)} teachers + "
+        f"{s.prompts - s.calibration} routed) vs {s.gts_generations} for Generate-then-Select "
+        f"({s.saving:.1f}x as many); {s.new_generations} new this time"
+        + (f", {s.failed} failed (persyn generate --retry-failed)" if s.failed else "")
+    )
+    rm = s.router_metrics.get("router", {})
+    if rm.get("hit@1") is not None:
+        base = {k: v.get("hit@1") for k, v in s.router_metrics.items() if k not in ("router", "oracle")}
+        best = max((v for v in base.values() if v is not None), default=None)
+        _out.print(
+            f"  router on held-out calibration prompts: hit@1 {rm['hit@1']:.3f}"
+            + (f" (best baseline {best:.3f})" if best is not None else "")
+        )
+
+
+@app.command()
+def strategies(
+    config: Path = _CONFIG,
+    names: str = typer.Option(
+        "persyn,strong,random,mix,car,oracle",
+        "--strategies",
+        help="Comma-separated: persyn, strong, family-strong, random, mix, car, oracle.",
+    ),
+    oracle: bool = typer.Option(
+        False,
+        "--oracle",
+        help="Full oracle: every teacher answers and is scored on every prompt (Generate-then-Select "
+        "cost). Without it the oracle dataset covers the calibration prompts only.",
+    ),
+    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
+    retry_failed: bool = typer.Option(False, "--retry-failed", help=RETRY_HELP),
+    overrides: list[str] = typer.Option([], "--set", help=SET_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print the results as JSON only."),
+) -> None:
+    """Datasets of PerSyn and the baselines from one run, each in <run>/strategies/<name>/,
+    generating only what the store lacks; listed with their generation counts in the report."""
+    from persyn.strategies import parse_strategies
+
+    try:
+        wanted = parse_strategies(names)
+        with _pipeline(config, force=force, retry_failed=retry_failed, overrides=overrides) as pipe:
+            results = pipe.strategies(wanted, oracle=oracle)
+    except _errors() as exc:
+        _report_error(exc)
+    if as_json:
+        print(json.dumps({k: v.summary() for k, v in results.items()}, indent=2))
+        return
+    from rich.table import Table
+
+    t = Table(title="strategies")
+    for col in (
+        "strategy",
+        "rows",
+        "generations",
+        "new",
+        "mean quality (cal)",
+        "mean label (cal)",
+        "accuracy",
+        "folder",
+    ):
+        t.add_column(col)
+    for r in results.values():
+        t.add_row(
+            r.name + (" (calibration)" if r.scope == "calibration" else ""),
+            str(r.rows),
+            str(r.generations),
+            str(r.new_generations),
+            _f(r.mean_quality),
+            _f(r.mean_label),
+            "-" if r.accuracy is None else f"{r.accuracy:.3f} (n={r.n_accuracy})",
+            str(r.path or "-"),
+        )
+    _out.print(t)
+
+
+def _f(v) -> str:
+    return "-" if v is None else f"{v:.3f}"
+
+
+@app.command()
+def status(config: Path = _CONFIG) -> None:
+    """What a run directory holds (read-only; safe while a run is going)."""
+    from persyn.config import load_config
+    from persyn.store import RunStore
+
+    try:
+        cfg = load_config(config)
+        store = RunStore.open(cfg.output.dir, readonly=True)
+    except _errors() as exc:
+        _report_error(exc)
+    with store:
+        _out.print(f"run {cfg.output.dir}")
+        for k, v in store.stats().items():
+            _out.print(f"  {k}: {v}")
+        for r in store.response_counts():
+            _out.print(
+                f"  {r['teacher']} [{r['gen_key']}]: {r['ok']} ok, {r['error']} failed, "
+                f"{r['completion_tokens']} completion tokens",
+                markup=False,
+            )
+        for e in store.events()[-15:]:
+            _out.print(f"  {e}", markup=False)
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("runs/demo"), "--dir", help="Demo run directory."),
+    prompts: int = typer.Option(
+        160, "--prompts", help="Demo prompts (half math with answers, half instructions)."
+    ),
+    calibration: int = typer.Option(
+        48, "--calibration", help="Calibration prompts (every teacher answers them)."
+    ),
+    max_new_tokens: int = typer.Option(96, "--max-new-tokens", help="Generation length of every teacher."),
+    force: bool = typer.Option(False, "--force", help="Start the demo afresh (deletes the demo directory)."),
+) -> None:
+    """Run the whole pipeline on the bundled demo prompts with three real zoo teachers
+    (Qwen2.5-Coder-0.5B, Gemma-3-270M, SmolLM2-135M), student SmolLM2-135M, on CPU."""
+    from persyn.pipeline import DemoSettingsError, write_demo
+
+    if force and out.exists():
+        shutil.rmtree(out)
+    try:
+        cfg_path = write_demo(out, n_prompts=prompts, calibration=calibration, max_new_tokens=max_new_tokens)
+    except (ValueError, DemoSettingsError) as exc:
+        _fail(str(exc))
+    _err.print(f"demo config: {cfg_path}")
+    summary = _run_stage(cfg_path, "run", force=False, retry_failed=False, skip_bad_rows=False, overrides=())
+    print_summary(summary)
+    _out.print(f"  config:  {cfg_path}   (re-run: persyn run {cfg_path})")
+
+
 def main() -> None:
-    app()
+    # vLLM engines spawn worker processes; the CLI is the __main__ guard they need.
+    sys.exit(app())
 
 
 if __name__ == "__main__":

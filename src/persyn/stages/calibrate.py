@@ -1,0 +1,133 @@
+"""Stage 1, calibrate (PAPER.md step 1): choose the calibration subset; every teacher answers it.
+
+Selection (deterministic for a config and seed):
+- `random`: the `size` prompts with the smallest SHA-256 of (seed, prompt id). A prompt's
+  membership never depends on file order or on the other prompts.
+- `diverse`: k-means (k = size) over the router encoder's prompt embeddings (cached in the store
+  and reused by routing), on a seeded pool of `pool_factor x size` prompts; the prompt nearest
+  each centroid is taken (each prompt once).
+The subset is stored as subset "calibration"; its key (selection settings + working set) is kept
+in the store state, so a resumed run reuses it and a changed setting re-selects it (responses of
+prompts that stay selected are reused: they are keyed by content).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from persyn.stages.context import RunContext, WorkCounts, json_digest
+from persyn.store import content_key
+
+
+@dataclass
+class CalibrationResult:
+    prompt_ids: list[str]
+    selection: str
+    teachers: dict[str, WorkCounts] = field(default_factory=dict)
+
+    @property
+    def new_generations(self) -> int:
+        return sum(c.new for c in self.teachers.values())
+
+    @property
+    def failed(self) -> int:
+        return sum(c.failed + (c.failed_before if not c.new else 0) for c in self.teachers.values())
+
+
+def hash_order(ids: list[str], seed: int, salt: str) -> list[str]:
+    """`ids` sorted by SHA-256 of (salt, seed, id): a seeded order independent of input order."""
+    return sorted(ids, key=lambda i: hashlib.sha256(f"{salt}:{seed}:{i}".encode()).digest())
+
+
+def select_calibration(ctx: RunContext) -> list[str]:
+    cfg = ctx.config
+    cal = cfg.calibration
+    ids = ctx.working_ids()
+    size = min(cal.size, len(ids))
+    parts: list = ["calibration", cal.selection, size, cfg.seed, json_digest(ids)]
+    if cal.selection == "diverse":
+        parts += [cal.pool_factor, cfg.router.encoder, cfg.router.pooling, cfg.router.max_length]
+    key = content_key(*parts)
+    state = ctx.store.get_state("calibration")
+    current = ctx.store.get_subset("calibration")
+    if state and state.get("key") == key and current is not None:
+        return current
+    if size == len(ids):
+        chosen = list(ids)
+    elif cal.selection == "random":
+        chosen = hash_order(ids, cfg.seed, "calibration")[:size]
+    else:
+        chosen = _diverse(ctx, ids, size)
+    pos = {pid: i for i, pid in enumerate(ids)}
+    chosen.sort(key=pos.__getitem__)  # file order: easier to read, and independent of the method
+    ctx.store.set_subset("calibration", chosen, replace=True)
+    ctx.store.set_state("calibration", {"key": key, "selection": cal.selection, "size": len(chosen)})
+    ctx.store.log_event(
+        "calibrate", "info", f"selected {len(chosen)} of {len(ids)} prompts ({cal.selection})", n=len(chosen)
+    )
+    return chosen
+
+
+def _diverse(ctx: RunContext, ids: list[str], size: int) -> list[str]:
+    from persyn.stages.embeddings import embed_ids
+
+    cfg = ctx.config
+    pool = hash_order(ids, cfg.seed, "calibration-pool")[: min(len(ids), size * cfg.calibration.pool_factor)]
+    emb = embed_ids(ctx, pool, stage="calibrate")
+    picked = kmeans_representatives(emb, size, seed=cfg.seed)
+    return [pool[i] for i in picked]
+
+
+def kmeans_representatives(x: np.ndarray, k: int, *, seed: int, iters: int = 25) -> list[int]:
+    """Indices of k distinct rows of `x`, one nearest each centroid of a seeded k-means
+    (k-means++ start, Lloyd iterations with matrix-product distances on unit vectors)."""
+    n = len(x)
+    if k >= n:
+        return list(range(n))
+    x = np.asarray(x, dtype=np.float64)
+    x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    sq = (x * x).sum(axis=1)
+    rng = np.random.default_rng(seed)
+    centres = np.empty((k, x.shape[1]))
+    first = int(rng.integers(n))
+    centres[0] = x[first]
+    d2 = np.maximum(sq - 2 * x @ x[first] + sq[first], 0.0)
+    for j in range(1, k):
+        total = d2.sum()
+        i = int(rng.choice(n, p=d2 / total)) if total > 0 else int(rng.integers(n))
+        centres[j] = x[i]
+        d2 = np.minimum(d2, np.maximum(sq - 2 * x @ x[i] + sq[i], 0.0))
+    assign = np.full(n, -1)
+    for _ in range(iters):
+        dist = sq[:, None] - 2 * x @ centres.T + (centres * centres).sum(axis=1)[None, :]
+        new = dist.argmin(axis=1)
+        if np.array_equal(new, assign):
+            break
+        assign = new
+        for j in range(k):
+            members = x[assign == j]
+            if len(members):
+                centres[j] = members.mean(axis=0)
+    dist = sq[:, None] - 2 * x @ centres.T + (centres * centres).sum(axis=1)[None, :]
+    # Each centroid takes its nearest prompt not taken yet (centroids in order of how close their
+    # best prompt is, so a shared nearest prompt goes to the centroid it fits best).
+    chosen: list[int] = []
+    taken = np.zeros(n, dtype=bool)
+    for j in np.argsort(dist.min(axis=0), kind="stable"):
+        col = np.where(taken, np.inf, dist[:, j])
+        i = int(col.argmin())
+        taken[i] = True
+        chosen.append(i)
+    return chosen
+
+
+def calibrate(ctx: RunContext) -> CalibrationResult:
+    ids = select_calibration(ctx)
+    result = CalibrationResult(ids, ctx.config.calibration.selection)
+    ctx.ui.say(f"[bold]calibrate[/]: {len(ids)} prompts x {len(ctx.teachers)} teachers")
+    for teacher in ctx.teachers:
+        result.teachers[teacher] = ctx.generate_responses("calibrate", teacher, ids)
+    return result

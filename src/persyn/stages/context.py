@@ -1,0 +1,260 @@
+"""What every stage shares: the config, the store, the executor, the display, and the driver-side
+helpers that turn executor results into store rows.
+
+The driver is the only writer: `generate_responses` and the scoring helpers take `BatchResult`s from
+the executor and write each batch in one store transaction (`executor.batch_size` rows), so a
+crash loses at most the batch in flight. Before any work, each unit logs the resume line
+("calibrate qwen: 40 done earlier, 24 to do") to the store's events and to the console.
+
+Engine fingerprints (part of every store key) are remembered in the store's state by engine spec,
+so a stage that needs only a key (scoring stored responses, changing the student) never loads a
+teacher. When an engine is loaded to do work, its real fingerprint is checked against the
+remembered one; if they differ (e.g. another dtype on a GPU machine) the real one wins.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from persyn.config import Config
+from persyn.engines.spec import EngineSpec
+from persyn.executors import BatchResult, Executor, Job, WorkItem
+from persyn.progress import Progress
+from persyn.store import ResponseKey, ResponseRow, RunStore, ScoreRow, make_gen_key
+
+#: Test hook: "STAGE:N" SIGKILLs this process right after its N-th committed batch in STAGE
+#: (tests/test_crash.py uses it to crash at a deterministic point).
+KILL_ENV = "PERSYN_TEST_KILL_AFTER"
+
+
+class StageError(RuntimeError):
+    """A stage cannot run (a missing prerequisite, an impossible setting); the message says why
+    and what to run."""
+
+
+@dataclass
+class WorkCounts:
+    """What one unit of work (a teacher's generations, a scorer's scores) did."""
+
+    name: str
+    wanted: int = 0
+    done_before: int = 0
+    new: int = 0
+    failed: int = 0
+    failed_before: int = 0
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class RunContext:
+    config: Config
+    store: RunStore
+    executor: Executor
+    ui: Progress
+    retry_failed: bool = False
+    _batches: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def teachers(self) -> list[str]:
+        return self.config.teacher_names
+
+    @property
+    def batch_size(self) -> int:
+        return self.config.executor.batch_size
+
+    # ------------------------------------------------------------------ prompt sets
+
+    def working_ids(self) -> list[str]:
+        ids = self.store.get_subset("prompts")
+        if ids is None:
+            raise StageError("no prompts loaded in this run yet")
+        return ids
+
+    def calibration_ids(self) -> list[str]:
+        ids = self.store.get_subset("calibration")
+        if ids is None:
+            raise StageError("no calibration subset yet: run `persyn calibrate CONFIG` first")
+        return ids
+
+    # ------------------------------------------------------------------ keys
+
+    def fingerprint(self, spec: EngineSpec, *, verify: bool = False) -> str:
+        """The engine fingerprint of `spec`: remembered in the store, else (or with `verify`)
+        from the loaded engine."""
+        key = _spec_digest(spec)
+        known = self.store.get_state("fingerprints", {})
+        if key in known and not verify:
+            return known[key]
+        fp = self.executor.fingerprint(spec)
+        if known.get(key) != fp:
+            if key in known:
+                self.store.log_event(
+                    "engines",
+                    "info",
+                    f"{spec.model}: fingerprint changed from {known[key]} to {fp}; "
+                    "rows are keyed by the new one",
+                )
+            known[key] = fp
+            self.store.set_state("fingerprints", known)
+        return fp
+
+    def teacher_gen_key(self, teacher: str, *, verify: bool = False) -> str:
+        cfg = self.config
+        params = cfg.generation_for(teacher).params()
+        fp = self.fingerprint(cfg.teacher_spec(teacher), verify=verify)
+        gk = make_gen_key(fp, params.key())
+        keys = self.store.get_state("gen_keys", {})
+        if gk not in keys:
+            keys[gk] = {"teacher": teacher, "fingerprint": fp, "params": asdict(params)}
+            self.store.set_state("gen_keys", keys)
+        return gk
+
+    def gen_keys(self) -> dict[str, str]:
+        return {t: self.teacher_gen_key(t) for t in self.teachers}
+
+    def gen_key_info(self, gen_key: str) -> dict[str, Any]:
+        return self.store.get_state("gen_keys", {}).get(gen_key, {})
+
+    # ------------------------------------------------------------------ writing
+
+    def committed(self, stage: str) -> None:
+        """Called after each batch transaction; counts batches for the crash-test hook."""
+        n = self._batches[stage] = self._batches.get(stage, 0) + 1
+        target = os.environ.get(KILL_ENV)
+        if target and target == f"{stage}:{n}":
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def log_todo(self, stage: str, unit: str, done: int, todo: int, failed: int = 0) -> None:
+        msg = f"{unit}: {done} done earlier, {todo} to do"
+        if failed:
+            how = "retrying" if self.retry_failed else "not retried: use --retry-failed"
+            msg += f" ({failed} failed earlier, {how})"
+        kind = "resume" if done or failed else "start"
+        self.store.log_event(stage, kind, msg, unit=unit, done=done, todo=todo, failed=failed)
+        self.ui.say(f"[dim]{stage}[/] {msg}")
+
+    def log_done(self, stage: str, counts: WorkCounts) -> None:
+        if not counts.new and not counts.failed:
+            return
+        msg = f"{counts.name}: {counts.new} new, {counts.failed} failed in {counts.seconds:.1f}s"
+        self.store.log_event(stage, "done", msg, **counts.to_dict())
+
+    # ------------------------------------------------------------------ generation
+
+    def generate_responses(self, stage: str, teacher: str, prompt_ids: Sequence[str]) -> WorkCounts:
+        """Make sure `teacher` has a response row for every prompt in `prompt_ids`: generate what
+        the store lacks (and, with retry_failed, what failed), one transaction per batch."""
+        ids = list(dict.fromkeys(prompt_ids))
+        counts = WorkCounts(f"{teacher}", wanted=len(ids))
+        if not ids:
+            return counts
+        gk = self.teacher_gen_key(teacher)
+        todo, done, failed = self._todo(teacher, gk, ids)
+        if todo:
+            # About to load the model anyway: check that the remembered fingerprint still holds.
+            real = self.teacher_gen_key(teacher, verify=True)
+            if real != gk:
+                gk = real
+                todo, done, failed = self._todo(teacher, gk, ids)
+        counts.done_before, counts.failed_before = done, failed
+        self.log_todo(stage, teacher, done, len(todo), failed)
+        if not todo:
+            return counts
+        cfg = self.config
+        params = cfg.generation_for(teacher).params()
+        params_dict = asdict(params)
+        prompts = {p.id: p for p in self.store.get_prompts(todo)}
+        items = [WorkItem(ResponseKey(pid, teacher, gk), prompts[pid].text) for pid in todo]
+        job = Job(f"{stage}/{teacher}", cfg.teacher_spec(teacher), "generate", items, params, self.batch_size)
+        t0 = time.perf_counter()
+        with self.ui.task(f"{stage} · {teacher}", total=len(items)) as advance:
+            for batch in self.executor.run(job):
+                rows = _response_rows(batch, teacher, gk, params_dict)
+                self.store.put_responses(rows)
+                self.committed(stage)
+                counts.new += sum(r.status == "ok" for r in rows)
+                counts.failed += sum(r.status == "error" for r in rows)
+                advance(len(rows))
+        counts.seconds = time.perf_counter() - t0
+        self.log_done(stage, counts)
+        if counts.failed:
+            self.ui.say(
+                f"[yellow]{stage} {teacher}: {counts.failed} generation(s) failed; their errors are "
+                "in the store (re-run with --retry-failed to try them again)[/]"
+            )
+        return counts
+
+    def _todo(self, teacher: str, gk: str, ids: list[str]) -> tuple[list[str], int, int]:
+        status = self.store.response_status(teacher, gk, ids)
+        failed = sum(1 for s in status.values() if s == "error")
+        done = sum(1 for s in status.values() if s == "ok")
+        todo = [p for p in ids if p not in status or (self.retry_failed and status[p] == "error")]
+        return todo, done, failed
+
+    # ------------------------------------------------------------------ scoring
+
+    def run_score_job(self, stage: str, job: Job, kind: str, scorer_key: str) -> WorkCounts:
+        """Run a scoring job through the executor and store each batch (NaN = not scorable)."""
+        counts = WorkCounts(job.name, wanted=len(job.items))
+        t0 = time.perf_counter()
+        with self.ui.task(f"{stage} · {job.name}", total=len(job.items)) as advance:
+            for batch in self.executor.run(job):
+                rows = _score_rows(batch, kind, scorer_key)
+                self.store.put_scores(rows)
+                self.committed(stage)
+                counts.new += sum(r.value is not None for r in rows)
+                counts.failed += sum(r.value is None for r in rows)
+                advance(len(rows))
+        counts.seconds = time.perf_counter() - t0
+        return counts
+
+
+def _spec_digest(spec: EngineSpec) -> str:
+    return hashlib.sha256(spec.model_dump_json().encode()).hexdigest()[:16]
+
+
+def _response_rows(batch: BatchResult, teacher: str, gk: str, params: dict) -> list[ResponseRow]:
+    per_row = batch.seconds / max(len(batch), 1)
+    rows = []
+    for r in batch.results:
+        pid = r.item.key.prompt_id
+        if r.ok and r.value is not None:
+            rows.append(
+                ResponseRow.from_generation(pid, teacher, gk, r.value, params=params, duration_s=per_row)
+            )  # type: ignore[arg-type]
+        else:
+            rows.append(
+                ResponseRow.failure(
+                    pid, teacher, gk, r.error or "no result", params=params, duration_s=per_row
+                )
+            )
+    return rows
+
+
+NOT_SCORABLE = "not scorable (empty response, or over the model's context window)"
+
+
+def _score_rows(batch: BatchResult, kind: str, scorer_key: str) -> list[ScoreRow]:
+    rows = []
+    for r in batch.results:
+        k = r.item.key
+        value = r.value if r.ok else None
+        if isinstance(value, float) and value != value:  # NaN: the scorer's "missing"
+            value = None
+        error = None if value is not None else (r.error or NOT_SCORABLE)
+        rows.append(ScoreRow(kind, scorer_key, k.prompt_id, k.teacher, k.gen_key, value, error))
+    return rows
+
+
+def json_digest(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]

@@ -1,0 +1,206 @@
+"""Stage 4, route (PAPER.md step 6): one teacher per prompt.
+
+- Prompts outside the calibration set (the new generations) go to `argmax pi(x)`, or, under
+  `routing.caps` / `routing.budget`, to the assignment that maximises the total router score
+  within the limits (`persyn.routing.route_prompts`). Costs per prompt come from each teacher's
+  `cost_per_1k_tokens` and its observed mean prompt/completion tokens on the calibration set.
+- Calibration prompts already hold every teacher's response: `routing.calibration_prompts:
+  router` (default, the paper) routes them by argmax too; `best` takes the teacher with the best
+  combined label. They are outside the caps and the budget (they cost nothing more).
+
+Routes are stored under a router key covering the router's weights (digest of its files), the
+caps, budget and prices, and the calibration policy; a stored route is final, so re-running reuses
+them and any change routes afresh under a new key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from persyn.routing import RoutingInfeasibleError, RoutingResult, TeacherCap, cost_per_prompt, route_prompts
+from persyn.stages.context import RunContext, StageError
+from persyn.stages.embeddings import embed_ids
+from persyn.stages.train_router import current_router
+from persyn.store import content_key
+
+ROUTING_FILE = "routing.json"
+_PUT_CHUNK = 20_000
+
+
+@dataclass
+class RouteResult:
+    router_key: str
+    routing: RoutingResult  # the prompts outside the calibration set
+    counts: dict[str, int]  # every prompt, by teacher
+    calibration_counts: dict[str, int]
+    reused: bool = False
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n_prompts(self) -> int:
+        return sum(self.counts.values())
+
+
+def router_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    for f in sorted(p for p in path.rglob("*") if p.is_file() and p.name != "metrics.json"):
+        h.update(str(f.relative_to(path)).encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def teacher_costs(ctx: RunContext) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """Expected cost of one generation per priced teacher, from its mean tokens on calibration."""
+    costs: dict[str, float] = {}
+    tokens: dict[str, dict[str, float]] = {}
+    cal = ctx.store.get_subset("calibration") or []
+    for t in ctx.config.teachers:
+        if t.cost_per_1k_tokens is None:
+            continue
+        rows = ctx.store.get_responses(t.name, ctx.teacher_gen_key(t.name), cal)
+        ptoks = [r.prompt_tokens for r in rows.values() if r.prompt_tokens is not None]
+        ctoks = [r.completion_tokens for r in rows.values() if r.completion_tokens is not None]
+        mean_p = float(np.mean(ptoks)) if ptoks else 0.0
+        mean_c = float(np.mean(ctoks)) if ctoks else float(ctx.config.generation_for(t.name).max_new_tokens)
+        tokens[t.name] = {"prompt": mean_p, "completion": mean_c}
+        costs[t.name] = cost_per_prompt(
+            mean_p, mean_c, t.cost_per_1k_tokens.input, t.cost_per_1k_tokens.output
+        )
+    return costs, tokens
+
+
+def current_route_key(ctx: RunContext) -> str:
+    key = ctx.store.get_state("route", {}).get("router_key")
+    router = current_router(ctx)
+    expected = _route_key(ctx, router, None)
+    if key != expected or ctx.store.get_routes(key, ctx.working_ids()[:1]) is None:
+        raise StageError("no routes for this config yet: run `persyn route CONFIG` first")
+    return key
+
+
+def _route_key(ctx: RunContext, router: Path, costs: dict[str, float] | None) -> str:
+    r = ctx.config.routing
+    if costs is None:
+        costs, _ = teacher_costs(ctx) if (r.budget is not None or r.caps) else ({}, {})
+    return content_key(
+        "route",
+        router_digest(router),
+        ctx.teachers,
+        {k: v.model_dump(mode="json") for k, v in sorted(r.caps.items())},
+        r.budget,
+        {k: round(v, 12) for k, v in sorted(costs.items())},
+        r.calibration_prompts,
+        hashlib.sha256(json.dumps(ctx.working_ids()).encode()).hexdigest()[:16],
+    )
+
+
+def route(ctx: RunContext) -> RouteResult:
+    from persyn.router.io import load_router
+
+    cfg = ctx.config
+    teachers = ctx.teachers
+    router_path = current_router(ctx)
+    r = cfg.routing
+    costs, tokens = teacher_costs(ctx) if (r.budget is not None or r.caps) else ({}, {})
+    key = _route_key(ctx, router_path, costs)
+    ids = ctx.working_ids()
+    cal = set(ctx.calibration_ids())
+
+    stored = ctx.store.get_routes(key, ids)
+    saved = ctx.store.path(ROUTING_FILE)
+    if stored is not None and len(stored) == len(ids) and saved.is_file():
+        doc = json.loads(saved.read_text())
+        if doc.get("router_key") == key:
+            ctx.store.set_state("route", {"router_key": key})
+            ctx.store.log_event("route", "resume", f"{len(ids)} prompts routed earlier ({key})", key=key)
+            ctx.ui.say(f"[dim]route[/] {len(ids)} prompts: done earlier")
+            outside = [i for i in ids if i not in cal]
+            assigned_out = ctx.store.get_routes(key, outside).assigned if outside else []
+            res = _result_from_doc(doc, [teachers.index(t) for t in assigned_out])
+            res.reused = True
+            return res
+
+    router = load_router(router_path, expected_teachers=teachers, cache=ctx.store.embedding_cache())
+    ctx.ui.say(f"[bold]route[/]: {len(ids)} prompts ({len(ids) - len(cal & set(ids))} outside calibration)")
+    emb = embed_ids(ctx, ids, stage="route", encoder=router.encoder)
+    scores = router.scores([""] * len(ids), embeddings=emb) if len(ids) else np.zeros((0, len(teachers)))
+    in_cal = np.array([pid in cal for pid in ids], dtype=bool)
+    out_idx = np.flatnonzero(~in_cal)
+    caps = {name: TeacherCap(**c.model_dump()) for name, c in r.caps.items()}
+    try:
+        result = route_prompts(
+            scores[out_idx], teachers, caps, cost_per_prompt=costs or None, budget=r.budget
+        )
+    except RoutingInfeasibleError as exc:
+        raise StageError(f"routing under routing.caps/budget is impossible: {exc}") from exc
+    assigned = np.argmax(scores, axis=1) if len(ids) else np.zeros(0, dtype=np.int64)
+    assigned[out_idx] = result.assignment
+    cal_idx = np.flatnonzero(in_cal)
+    if r.calibration_prompts == "best" and cal_idx.size:
+        from persyn.stages.score import labels_for, load_matrices
+
+        q, lm = load_matrices(ctx, [ids[i] for i in cal_idx])
+        labels = labels_for(ctx, q, lm)
+        has = ~np.isnan(labels).all(axis=1)
+        best = np.nanargmax(np.where(has[:, None], np.nan_to_num(labels, nan=-np.inf), 0.0), axis=1)
+        assigned[cal_idx[has]] = best[has]
+    names = [teachers[i] for i in assigned]
+    for s in range(0, len(ids), _PUT_CHUNK):
+        ctx.store.put_routes(
+            key,
+            teachers,
+            ids[s : s + _PUT_CHUNK],
+            names[s : s + _PUT_CHUNK],
+            scores[s : s + _PUT_CHUNK],
+            meta={"router": str(router_path), "routing": result.method},
+        )
+        ctx.committed("route")
+    counts = {t: int((assigned == j).sum()) for j, t in enumerate(teachers)}
+    cal_counts = {t: int((assigned[cal_idx] == j).sum()) for j, t in enumerate(teachers)}
+    info = {"teacher_costs": costs, "mean_tokens": tokens, "calibration_prompts": r.calibration_prompts}
+    res = RouteResult(key, result, counts, cal_counts, info=info)
+    doc = {
+        "router_key": key,
+        "router": str(router_path),
+        "counts": counts,
+        "calibration_counts": cal_counts,
+        "routing": result.to_dict(),
+        "info": info,
+    }
+    tmp = saved.with_name(saved.name + ".tmp")
+    tmp.write_text(json.dumps(doc, indent=2, default=float) + "\n")
+    tmp.replace(saved)
+    ctx.store.set_state("route", {"router_key": key})
+    ctx.store.log_event("route", "done", result.summary().splitlines()[0], key=key, counts=counts)
+    ctx.ui.say(f"[dim]route[/] {result.summary()}")
+    return res
+
+
+def _result_from_doc(doc: dict, assignment: list[int]) -> RouteResult:
+    r = doc["routing"]
+    rr = RoutingResult(
+        teachers=r["teachers"],
+        assignment=np.asarray(assignment, dtype=np.int64),
+        counts=r["counts"],
+        caps=r["caps"],
+        cap_reasons=r["cap_reasons"],
+        total_score=r["total_score"],
+        argmax_score=r["argmax_score"],
+        upper_bound=r["upper_bound"],
+        optimal=r["optimal"],
+        method=r["method"],
+        costs=r.get("costs"),
+        total_cost=r.get("total_cost"),
+        budget=r.get("budget"),
+        seconds=r.get("seconds", 0.0),
+        info=r.get("info", {}),
+    )
+    return RouteResult(
+        doc["router_key"], rr, doc["counts"], doc["calibration_counts"], info=doc.get("info", {})
+    )

@@ -1,0 +1,272 @@
+"""Stage 3, train-router (PAPER.md steps 3-5): combined labels -> Bradley-Terry router, measured
+against every baseline on held-out calibration prompts.
+
+1. Labels `r = (1 - alpha) * z(r_q) + alpha * z(r_l)` over the calibration matrices.
+2. `router.test_fraction` of the calibration prompts (a hash of seed and text) are held out. A
+   router trained on the rest, and the baselines fitted on the rest (random, strongest, CAR, Mix,
+   kNN, family-strong where families are declared), are scored on the held-out prompts with
+   `persyn.router.metrics.compare` against the oracle (Hit@1, Hit@3, regret, share of the
+   oracle's gain recovered...).
+3. With `router.refit` (default) the router that routes is then trained on every calibration
+   prompt; otherwise the measured one routes.
+
+The router is saved as safetensors + JSON under `<run>/routers/<train key>/` with `metrics.json`
+beside it. The train key covers everything the router depends on (the calibration responses' keys,
+the quality and learnability scorer keys, alpha, the router settings, the seed), so re-running
+reuses a finished router, and a new student (new learnability key) trains a new one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from persyn.stages.context import RunContext, StageError, json_digest
+from persyn.stages.embeddings import embed_ids, load_router_encoder
+from persyn.stages.score import labels_for, learnability_scorer_key, load_matrices, quality_keys
+from persyn.store import content_key
+
+METRICS_FILE = "metrics.json"
+
+
+@dataclass
+class RouterResult:
+    path: Path
+    train_key: str
+    metrics: dict[str, dict[str, Any]]  # "router" and each baseline -> metrics
+    trained: bool  # False when a finished router was reused
+
+    @property
+    def router_metrics(self) -> dict[str, Any]:
+        return self.metrics.get("router", {})
+
+
+def train_key(ctx: RunContext, ids: list[str]) -> str:
+    cfg = ctx.config
+    gks = ctx.gen_keys()
+    prompts = ctx.store.get_prompts(ids)
+    qk = sorted(set(quality_keys(ctx, prompts)))
+    r = cfg.router.model_dump(mode="json")
+    return content_key(
+        "router",
+        json_digest(ids),
+        [gks[t] for t in ctx.teachers],
+        qk,
+        learnability_scorer_key(ctx) if cfg.router.alpha > 0 else None,
+        r,
+        cfg.baselines.model_dump(mode="json"),
+        cfg.seed,
+    )
+
+
+def current_router(ctx: RunContext) -> Path:
+    """The router for the current config (trained by this stage), or a StageError saying what to run."""
+    ids = ctx.calibration_ids()
+    path = ctx.store.path("routers", train_key(ctx, ids))
+    if not (path / "router.json").is_file():
+        raise StageError("no router for this config yet: run `persyn train-router CONFIG` first")
+    return path
+
+
+def _train_config(ctx: RunContext):
+    from persyn.router.model import TrainConfig
+
+    r = ctx.config.router
+    return TrainConfig(
+        hidden=r.hidden,
+        layers=r.layers,
+        dropout=r.dropout,
+        lr=r.learning_rate,
+        weight_decay=r.weight_decay,
+        batch_prompts=r.batch_prompts,
+        max_epochs=r.max_epochs,
+        patience=r.patience,
+        val_fraction=r.val_fraction,
+        seed=ctx.config.seed,
+        finetune_encoder=r.fine_tune,
+        encoder_lr=r.encoder_lr,
+        alpha=r.alpha,
+        normalisation=r.normalisation,
+    )
+
+
+def family_teachers(ctx: RunContext) -> list[str]:
+    fam = ctx.config.student.family
+    if fam is None:
+        return []
+    return [t.name for t in ctx.config.teachers if t.family == fam]
+
+
+def fit_baselines(ctx: RunContext, texts, q, lm, labels, emb) -> tuple[dict[str, Any], list[str]]:
+    """Every applicable baseline router fitted on these calibration rows, and notes on the ones
+    that could not be fitted (e.g. a teacher without any score)."""
+    from persyn.router.baselines import (
+        CARRouter,
+        FixedRouter,
+        KNNRouter,
+        MixRouter,
+        RandomRouter,
+        StrongestRouter,
+        car_scores,
+    )
+
+    cfg = ctx.config
+    teachers = ctx.teachers
+    out: dict[str, Any] = {"random": RandomRouter(teachers, seed=cfg.seed)}
+    notes: list[str] = []
+
+    def attempt(name: str, build) -> Any:
+        try:
+            out[name] = build()
+            return out[name]
+        except ValueError as exc:
+            notes.append(f"baseline {name} skipped: {exc}")
+            return None
+
+    strong = attempt("strongest", lambda: StrongestRouter(teachers, q))
+    attempt("car", lambda: CARRouter(teachers, q, lm, beta=cfg.baselines.car_beta))
+    if strong is not None:
+        weak = cfg.baselines.mix_weak
+        if weak is None:
+            # The best CAR teacher other than the strong one (by mean quality without CAR).
+            rank = strong.teacher_scores
+            if "car" in out:
+                rank = car_scores(q, lm, cfg.baselines.car_beta)
+            weak = next(teachers[i] for i in np.argsort(-rank, kind="stable") if teachers[i] != strong.choice)
+        if weak != strong.choice:
+            share = cfg.baselines.mix_share
+            attempt("mix", lambda: MixRouter(teachers, strong.choice, weak, share=share, seed=cfg.seed))
+        fam = family_teachers(ctx)
+        if fam:
+            means = np.where([t in fam for t in teachers], strong.teacher_scores, -np.inf)
+            attempt("family-strong", lambda: FixedRouter(teachers, means, "family-strong"))
+    attempt("knn", lambda: KNNRouter(teachers, emb, labels, k=cfg.baselines.knn_k))
+    return out, notes
+
+
+def train_router_stage(ctx: RunContext) -> RouterResult:
+    from persyn.router.io import save_router
+    from persyn.router.metrics import compare, json_safe
+    from persyn.router.model import holdout_mask, train_router
+
+    cfg = ctx.config
+    ids = ctx.calibration_ids()
+    key = train_key(ctx, ids)
+    path = ctx.store.path("routers", key)
+    if (path / "router.json").is_file() and (path / METRICS_FILE).is_file():
+        ctx.store.log_event("train-router", "resume", f"router {key} already trained", key=key)
+        ctx.ui.say(f"[dim]train-router[/] router {key}: done earlier")
+        metrics = json.loads((path / METRICS_FILE).read_text())["metrics"]
+        ctx.store.set_state("router", {"key": key, "path": str(path)})
+        return RouterResult(path, key, metrics, trained=False)
+
+    teachers = ctx.teachers
+    prompts = ctx.store.get_prompts(ids)
+    texts = [p.text for p in prompts]
+    q, lm = load_matrices(ctx, ids)
+    if np.isnan(q).all():
+        raise StageError("no quality scores for the calibration prompts: run `persyn score CONFIG` first")
+    if cfg.router.alpha > 0 and np.isnan(lm).all():
+        raise StageError(
+            "no learnability scores for the calibration prompts: run `persyn score CONFIG` first"
+        )
+    labels = labels_for(ctx, q, lm)
+    encoder = load_router_encoder(ctx)
+    emb = embed_ids(ctx, ids, stage="train-router", encoder=encoder)
+    test = holdout_mask(texts, cfg.router.test_fraction, cfg.seed, salt="test")
+    fit = ~test
+    tcfg = _train_config(ctx)
+    cache = ctx.store.embedding_cache()
+    ctx.ui.say(
+        f"[bold]train-router[/]: {len(ids)} calibration prompts ({int(fit.sum())} train, "
+        f"{int(test.sum())} held out for metrics)"
+    )
+
+    def train(mask: np.ndarray, what: str):
+        sel = np.flatnonzero(mask)
+        with ctx.ui.task(f"train-router · {what}", total=tcfg.max_epochs) as advance:
+            try:
+                return train_router(
+                    [texts[i] for i in sel],
+                    labels[sel],
+                    teachers,
+                    encoder=encoder,
+                    config=tcfg,
+                    cache=cache,
+                    embeddings=None if tcfg.finetune_encoder else emb[sel],
+                    progress=lambda info: advance(1),
+                )
+            except ValueError as exc:
+                raise StageError(f"cannot train the router ({what}): {exc}") from exc
+
+    metrics: dict[str, Any] = {}
+    notes: list[str] = []
+    measured, report = train(fit, "measured")
+    if test.any():
+        t_idx = np.flatnonzero(test)
+        f_idx = np.flatnonzero(fit)
+        baselines, notes = fit_baselines(
+            ctx, [texts[i] for i in f_idx], q[f_idx], lm[f_idx], labels[f_idx], emb[f_idx]
+        )
+        t_texts = [texts[i] for i in t_idx]
+        emb_t = None if tcfg.finetune_encoder else emb[t_idx]
+        matrices = {"router": measured.scores(t_texts, embeddings=emb_t)}
+        for name, b in baselines.items():
+            matrices[name] = b.scores(t_texts, embeddings=emb[t_idx])
+        matrices["oracle"] = np.where(np.isnan(labels[t_idx]), -np.inf, labels[t_idx])
+        metrics = json_safe(
+            compare(matrices, labels[t_idx], teachers, quality=q[t_idx], learnability=lm[t_idx])
+        )
+    final, final_report = (
+        train(np.ones(len(ids), dtype=bool), "all prompts")
+        if cfg.router.refit and test.any()
+        else (measured, report)
+    )
+
+    tmp = path.with_name(path.name + ".tmp")
+    save_router(
+        final,
+        tmp,
+        extra={
+            "persyn": {
+                "train_key": key,
+                "calibration_prompts": len(ids),
+                "held_out": int(test.sum()),
+                "refit": bool(cfg.router.refit and test.any()),
+            }
+        },
+    )
+    doc = {
+        "train_key": key,
+        "teachers": teachers,
+        "n_calibration": len(ids),
+        "n_test": int(test.sum()),
+        "alpha": cfg.router.alpha,
+        "train_report": final_report.to_dict(),
+        "measured_report": report.to_dict(),
+        "metrics": metrics,
+        "notes": notes,
+    }
+    (tmp / METRICS_FILE).write_text(json.dumps(json_safe(doc), indent=2) + "\n")
+    if path.exists():  # a crashed earlier attempt: replace it whole
+        import shutil
+
+        shutil.rmtree(path)
+    os.replace(tmp, path)  # the folder appears complete or not at all
+    ctx.store.set_state("router", {"key": key, "path": str(path)})
+    rm = metrics.get("router", {})
+    msg = f"router {key} trained ({report.n_train_pairs} pairs)"
+    if rm:
+        msg += f"; held out: hit@1 {_f(rm.get('hit@1'))}, regret {_f(rm.get('regret'))}"
+    ctx.store.log_event("train-router", "done", msg, key=key)
+    ctx.ui.say(f"[dim]train-router[/] {msg}")
+    return RouterResult(path, key, metrics, trained=True)
+
+
+def _f(v) -> str:
+    return "-" if v is None else f"{v:.3f}"

@@ -1,0 +1,326 @@
+"""Datasets of the baselines, built from the same run as the PerSyn dataset, for comparison.
+
+    results = build_strategies(ctx, ["persyn", "strong", "random", "mix", "car", "oracle"])
+
+| strategy | who answers each prompt |
+|---|---|
+| persyn | the routed teacher (the run's own dataset, `<run>/dataset/`) |
+| strong | the teacher with the best mean quality on the calibration set |
+| family-strong | the strongest teacher of the student's family (`student.family` / `teachers[].family`) |
+| random | a seeded uniform draw per prompt |
+| mix | `baselines.mix_share` of prompts to the strong teacher, the rest to `baselines.mix_weak` |
+| car | the teacher with the best compatibility-adjusted reward (PAPER.md), for every prompt |
+| oracle | the best combined label per prompt (see below) |
+
+`mix_weak` defaults to the best CAR teacher other than the strong one. The oracle's labels need every
+teacher's response, so it is Generate-then-Select: with `oracle=True` on all prompts, else on the
+calibration prompts only.
+
+Only what the store does not already hold is generated (calibration responses, routed ones, and
+any other strategy's are reused). Each dataset is exported like the main one into
+`<run>/strategies/<name>/`, and `<run>/strategies.json` lists, per strategy: `generations` (what a
+standalone run of it costs: calibration x teachers plus the other prompts for strategies that
+choose from calibration scores; prompts for random; prompts x teachers for the full oracle),
+`new_generations` (what this call generated), `rows`, and for comparison on the calibration
+prompts (where every strategy's choice has a score) `mean_quality` (raw, the same prompts for
+every strategy), `mean_label` (combined label) and `mean_learnability`, plus `accuracy` over the
+rows that have a reference answer.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from persyn.stages.context import RunContext, StageError
+
+STRATEGIES = ("persyn", "strong", "family-strong", "random", "mix", "car", "oracle")
+STRATEGIES_FILE = "strategies.json"
+
+
+@dataclass
+class StrategyResult:
+    name: str
+    scope: str  # "all" prompts, or "calibration" (the oracle without --oracle)
+    rows: int
+    generations: int
+    new_generations: int
+    teacher_counts: dict[str, int]
+    path: Path | None = None
+    mean_quality: float | None = None
+    mean_label: float | None = None
+    mean_learnability: float | None = None
+    accuracy: float | None = None
+    n_accuracy: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["path"] = str(self.path) if self.path else None
+        return d
+
+
+def parse_strategies(text: str | list[str]) -> list[str]:
+    names = [s.strip() for s in (text.split(",") if isinstance(text, str) else text) if s.strip()]
+    unknown = [n for n in names if n not in STRATEGIES]
+    if unknown:
+        raise StageError(
+            f"unknown strateg{'ies' if len(unknown) > 1 else 'y'} {unknown}; choose from {list(STRATEGIES)}"
+        )
+    if not names:
+        raise StageError(f"no strategy given; choose from {list(STRATEGIES)}")
+    return list(dict.fromkeys(names))
+
+
+def _assignments(
+    ctx: RunContext, names: list[str], oracle: bool
+) -> dict[str, tuple[str, list[tuple[str, str]]]]:
+    """name -> (scope, [(prompt id, teacher)])."""
+    from persyn.router.baselines import CARRouter, MixRouter, RandomRouter, StrongestRouter, car_scores
+    from persyn.stages.score import labels_for, load_matrices
+    from persyn.stages.train_router import family_teachers
+
+    cfg = ctx.config
+    teachers = ctx.teachers
+    ids = ctx.working_ids()
+    cal = ctx.calibration_ids()
+    q, lm = load_matrices(ctx, cal)
+    if np.isnan(q).all():
+        raise StageError("no calibration scores yet: run `persyn score CONFIG` first")
+    texts: list[str] | None = None
+
+    def all_texts() -> list[str]:
+        nonlocal texts
+        if texts is None:
+            texts = [p.text for batch in ctx.store.iter_prompts() for p in batch]
+            pos = {p: i for i, p in enumerate(ctx.store.prompt_ids())}
+            texts = [texts[pos[i]] for i in ids]
+        return texts
+
+    strong = StrongestRouter(teachers, q)
+    out: dict[str, tuple[str, list[tuple[str, str]]]] = {}
+    for name in names:
+        if name == "persyn":
+            from persyn.stages.route import current_route_key
+
+            routes = ctx.store.get_routes(current_route_key(ctx), ids)
+            assert routes is not None
+            out[name] = ("all", list(zip(routes.prompt_ids, routes.assigned, strict=True)))
+        elif name == "strong":
+            out[name] = ("all", [(pid, strong.choice) for pid in ids])
+        elif name == "family-strong":
+            fam = family_teachers(ctx)
+            if not fam:
+                raise StageError(
+                    "family-strong needs student.family and at least one teacher with that family "
+                    f"(student.family = {cfg.student.family!r}; teacher families: "
+                    f"{ {t.name: t.family for t in cfg.teachers} })"
+                )
+            best = max(fam, key=lambda t: strong.teacher_scores[teachers.index(t)])
+            out[name] = ("all", [(pid, best) for pid in ids])
+        elif name == "random":
+            routed = RandomRouter(teachers, seed=cfg.seed).route(all_texts())
+            out[name] = ("all", list(zip(ids, routed, strict=True)))
+        elif name == "car":
+            out[name] = (
+                "all",
+                [(pid, CARRouter(teachers, q, lm, beta=cfg.baselines.car_beta).choice) for pid in ids],
+            )
+        elif name == "mix":
+            weak = cfg.baselines.mix_weak
+            if weak is None:
+                rank = car_scores(q, lm, cfg.baselines.car_beta)
+                weak = next(
+                    teachers[i] for i in np.argsort(-rank, kind="stable") if teachers[i] != strong.choice
+                )
+            if weak == strong.choice:
+                raise StageError(f"mix needs two teachers, but baselines.mix_weak is the strong one ({weak})")
+            routed = MixRouter(
+                teachers, strong.choice, weak, share=cfg.baselines.mix_share, seed=cfg.seed
+            ).route(all_texts())
+            out[name] = ("all", list(zip(ids, routed, strict=True)))
+        elif name == "oracle":
+            if oracle:
+                out[name] = ("all", [])  # filled after every teacher answered and was scored
+            else:
+                labels = labels_for(ctx, q, lm)
+                keep = ~np.isnan(labels).all(axis=1)
+                best = np.argmax(np.where(np.isnan(labels), -np.inf, labels), axis=1)
+                out[name] = ("calibration", [(cal[i], teachers[best[i]]) for i in np.flatnonzero(keep)])
+    return out
+
+
+def build_strategies(ctx: RunContext, names: list[str], *, oracle: bool = False) -> dict[str, StrategyResult]:
+    from persyn.stages.export import STRATEGIES_DIR, build_records, left_out_notes, write_dataset
+    from persyn.stages.export import export as export_main
+    from persyn.stages.score import labels_for, load_matrices
+    from persyn.stages.score import score as score_stage
+
+    names = parse_strategies(names)
+    teachers = ctx.teachers
+    ids = ctx.working_ids()
+    cal = ctx.calibration_ids()
+    n, T, c = len(ids), len(teachers), len(cal)
+    plans = _assignments(ctx, names, oracle)
+    before = _response_total(ctx)
+    results: dict[str, StrategyResult] = {}
+    q_cal, l_cal = load_matrices(ctx, cal)
+    labels_cal = labels_for(ctx, q_cal, l_cal)
+    cal_pos = {pid: i for i, pid in enumerate(cal)}
+
+    for name, (scope, assignment) in plans.items():
+        ctx.ui.say(f"[bold]strategies[/]: {name}")
+        start = _response_total(ctx)
+        if name == "oracle" and scope == "all":
+            # Generate-then-Select: every teacher answers every prompt; score them all.
+            for t in teachers:
+                ctx.generate_responses("strategies", t, ids)
+            sc = score_stage(ctx, ids, stage="strategies")
+            labels = labels_for(ctx, sc.quality, sc.learnability)
+            keep = ~np.isnan(labels).all(axis=1)
+            best = np.argmax(np.where(np.isnan(labels), -np.inf, labels), axis=1)
+            assignment = [(ids[i], teachers[best[i]]) for i in np.flatnonzero(keep)]
+        else:
+            per_teacher: dict[str, list[str]] = {}
+            for pid, t in assignment:
+                per_teacher.setdefault(t, []).append(pid)
+            for t in teachers:
+                if per_teacher.get(t):
+                    ctx.generate_responses("strategies", t, per_teacher[t])
+        new = _response_total(ctx) - start
+        _score_answers(ctx, assignment)
+        if name == "persyn":
+            exp = export_main(ctx)
+            path, rows, counts = exp.path, exp.n_rows, exp.teacher_counts
+            records = None
+        else:
+            records, left = build_records(ctx, assignment, name)
+            counts = {t: sum(1 for r in records if r.teacher == t) for t in teachers}
+            path = ctx.store.path(STRATEGIES_DIR, name)
+            gens = {t: {"dataset": v} for t, v in counts.items() if v}
+            toks: dict[str, dict[str, int]] = {}
+            for r in records:
+                tk = toks.setdefault(r.teacher, {"prompt": 0, "completion": 0})
+                tk["prompt"] += r.generation.get("prompt_tokens") or 0
+                tk["completion"] += r.generation.get("completion_tokens") or 0
+            notes = [
+                f"Baseline strategy {name!r} built from PerSyn run {ctx.store.run_dir.name}.",
+                *left_out_notes(left),
+            ]
+            if scope == "calibration":
+                notes.append("Oracle on the calibration prompts only (labels need every teacher's response).")
+            if records:
+                write_dataset(
+                    ctx, records, path, strategy=name, generations=gens, tokens=toks, cost=None, notes=notes
+                )
+            rows = len(records)
+        if name == "random":
+            standalone = n
+        elif name == "oracle":
+            standalone = n * T if scope == "all" else c * T
+        else:
+            standalone = c * T + (n - c)
+        res = StrategyResult(name, scope, rows, standalone, new, counts, path if rows else None)
+        _calibration_metrics(ctx, res, assignment, cal_pos, q_cal, l_cal, labels_cal)
+        _accuracy(ctx, res, assignment)
+        results[name] = res
+        ctx.store.log_event(
+            "strategies",
+            "done",
+            f"{name}: {rows} rows, {new} new generations",
+            strategy=name,
+            rows=rows,
+            new=new,
+        )
+        del records
+    _write_summary(ctx, results)
+    ctx.ui.say(f"strategies: {_response_total(ctx) - before} new generations in all")
+    return results
+
+
+def _response_total(ctx: RunContext) -> int:
+    return sum(r["ok"] + r["error"] for r in ctx.store.response_counts())
+
+
+def _score_answers(ctx: RunContext, assignment: list[tuple[str, str]]) -> None:
+    """Answer-check the rows that have a reference answer (cheap, in the driver)."""
+    from persyn.scoring.answers import AnswerScorer
+    from persyn.scoring.quality import has_reference
+    from persyn.stages.score import QUALITY, score_answer_rows
+    from persyn.store import ResponseKey
+
+    gks = ctx.gen_keys()
+    pids = [pid for pid, _ in assignment]
+    prompts = {p.id: p for p in ctx.store.get_prompts(pids)} if pids else {}
+    keys = [ResponseKey(pid, t, gks[t]) for pid, t in assignment if has_reference(prompts[pid].answer)]
+    todo = ctx.store.scores_todo(QUALITY, AnswerScorer.key, keys)
+    if not todo:
+        return
+    by_teacher: dict[str, list] = {}
+    for k in todo:
+        by_teacher.setdefault(k.teacher, []).append(k)
+    work = []
+    for t, ks in by_teacher.items():
+        rows = ctx.store.get_responses(t, gks[t], [k.prompt_id for k in ks])
+        work += [(k, rows[k.prompt_id]) for k in ks if k.prompt_id in rows]
+    if work:
+        score_answer_rows(ctx, "strategies", work, prompts)
+
+
+def _calibration_metrics(ctx, res: StrategyResult, assignment, cal_pos, q, lm, labels) -> None:
+    teachers = ctx.teachers
+    qs, ls, rs = [], [], []
+    for pid, t in assignment:
+        i = cal_pos.get(pid)
+        if i is None:
+            continue
+        j = teachers.index(t)
+        qs.append(q[i, j])
+        ls.append(lm[i, j])
+        rs.append(labels[i, j])
+
+    def mean(v):
+        a = np.asarray(v, dtype=float)
+        a = a[~np.isnan(a)]
+        return float(a.mean()) if a.size else None
+
+    res.mean_quality, res.mean_learnability, res.mean_label = mean(qs), mean(ls), mean(rs)
+
+
+def _accuracy(ctx: RunContext, res: StrategyResult, assignment) -> None:
+    from persyn.scoring.answers import AnswerScorer
+    from persyn.stages.score import QUALITY
+    from persyn.store import ResponseKey
+
+    gks = ctx.gen_keys()
+    keys = [ResponseKey(pid, t, gks[t]) for pid, t in assignment]
+    vals = [
+        r.value for r in ctx.store.get_scores(QUALITY, AnswerScorer.key, keys).values() if r.value is not None
+    ]
+    res.n_accuracy = len(vals)
+    res.accuracy = float(np.mean(vals)) if vals else None
+
+
+def _write_summary(ctx: RunContext, results: dict[str, StrategyResult]) -> None:
+    path = ctx.store.path(STRATEGIES_FILE)
+    doc = json.loads(path.read_text()) if path.is_file() else {}
+    for name, r in results.items():
+        doc[name] = {
+            "generations": r.generations,
+            "new_generations": r.new_generations,
+            "rows": r.rows,
+            "scope": r.scope,
+            "mean_quality": r.mean_quality,
+            "mean_label": r.mean_label,
+            "mean_learnability": r.mean_learnability,
+            "accuracy": r.accuracy,
+            "n_accuracy": r.n_accuracy,
+            "path": str(r.path) if r.path else None,
+        }
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(doc, indent=2) + "\n")
+    tmp.replace(path)
