@@ -312,6 +312,7 @@ class OpenAIEngine:
     # generate
 
     async def _generate(self, prompts: list[str], params: GenerationParams, return_exceptions: bool):
+        self._need("causal", "generate")
         if params.max_new_tokens < 1:
             raise EngineError(f"max_new_tokens must be >= 1, got {params.max_new_tokens}")
         name = await self._model_name()
@@ -351,6 +352,8 @@ class OpenAIEngine:
         except (KeyError, IndexError, TypeError) as exc:
             raise EngineError(f"malformed response (no choices[0] text): {str(data)[:300]}") from exc
         raw_finish = choice.get("finish_reason")
+        if raw_finish in ("abort", "error"):  # vLLM's words for a request it gave up on: no answer
+            raise EngineError(f"the server ended the request with finish_reason={raw_finish!r}")
         usage = data.get("usage") or {}
         meta: dict[str, Any] = {"retries": attempts - 1, "latency_s": round(latency, 4)}
         if raw_finish not in ("stop", "length"):
