@@ -140,6 +140,8 @@ def _logsumexp(values: Sequence[float]) -> float:
 class OpenAIEngine:
     """A model behind an OpenAI-compatible server (see the module docstring)."""
 
+    #: The verbs take `return_exceptions=True` (per-item errors without re-sending the batch).
+    supports_return_exceptions = True
     #: Backoff before retry n (0-based) is uniform(0, min(cap, base * 2**n)) ("full jitter").
     backoff_base_s: float = 0.5
     backoff_cap_s: float = 30.0

@@ -67,8 +67,10 @@ class VLLMEngine:
         ctx = mp.get_context("spawn")
         self._conn, child = ctx.Pipe()
         # Not a daemon: vLLM starts processes of its own, which daemonic processes may not.
+        # Only EngineSpec's own fields travel (a config's TeacherConfig adds name, family...).
+        fields = spec.model_dump(include=set(EngineSpec.model_fields))
         self._proc = ctx.Process(
-            target=_worker_main, args=(child, spec.model_dump(), self.path, self.kind), name="persyn-vllm"
+            target=_worker_main, args=(child, fields, self.path, self.kind), name="persyn-vllm"
         )
         self._proc.start()
         child.close()
