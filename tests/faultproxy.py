@@ -97,7 +97,13 @@ class FaultProxy:
 
     @property
     def faults(self) -> int:
-        return sum(n for k, n in self.counts.items() if k != "ok")
+        """Requests that got a fault instead of a clean answer (a 502 for an unreachable upstream
+        counts too; such a request is also in counts["ok"])."""
+        return sum(self.counts[k] for k in FAULTS) + self.counts["upstream_error"]
+
+    @property
+    def requests(self) -> int:
+        return sum(self.counts[k] for k in (*FAULTS, "ok"))
 
     # --- the proxy ----------------------------------------------------------------------------------
 
