@@ -449,6 +449,8 @@ def demo(
     from persyn.pipeline import DemoSettingsError, write_demo
 
     if force and out.exists():
+        if any(out.iterdir()) and not (out / "persyn-demo.yaml").is_file():
+            _fail(f"{out} is not a demo directory (no persyn-demo.yaml); not deleting it")
         shutil.rmtree(out)
     try:
         cfg_path = write_demo(out, n_prompts=prompts, calibration=calibration, max_new_tokens=max_new_tokens)

@@ -245,7 +245,7 @@ class Pipeline:
         self.score()
         router = self.train_router()
         self.route()
-        gen = self.generate()
+        self.generate()
         exp = self.export()
         report = self.report()
         counts = ctx.store.response_counts()
@@ -275,7 +275,6 @@ class Pipeline:
             f"{summary.rows} rows, {summary.generations} generations",
             **{k: v for k, v in summary.to_dict().items() if isinstance(v, int | float)},
         )
-        del gen
         return summary
 
 

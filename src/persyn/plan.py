@@ -223,11 +223,11 @@ def _read_run(config: Config) -> dict[str, Any]:
         out: dict[str, Any] = {"working": store.get_subset("prompts")}
         cal = store.get_subset("calibration") or []
         fps = store.get_state("fingerprints", {})
-        from persyn.stages.context import _spec_digest
+        from persyn.stages.context import spec_digest
 
         completion, done, gks = {}, {}, {}
         for t in config.teachers:
-            fp = fps.get(_spec_digest(t.engine_spec()))
+            fp = fps.get(spec_digest(t.engine_spec()))
             if fp is None:
                 continue
             gk = gks[t.name] = make_gen_key(fp, config.generation_for(t.name).params().key())

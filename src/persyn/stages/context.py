@@ -63,6 +63,7 @@ class RunContext:
     ui: Progress
     retry_failed: bool = False
     _batches: dict[str, int] = field(default_factory=dict)
+    _working: list[str] | None = None
 
     @property
     def teachers(self) -> list[str]:
@@ -75,10 +76,13 @@ class RunContext:
     # ------------------------------------------------------------------ prompt sets
 
     def working_ids(self) -> list[str]:
-        ids = self.store.get_subset("prompts")
-        if ids is None:
-            raise StageError("no prompts loaded in this run yet")
-        return ids
+        """The prompts of this run that fit every model, in file order (set by ingest)."""
+        if self._working is None:
+            ids = self.store.get_subset("prompts")
+            if ids is None:
+                raise StageError("no prompts loaded in this run yet")
+            self._working = ids
+        return self._working
 
     def calibration_ids(self) -> list[str]:
         ids = self.store.get_subset("calibration")
@@ -91,7 +95,7 @@ class RunContext:
     def fingerprint(self, spec: EngineSpec, *, verify: bool = False) -> str:
         """The engine fingerprint of `spec`: remembered in the store, else (or with `verify`)
         from the loaded engine."""
-        key = _spec_digest(spec)
+        key = spec_digest(spec)
         known = self.store.get_state("fingerprints", {})
         if key in known and not verify:
             return known[key]
@@ -219,7 +223,8 @@ class RunContext:
         return counts
 
 
-def _spec_digest(spec: EngineSpec) -> str:
+def spec_digest(spec: EngineSpec) -> str:
+    """The key under which a spec's engine fingerprint is remembered."""
     return hashlib.sha256(spec.model_dump_json().encode()).hexdigest()[:16]
 
 

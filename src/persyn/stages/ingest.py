@@ -174,6 +174,7 @@ def ingest(ctx: RunContext, prompt_set: PromptSet) -> Ingested:
             f"(see {store.path('prompts', 'too_long.jsonl')})"
         )
     store.set_subset("prompts", ids, replace=True)
+    ctx._working = ids
     ing = Ingested(prompt_set, ids, length, length.get("unchecked", []))
     _write_reports(store.path("prompts"), prompt_set, length)
     rep = prompt_set.report

@@ -93,7 +93,10 @@ def report(ctx: RunContext) -> Path:
     strategies = {}
     sfile = ctx.store.path(STRATEGIES_FILE)
     if sfile.is_file():
-        strategies = json.loads(sfile.read_text())
+        strategies = {
+            name: {k: v for k, v in row.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+            for name, row in json.loads(sfile.read_text()).items()
+        }
     data = ReportData(
         title=f"PerSyn run: {cfg.output.dataset_name} for {cfg.student.model}",
         run_dir=ctx.store.run_dir,

@@ -48,8 +48,13 @@ class RouteResult:
 
 
 def router_digest(path: Path) -> str:
+    """What routing depends on: the weight files, the teacher columns and the encoder settings.
+    Not the training record in router.json (it holds wall times, which differ run to run)."""
     h = hashlib.sha256()
-    for f in sorted(p for p in path.rglob("*") if p.is_file() and p.name != "metrics.json"):
+    cfg = json.loads((path / "router.json").read_text())
+    h.update(json.dumps({k: cfg.get(k) for k in ("teachers", "encoder", "head")}, sort_keys=True).encode())
+    skip = ("router.json", "metrics.json")
+    for f in sorted(p for p in path.rglob("*") if p.is_file() and p.name not in skip):
         h.update(str(f.relative_to(path)).encode())
         h.update(f.read_bytes())
     return h.hexdigest()[:16]

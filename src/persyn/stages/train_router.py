@@ -18,8 +18,10 @@ reuses a finished router, and a new student (new learnability key) trains a new 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,9 +54,15 @@ def train_key(ctx: RunContext, ids: list[str]) -> str:
     prompts = ctx.store.get_prompts(ids)
     qk = sorted(set(quality_keys(ctx, prompts)))
     r = cfg.router.model_dump(mode="json")
+    # The scores themselves too: a retried generation or score that fills a gap retrains the router.
+    q, lm = load_matrices(ctx, ids)
+    scores = hashlib.sha256(
+        np.nan_to_num(np.stack([q, lm]), nan=-1e30).round(6).tobytes()
+    ).hexdigest()[:16]
     return content_key(
         "router",
         json_digest(ids),
+        scores,
         [gks[t] for t in ctx.teachers],
         qk,
         learnability_scorer_key(ctx) if cfg.router.alpha > 0 else None,
@@ -189,9 +197,10 @@ def train_router_stage(ctx: RunContext) -> RouterResult:
 
     def train(mask: np.ndarray, what: str):
         sel = np.flatnonzero(mask)
+        # Epochs, up to max_epochs: early stopping usually ends sooner, and the bar then jumps to the end.
         with ctx.ui.task(f"train-router · {what}", total=tcfg.max_epochs) as advance:
             try:
-                return train_router(
+                out = train_router(
                     [texts[i] for i in sel],
                     labels[sel],
                     teachers,
@@ -203,6 +212,8 @@ def train_router_stage(ctx: RunContext) -> RouterResult:
                 )
             except ValueError as exc:
                 raise StageError(f"cannot train the router ({what}): {exc}") from exc
+            advance(tcfg.max_epochs - out[1].epochs)
+            return out
 
     metrics: dict[str, Any] = {}
     notes: list[str] = []
@@ -229,6 +240,7 @@ def train_router_stage(ctx: RunContext) -> RouterResult:
     )
 
     tmp = path.with_name(path.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)  # left by a crash during an earlier save
     save_router(
         final,
         tmp,
@@ -254,8 +266,6 @@ def train_router_stage(ctx: RunContext) -> RouterResult:
     }
     (tmp / METRICS_FILE).write_text(json.dumps(json_safe(doc), indent=2) + "\n")
     if path.exists():  # a crashed earlier attempt: replace it whole
-        import shutil
-
         shutil.rmtree(path)
     os.replace(tmp, path)  # the folder appears complete or not at all
     ctx.store.set_state("router", {"key": key, "path": str(path)})
