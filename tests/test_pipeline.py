@@ -176,3 +176,45 @@ def test_each_model_loads_once_per_stage(tmp_path, monkeypatch):
     assert res.exit_code == 0, res.output
     assert spy.loads == {f"zoo:tiny-llama-s{i}": 1 for i in (1, 2, 3)}
     assert spy.generated == {f"zoo:tiny-llama-s{i}": 6 for i in (1, 2, 3)}
+
+
+def test_a_failed_generation_is_recorded_and_retried(tmp_path, monkeypatch):
+    from pipeline_fixtures import write_prompts
+
+    from persyn.engines.transformers_engine import TransformersEngine
+
+    path = write_prompts(tmp_path / "prompts.jsonl", n_math=5, n_instructions=5)
+    victim = json.loads(path.read_text().splitlines()[0])
+    cfg = tiny_config(tmp_path, calibration=4, selection="random")
+    real = TransformersEngine.generate
+
+    def flaky(engine, prompts, params):
+        if victim["prompt"] in prompts:
+            raise RuntimeError("the accelerator fell over")
+        return real(engine, prompts, params)
+
+    monkeypatch.setattr(TransformersEngine, "generate", flaky)
+    res = cli(["run", str(cfg)])
+    assert res.exit_code == 0, res.output  # the run goes on
+    run = tmp_path / "run"
+    failed = {k: v for k, v in responses(run).items() if v[0] == "error"}
+    assert failed and all(k[2] == victim["id"] for k in failed)
+    ok = sum(v[0] == "ok" for v in responses(run).values())
+    with __import__("sqlite3").connect(run / "store.sqlite") as con:
+        errors = [r[0] for r in con.execute("SELECT error FROM responses WHERE status = 'error'")]
+    assert all("the accelerator fell over" in e for e in errors)
+    rows = (run / "dataset" / "persyn.messages.jsonl").read_text().splitlines()
+    assert victim["id"] not in {json.loads(r)["prompt_id"] for r in rows} and len(rows) == 9
+    assert "failed" in (run / "dataset" / "README.md").read_text()
+
+    monkeypatch.setattr(TransformersEngine, "generate", real)
+    res = cli(["run", str(cfg)])  # without --retry-failed, failures stay
+    assert {k for k, v in responses(run).items() if v[0] == "error"} == set(failed)
+    res = cli(["run", str(cfg), "--retry-failed"])
+    assert res.exit_code == 0, res.output
+    after = responses(run)
+    assert all(v[0] == "ok" for v in after.values())
+    assert all(after[k][-1] == 2 for k in failed)  # attempts add up
+    assert sum(v[0] == "ok" for v in after.values()) == ok + len(failed)
+    rows = (run / "dataset" / "persyn.messages.jsonl").read_text().splitlines()
+    assert len(rows) == 10

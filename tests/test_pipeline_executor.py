@@ -1,0 +1,104 @@
+"""The executor layer without models: failure isolation in `run_batch`, NaN scores, and the local
+executor's engine LRU (one load per spec; the evicted engine is closed before the next loads)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from persyn.engines.base import ContextLengthError, Generation, GenerationParams
+from persyn.engines.spec import EngineSpec
+from persyn.executors import Job, WorkItem, run_batch
+from persyn.executors.local import LocalExecutor
+
+
+class FakeEngine:
+    """Echoes prompts; refuses prompts containing 'LONG' as over the context and raises on 'BOOM'."""
+
+    kind = "causal"
+
+    def __init__(self, spec: EngineSpec, log: list):
+        self.spec = spec
+        self.fingerprint = f"fake:{spec.model}"
+        self.log = log
+        self.calls = 0
+        log.append(("load", spec.model))
+
+    def _check(self, prompts):
+        self.calls += 1
+        long = [i for i, p in enumerate(prompts) if "LONG" in p]
+        if long:
+            raise ContextLengthError("too long", indices=long)
+        if any("BOOM" in p for p in prompts):
+            raise RuntimeError("boom")
+
+    def generate(self, prompts, params):
+        self._check(prompts)
+        return [Generation(p.upper(), len(p), 3, "stop") for p in prompts]
+
+    def score(self, prompts, responses):
+        self._check(prompts)
+        return [float(len(r)) if r else math.nan for r in responses]
+
+    def loglik(self, prompts, responses):
+        return self.score(prompts, responses)
+
+    def close(self):
+        self.log.append(("close", self.spec.model))
+
+
+def items(*prompts, response=None):
+    return [WorkItem(i, p, response) for i, p in enumerate(prompts)]
+
+
+def test_run_batch_isolates_failing_items():
+    eng = FakeEngine(EngineSpec(model="a"), [])
+    job = Job("t", eng.spec, "generate", items("a", "LONG x", "b", "BOOM", "c"), GenerationParams())
+    res = run_batch(eng, job, job.items)
+    assert [r.item.prompt for r in res.results] == ["a", "LONG x", "b", "BOOM", "c"]  # order kept
+    assert [r.ok for r in res.results] == [True, False, True, False, True]
+    assert res.results[0].value.text == "A" and res.results[4].value.text == "C"
+    assert res.results[1].error.startswith("ContextLengthError") and "boom" in res.results[3].error
+    assert res.seconds >= 0
+
+
+def test_scores_nan_means_missing_not_error():
+    eng = FakeEngine(EngineSpec(model="a"), [])
+    job = Job("q", eng.spec, "judge", [WorkItem(0, "p", "resp"), WorkItem(1, "p", "")])
+    res = run_batch(eng, job, job.items).results
+    assert res[0].value == 4.0
+    assert res[1].ok and math.isnan(res[1].value)
+
+
+def test_job_checks_its_arguments():
+    with pytest.raises(ValueError, match="GenerationParams"):
+        Job("g", EngineSpec(model="a"), "generate", [])
+    with pytest.raises(ValueError, match="unknown verb"):
+        Job("g", EngineSpec(model="a"), "embed", [])  # type: ignore[arg-type]
+
+
+def test_local_executor_lru_loads_once_and_closes_before_loading_the_next():
+    log: list = []
+    ex = LocalExecutor(max_loaded=2, loader=lambda spec: FakeEngine(spec, log))
+    a, b, c = (EngineSpec(model=m) for m in "abc")
+    assert ex.fingerprint(a) == "fake:a"
+    list(ex.run(Job("a", a, "generate", items("x", "y", "z"), GenerationParams(), batch_size=2)))
+    assert ex.engine(a).calls == 2  # two batches, one engine
+    ex.fingerprint(b)
+    ex.fingerprint(a)  # a is used again: b becomes the least recently used
+    ex.fingerprint(c)
+    assert log == [("load", "a"), ("load", "b"), ("close", "b"), ("load", "c")]
+    ex.close()
+    assert sorted(log[-2:]) == [("close", "a"), ("close", "c")]
+    assert ex.loads == {"a": 1, "b": 1, "c": 1}
+
+
+def test_batches_cover_every_item_once():
+    log: list = []
+    ex = LocalExecutor(max_loaded=1, loader=lambda spec: FakeEngine(spec, log))
+    spec = EngineSpec(model="a")
+    job = Job("a", spec, "generate", items(*[f"p{i}" for i in range(10)]), GenerationParams(), batch_size=3)
+    batches = list(ex.run(job))
+    assert [len(b) for b in batches] == [3, 3, 3, 1]
+    assert [r.item.key for b in batches for r in b.results] == list(range(10))
