@@ -36,7 +36,18 @@ class EngineError(RuntimeError):
 
 
 class ContextLengthError(EngineError):
-    """An input does not fit in the model's context window."""
+    """An input does not fit in the model's context window.
+
+    `indices` lists the offending inputs (positions in the call's `prompts`), so that a caller
+    can drop or shorten them and retry the rest.
+    """
+
+    def __init__(self, message: str, indices: Sequence[int] = ()):
+        super().__init__(message)
+        self.indices = list(indices)
+
+    def __reduce__(self):  # keep `indices` across processes (vLLM workers, Ray)
+        return (type(self), (str(self), self.indices))
 
 
 @dataclass(frozen=True)

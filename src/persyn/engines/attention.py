@@ -1,0 +1,97 @@
+"""A batch-invariant attention for CPU: a row's result does not depend on the rows around it.
+
+Why: in bf16, a row's result changes with the padding around it (SmolLM2, last-token logits of a
+prompt alone vs left-padded next to a longer one: up to 0.5-0.8 apart with "sdpa" or bf16 "eager").
+Attention reduces over the keys, and padding changes their number, hence how the kernels group the
+terms of each sum and how they round. Sampled and greedy texts then depend on batch composition,
+and loglik on padding.
+
+Here attention runs in float64 and is rounded back to the model's dtype. Sums grouped differently
+then differ by ~1e-16 relative, far below float32/bf16 resolution, so the rounded result is the
+same unless the exact value sits within ~1e-16 of a rounding boundary (odds ~1e-9 per value).
+Masked keys contribute exact zeros. The other matmuls (linear layers) give per-row results that do
+not depend on the batch size in bf16 on CPU, except for a single row, which the engine decodes as
+a twin pair. With both, texts and logliks in bf16 were bit-identical across batch compositions in
+every check we ran (tests/test_transformers_engine.py). In float32 the linear layers themselves
+round differently by batch size, so there invariance holds up to float noise (~1e-7).
+
+Grouped-query heads share their key/value head without copies; queries go in chunks so the
+float64 scores stay small. The maths is the eager attention's (scaling, soft-capping, additive
+mask, softmax, weighted values); a module with anything else (attention sinks...) runs its own
+eager function in float64 instead. Cost: docs/engines.md.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+
+EXACT_ATTENTION = "persyn_batch_invariant"
+# Bytes of float64 attention scores per query chunk.
+_SCORE_BYTES = 64 * 2**20
+# Keyword arguments that the eager maths below covers, or that do not change it (the mask carries
+# causality and sliding windows).
+_KNOWN_KWARGS = {
+    "scaling", "softcap", "dropout", "sliding_window", "position_ids", "cache_position", "use_cache",
+    "output_attentions", "is_causal", "layer_idx",
+}  # fmt: skip
+
+
+def _gqa_attention(q, k, v, mask, scaling: float, softcap: float | None) -> torch.Tensor:
+    """Eager attention. q (B, H, L, D); k, v (B, KVH, K, D); mask (B, 1 or H, L, K) additive.
+    Returns (B, L, H, D). Query head h reads key/value head h // (H // KVH)."""
+    batch, heads, q_len, dim = q.shape
+    kv_heads, n_keys = k.shape[1], k.shape[2]
+    groups = heads // kv_heads
+    qg = q.reshape(batch, kv_heads, groups * q_len, dim)
+    scores = torch.matmul(qg, k.transpose(-1, -2)) * scaling
+    if softcap is not None:
+        scores = torch.tanh(scores / softcap) * softcap
+    scores = scores.view(batch, kv_heads, groups, q_len, n_keys)
+    if mask is not None:
+        scores = scores + (mask[:, :, None] if mask.shape[1] == 1 else mask.view(scores.shape))
+    weights = torch.softmax(scores, dim=-1).view(batch, kv_heads, groups * q_len, n_keys)
+    out = torch.matmul(weights, v)  # (B, KVH, G * L, D)
+    return out.view(batch, heads, q_len, dim).transpose(1, 2)
+
+
+def _model_eager(module: torch.nn.Module):
+    """The eager attention of the module's own model file; Llama's as a fallback."""
+    fn = getattr(sys.modules.get(type(module).__module__), "eager_attention_forward", None)
+    if fn is None:
+        from transformers.models.llama.modeling_llama import eager_attention_forward as fn
+    return fn
+
+
+def batch_invariant_attention(module, query, key, value, attention_mask, **kwargs):
+    dtype = query.dtype
+    q, k, v = query.double(), key.double(), value.double()
+    mask = attention_mask.double() if attention_mask is not None else None
+    batch, heads, q_len, _ = q.shape
+    own = all(name in _KNOWN_KWARGS or val is None for name, val in kwargs.items())
+    own = own and not hasattr(module, "sinks") and heads % k.shape[1] == 0
+    scaling = kwargs.get("scaling") or module.head_dim**-0.5
+    if own:
+        q = q.contiguous()  # the grouped-query view needs (H, L) laid out in order
+    step = max(1, _SCORE_BYTES // (8 * batch * heads * max(1, k.shape[2])))
+    outs = []
+    for start in range(0, q_len, step):  # query rows are independent: chunks change nothing
+        qc = q[:, :, start : start + step]
+        mc = mask[:, :, start : start + step] if mask is not None else None
+        if own:
+            outs.append(_gqa_attention(qc, k, v, mc, scaling, kwargs.get("softcap")))
+        else:
+            outs.append(_model_eager(module)(module, qc, k, v, mc, **kwargs)[0])
+    out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
+    return out.to(dtype), None
+
+
+def register() -> str:
+    """Register the attention (idempotent) and return the name to pass as attn_implementation."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, eager_mask
+
+    AttentionInterface.register(EXACT_ATTENTION, batch_invariant_attention)
+    AttentionMaskInterface.register(EXACT_ATTENTION, eager_mask)
+    return EXACT_ATTENTION
