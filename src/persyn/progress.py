@@ -34,6 +34,8 @@ class RateColumn(ProgressColumn):
 
     def render(self, task) -> Text:
         speed = task.finished_speed or task.speed
+        if not speed and task.elapsed:  # rich's estimate needs several updates; a short task has few
+            speed = task.completed / task.elapsed
         if not speed:
             return Text("   - /s", style="progress.data.speed")
         if speed < 1:

@@ -126,10 +126,8 @@ def _assignments(
             routed = RandomRouter(teachers, seed=cfg.seed).route(all_texts())
             out[name] = ("all", list(zip(ids, routed, strict=True)))
         elif name == "car":
-            out[name] = (
-                "all",
-                [(pid, CARRouter(teachers, q, lm, beta=cfg.baselines.car_beta).choice) for pid in ids],
-            )
+            car = CARRouter(teachers, q, lm, beta=cfg.baselines.car_beta).choice
+            out[name] = ("all", [(pid, car) for pid in ids])
         elif name == "mix":
             weak = cfg.baselines.mix_weak
             if weak is None:
