@@ -218,3 +218,47 @@ def test_a_failed_generation_is_recorded_and_retried(tmp_path, monkeypatch):
     assert sum(v[0] == "ok" for v in after.values()) == ok + len(failed)
     rows = (run / "dataset" / "persyn.messages.jsonl").read_text().splitlines()
     assert len(rows) == 10
+
+
+def test_caps_and_best_label_for_calibration_prompts(tmp_path, base):
+    import numpy as np
+
+    from persyn.scoring import combine_labels
+
+    root = copy_run(base, tmp_path / "capped")
+    run = root / "run"
+    cal = subset(run, "calibration")
+    key = state(run, "route")["router_key"]
+    outside = {p: t for (k, p), t in routes(run).items() if k == key and p not in cal}
+    top = max(TEACHERS, key=lambda t: sum(v == t for v in outside.values()))
+    cfg = str(root / "persyn.yaml")
+    sets = ["--set", f"routing.caps.{top}.max_generations=2", "--set", "routing.calibration_prompts=best"]
+    res = cli(["route", cfg, "--force", *sets])
+    assert res.exit_code == 0, res.output
+    new_key = state(run, "route")["router_key"]
+    assert new_key != key  # caps are part of the router key
+    new = {p: t for (k, p), t in routes(run).items() if k == new_key}
+    assert len(new) == N
+    assert sum(new[p] == top for p in outside) <= 2
+    doc = json.loads((run / "routing.json").read_text())
+    assert doc["routing"]["method"] == "capped" and doc["routing"]["optimal"]
+    assert doc["routing"]["counts"][top] <= 2
+    # Calibration prompts: the teacher with the best combined label (alpha 0.4, z-scores).
+    gks = _gen_keys(run)
+    sc = scores(run)
+    q = np.full((len(cal), T), np.nan)
+    lm = np.full((len(cal), T), np.nan)
+    for (kind, _k, t, g, p), v in sc.items():
+        if p in cal and g == gks.get(t) and v is not None:
+            (q if kind == "quality" else lm)[cal.index(p), TEACHERS.index(t)] = v
+    labels = combine_labels(q, lm, alpha=0.4)
+    for i, p in enumerate(cal):
+        if not np.isnan(labels[i]).all():
+            assert new[p] == TEACHERS[int(np.nanargmax(labels[i]))]
+    # Generating under the new routes adds exactly the responses the capped routes lack.
+    have = {(t, p) for (t, g, p) in responses(run) if gks.get(t) == g}
+    missing = sum((t, p) not in have for p, t in new.items())
+    before = len(responses(run))
+    res = cli(["generate", cfg, "--force", *sets])
+    assert res.exit_code == 0, res.output
+    assert len(responses(run)) == before + missing
