@@ -33,7 +33,7 @@ from rich.console import Console
 
 from persyn.config import Config, load_config
 from persyn.executors import Executor, make_executor
-from persyn.progress import Progress, stderr_console
+from persyn.progress import Progress, quiet_libraries, stderr_console
 from persyn.stages.context import RunContext, StageError
 from persyn.store import RunStore
 
@@ -178,37 +178,43 @@ class Pipeline:
         """Choose the calibration subset and have every teacher answer it -> CalibrationResult."""
         from persyn.stages.calibrate import calibrate
 
-        return calibrate(self.ctx)
+        with quiet_libraries():
+            return calibrate(self.ctx)
 
     def score(self):
         """Quality and learnability of every calibration response -> ScoreResult (matrices)."""
         from persyn.stages.score import score
 
-        return score(self.ctx)
+        with quiet_libraries():
+            return score(self.ctx)
 
     def train_router(self):
         """Train (or reuse) the router; metrics against the baselines -> RouterResult."""
         from persyn.stages.train_router import train_router_stage
 
-        return train_router_stage(self.ctx)
+        with quiet_libraries():
+            return train_router_stage(self.ctx)
 
     def route(self):
         """Route every prompt -> RouteResult (`.routing` is persyn.routing.RoutingResult)."""
         from persyn.stages.route import route
 
-        return route(self.ctx)
+        with quiet_libraries():
+            return route(self.ctx)
 
     def generate(self):
         """Each teacher answers its routed prompts -> GenerateResult."""
         from persyn.stages.generate import generate
 
-        return generate(self.ctx)
+        with quiet_libraries():
+            return generate(self.ctx)
 
     def export(self):
         """Write the dataset into <run>/dataset -> ExportResult (`.files`: format -> path)."""
         from persyn.stages.export import export
 
-        return export(self.ctx)
+        with quiet_libraries(datasets=True):
+            return export(self.ctx)
 
     def report(self) -> Path:
         """Write <run>/report/index.html; returns its path."""
@@ -220,14 +226,14 @@ class Pipeline:
         self, names: list[str] | str = ("persyn", "strong", "random", "mix", "car"), *, oracle: bool = False
     ):
         """Baseline datasets from this run -> {name: StrategyResult}; refreshes the report."""
+        from persyn.stages.report import report
         from persyn.strategies import build_strategies
 
-        results = build_strategies(
-            self.ctx, list(names) if not isinstance(names, str) else names, oracle=oracle
-        )
-        from persyn.stages.report import report
-
-        report(self.ctx)
+        with quiet_libraries(datasets=True):
+            results = build_strategies(
+                self.ctx, list(names) if not isinstance(names, str) else names, oracle=oracle
+            )
+            report(self.ctx)
         return results
 
     def plan(self):

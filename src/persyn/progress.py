@@ -84,3 +84,27 @@ class Progress:
         with bar:
             tid = bar.add_task(description, total=total)
             yield lambda n=1: bar.advance(tid, n)
+
+
+@contextlib.contextmanager
+def quiet_libraries(*, datasets: bool = False) -> Iterator[None]:
+    """Silence transformers' (and with `datasets`, the datasets library's) own progress bars for
+    the duration, restoring their state after: our bars cover that work. `datasets` is opt-in
+    because importing it costs a second; only the stages that write datasets need it."""
+    restore: list[Callable[[], None]] = []
+    from transformers.utils import logging as hf_logging
+
+    if hf_logging.is_progress_bar_enabled():
+        hf_logging.disable_progress_bar()
+        restore.append(hf_logging.enable_progress_bar)
+    if datasets:
+        import datasets as ds
+
+        if ds.is_progress_bar_enabled():
+            ds.disable_progress_bars()
+            restore.append(ds.enable_progress_bars)
+    try:
+        yield
+    finally:
+        for undo in restore:
+            undo()
