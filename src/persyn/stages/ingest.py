@@ -109,13 +109,43 @@ def token_counter(spec: EngineSpec) -> tuple[Callable[[Sequence[str]], list[int]
         return None
     tok = renderer.tokenizer
     special = renderer.mode == "completion"
+    # Models that render and tokenise alike (one family's sizes share a tokenizer and template)
+    # share one memo of counts: rendering costs ~0.1 ms a prompt, minutes at 1M prompts x teachers.
+    memo = _MEMOS.setdefault(_rendering_identity(renderer), {})
 
     def count(texts: Sequence[str]) -> list[int]:
-        rendered = [renderer.render(t) for t in texts]
-        return [len(ids) for ids in tok(rendered, add_special_tokens=special).input_ids]
+        todo = [t for t in dict.fromkeys(texts) if t not in memo]
+        if todo:
+            rendered = [renderer.render(t) for t in todo]
+            for t, ids in zip(todo, tok(rendered, add_special_tokens=special).input_ids, strict=True):
+                memo[t] = len(ids)
+        return [memo[t] for t in texts]
 
     _COUNTERS[key] = (count, int(ctx))
     return _COUNTERS[key]
+
+
+_MEMOS: dict[str, dict[str, int]] = {}
+
+
+def _rendering_identity(renderer) -> str:
+    """A digest of everything that decides a prompt's token count: the tokenizer itself (its
+    serialised vocabulary and rules), the template mode, chat template, system prompt and
+    completion template."""
+    import hashlib
+
+    tok = renderer.tokenizer
+    backend = getattr(tok, "backend_tokenizer", None)
+    vocab = backend.to_str() if backend is not None else json.dumps(sorted(tok.get_vocab().items()))
+    spec = renderer.spec
+    parts = [
+        type(tok).__name__,
+        vocab,
+        renderer.mode,
+        getattr(tok, "chat_template", None) if renderer.mode == "chat" else spec.completion_template,
+        spec.system_prompt,
+    ]
+    return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()
 
 
 def _limits(config: Config) -> tuple[list[tuple[str, EngineSpec, int]], int]:
