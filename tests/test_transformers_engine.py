@@ -370,8 +370,12 @@ def test_smollm_loglik_matches_naive_reference(smollm_fp32):
     got = smollm_fp32.loglik(PROMPTS, RESPONSES)
     want = [naive_loglik(smollm_fp32, p, r) for p, r in zip(PROMPTS, RESPONSES, strict=True)]
     assert_close(got, want, 1e-4)
-    # A sensible answer is far likelier under a real model than the same words shuffled.
-    assert got[0] > smollm_fp32.loglik([PROMPTS[0]], ["France. capital Paris is the"])[0] + 1
+    # A sensible answer is far likelier under a real model than the same words shuffled (the
+    # model's own greedy answer here; measured -0.37 against -4.8).
+    sensible, shuffled = smollm_fp32.loglik(
+        [PROMPTS[0]] * 2, ["The capital of France is Paris.", "is France. The Paris capital of"]
+    )
+    assert sensible > shuffled + 1
 
 
 @pytest.mark.zoo
@@ -409,15 +413,72 @@ def test_smollm_bf16_sampling_is_batch_invariant(smollm_engine):
     assert together == alone == pairs
 
 
+# (request, an obviously right answer, an obviously wrong one): facts, arithmetic, code, advice,
+# writing, extraction, summary. Not chosen to suit the judge.
+JUDGE_PAIRS = [
+    ("What is the capital of France?", "Paris", "Berlin"),
+    ("Translate 'bonjour' to English.", "Hello.", "Goodbye."),
+    ("Who wrote Romeo and Juliet?", "William Shakespeare.", "Charles Dickens."),
+    ("What is 12 + 15?", "27", "32"),
+    (
+        "A shop sells pens at 3 dollars each. How much do 4 pens cost?",
+        "4 pens cost 4 x 3 = 12 dollars.",
+        "4 pens cost 4 + 3 = 7 dollars.",
+    ),
+    (
+        "Write a Python function that returns the square of a number.",
+        "def square(x):\n    return x * x",
+        "def square(x):\n    return x + 2",
+    ),
+    (
+        "Give two tips for sleeping better.",
+        "1. Keep a regular bedtime. 2. Avoid screens an hour before bed.",
+        "Bananas are yellow and grow in bunches.",
+    ),
+    (
+        "Write a haiku about the sea.",
+        "Waves fold into foam,\nsalt wind carries gull voices,\nthe tide keeps its time.",
+        "I don't know.",
+    ),
+    (
+        "Extract the email address from: 'Contact Jane at jane@example.com for details.'",
+        "jane@example.com",
+        "Jane",
+    ),
+    (
+        "Explain why the sky is blue in one sentence.",
+        "Air molecules scatter blue sunlight more than red light, so the sky looks blue.",
+        "The sky is blue because the ocean reflects onto it like a mirror.",
+    ),
+    ("How many legs does a spider have?", "Eight.", "Six."),
+    (
+        "Summarise: 'The meeting moved from Monday to Wednesday because the room was booked.'",
+        "The meeting was moved to Wednesday since the room was taken on Monday.",
+        "The meeting was cancelled.",
+    ),
+    (
+        "Is 17 a prime number?",
+        "Yes, 17 is prime: its only divisors are 1 and 17.",
+        "No, 17 is divisible by 3.",
+    ),
+    (
+        "Write a short polite email declining a meeting invitation.",
+        "Hi Sam, thank you for the invitation. Unfortunately I can't attend this time, "
+        "but please share the notes. Best, Alex",
+        "meeting meeting no no no",
+    ),
+]
+
+
 @pytest.mark.zoo
 def test_qwen_judge_ranks_right_above_wrong(qwen_engine):
-    # Pairs this small judge separates under both bf16 and float32 (it is weak on many others;
-    # see docs/engines.md).
-    cases = [
-        ("What is the capital of France?", "Paris", "Berlin"),
-        ("Translate 'bonjour' to English.", "Hello.", "Goodbye."),
-        ("Who wrote Romeo and Juliet?", "William Shakespeare.", "Charles Dickens."),
-    ]
-    good = qwen_engine.score([c[0] for c in cases], [c[1] for c in cases])
-    bad = qwen_engine.score([c[0] for c in cases], [c[2] for c in cases])
-    assert all(g > b for g, b in zip(good, bad, strict=True)), (good, bad)
+    """The default judging prompt on Qwen2.5-Coder-0.5B (bf16) ranked the right answer higher in
+    11 of these 14 pairs (docs/engines.md); a judge that ignores the answer or reads it backwards
+    gets about half. A small model is a weak judge: the bar is a clear majority, not all."""
+    prompts = [c[0] for c in JUDGE_PAIRS]
+    good = qwen_engine.score(prompts, [c[1] for c in JUDGE_PAIRS])
+    bad = qwen_engine.score(prompts, [c[2] for c in JUDGE_PAIRS])
+    wins = sum(g > b for g, b in zip(good, bad, strict=True))
+    assert wins >= 10, (wins, good, bad)
+    # The plainest pairs it must get right.
+    assert all(good[i] > bad[i] for i in (0, 1, 2)), (good, bad)

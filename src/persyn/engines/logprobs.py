@@ -43,35 +43,32 @@ def softcap_logits(logits: torch.Tensor, cap: float | None) -> torch.Tensor:
     return torch.tanh(logits / cap) * cap
 
 
-def chunked_logsumexp(
-    rows: torch.Tensor, head: Callable[[torch.Tensor], torch.Tensor], chunk_rows: int
-) -> torch.Tensor:
-    """logsumexp over the vocabulary of ``head(rows)``, float32 of shape (N,), chunk by chunk."""
-    out = torch.empty(rows.shape[0], dtype=torch.float32, device=rows.device)
-    for start in range(0, rows.shape[0], chunk_rows):
-        out[start : start + chunk_rows] = torch.logsumexp(
-            head(rows[start : start + chunk_rows]).float(), dim=-1
-        )
-    return out
-
-
 def chunked_token_logprobs(
     rows: torch.Tensor,
     targets: torch.Tensor,
     head: Callable[[torch.Tensor], torch.Tensor] | None,
     chunk_rows: int,
+    picked: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """log p(targets[i] | position i) for each row, as float32 of shape (N,).
 
     ``rows`` is (N, hidden) with ``head`` mapping hidden states to logits, or (N, vocab) logits
-    with ``head=None``. Only ``chunk_rows`` rows of logits exist at any time.
+    with ``head=None``. Only ``chunk_rows`` rows of logits exist at any time. With ``picked``
+    (float32 target logits, see ``target_logits``) the result is ``picked - logsumexp``, else the
+    float32 log-softmax of the head's own logits at the targets.
     """
     out = torch.empty(rows.shape[0], dtype=torch.float32, device=rows.device)
     for start in range(0, rows.shape[0], chunk_rows):
         stop = start + chunk_rows
         logits = rows[start:stop] if head is None else head(rows[start:stop])
-        logits = logits.float()
-        picked = logits.gather(-1, targets[start:stop, None]).squeeze(-1)
-        out[start:stop] = picked - torch.logsumexp(logits, dim=-1)
+        at = targets[start:stop, None]
+        # log_softmax with a float32 dtype upcasts inside one fused pass (faster than .float() and
+        # logsumexp); the normaliser is recovered at the target as logit - log-softmax.
+        logp = torch.log_softmax(logits, dim=-1, dtype=torch.float32).gather(-1, at).squeeze(-1)
+        if picked is None:
+            out[start:stop] = logp
+        else:
+            lse = logits.gather(-1, at).squeeze(-1).float() - logp
+            out[start:stop] = picked[start:stop] - lse
         del logits
     return out

@@ -52,7 +52,6 @@ from persyn.engines.base import (
 )
 from persyn.engines.logprobs import (
     DEFAULT_CHUNK_BYTES,
-    chunked_logsumexp,
     chunked_token_logprobs,
     rows_per_chunk,
     softcap_logits,
@@ -259,7 +258,7 @@ class TransformersEngine:
             top_k=None,
             eos_token_id=sorted(self.stop_ids),
             pad_token_id=self.pad_id,
-            stop_strings=list(params.stop) or None,
+            stop_strings=[s for s in params.stop if s] or None,
         )
 
     def _processors(self, prompts: Sequence[str], params: GenerationParams) -> LogitsProcessorList:
@@ -286,7 +285,7 @@ class TransformersEngine:
             attention_mask=mask,
             generation_config=self._generation_config(params),
             logits_processor=self._processors(prompts, params),
-            tokenizer=self.tokenizer if params.stop else None,
+            tokenizer=self.tokenizer if any(params.stop) else None,
         )
         new = out[:n, input_ids.shape[1] :].tolist()
         return [self._finish(row, len(x), params) for row, x in zip(new, ids[:n], strict=True)]
@@ -358,7 +357,7 @@ class TransformersEngine:
         if self._exact_head:
             hidden = self._hidden(input_ids, mask)[select]
             picked = target_logits(hidden, targets, self.model.get_output_embeddings(), self._softcap)
-            return picked - chunked_logsumexp(hidden, self._head, chunk)
+            return chunked_token_logprobs(hidden, targets, self._head, chunk, picked=picked)
         # The model's head does something we do not reproduce: use its own full logits.
         logits = self.model(input_ids=input_ids, attention_mask=mask, use_cache=False).logits
         return chunked_token_logprobs(logits[select], targets, None, chunk)
