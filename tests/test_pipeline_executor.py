@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from persyn.engines.base import ContextLengthError, Generation, GenerationParams
+from persyn.engines.base import ContextLengthError, EngineError, Generation, GenerationParams
 from persyn.engines.spec import EngineSpec
 from persyn.executors import Job, WorkItem, run_batch
 from persyn.executors.local import LocalExecutor
@@ -61,6 +61,56 @@ def test_run_batch_isolates_failing_items():
     assert res.results[0].value.text == "A" and res.results[4].value.text == "C"
     assert res.results[1].error.startswith("ContextLengthError") and "boom" in res.results[3].error
     assert res.seconds >= 0
+
+
+class ItemErrorEngine(FakeEngine):
+    """Like the HTTP engine: with return_exceptions=True a failed item's error comes back in its
+    place (over the context: ContextLengthError; otherwise EngineError) and nothing raises."""
+
+    supports_return_exceptions = True
+
+    def _verb(self, prompts, values, return_exceptions):
+        self.calls += 1
+        out = []
+        for i, (p, v) in enumerate(zip(prompts, values, strict=True)):
+            if "LONG" in p:
+                out.append(ContextLengthError(f"item {i}: too long", indices=[i]))
+            elif "BOOM" in p:
+                out.append(EngineError(f"item {i}: boom"))
+            else:
+                out.append(v)
+        if not return_exceptions and any(isinstance(v, Exception) for v in out):
+            raise EngineError("some items failed")
+        return out
+
+    def generate(self, prompts, params, *, return_exceptions=False):
+        values = [Generation(p.upper(), len(p), 3, "stop") for p in prompts]
+        return self._verb(prompts, values, return_exceptions)
+
+    def score(self, prompts, responses, *, return_exceptions=False):
+        return self._verb(prompts, [float(len(r)) for r in responses], return_exceptions)
+
+    def loglik(self, prompts, responses, *, return_exceptions=False):
+        return self.score(prompts, responses, return_exceptions=return_exceptions)
+
+
+@pytest.mark.parametrize("verb", ["generate", "judge", "loglik"])
+def test_per_item_errors_cost_one_call(verb):
+    """An engine that returns per-item errors is called once per batch: the good items are not
+    sent again one by one. Over-context inputs are errors when generating, missing (NaN) scores."""
+    eng = ItemErrorEngine(EngineSpec(model="a"), [])
+    params = GenerationParams() if verb == "generate" else None
+    job = Job("t", eng.spec, verb, items("a", "LONG x", "bb", "BOOM", response="resp"), params)
+    res = run_batch(eng, job, job.items).results
+    assert eng.calls == 1
+    assert [r.item.prompt for r in res] == ["a", "LONG x", "bb", "BOOM"]
+    assert not res[3].ok and "boom" in res[3].error
+    if verb == "generate":
+        assert [r.ok for r in res] == [True, False, True, False]
+        assert res[1].error.startswith("ContextLengthError") and res[2].value.text == "BB"
+    else:
+        assert [r.ok for r in res] == [True, True, True, False]
+        assert res[0].value == 4.0 and math.isnan(res[1].value)
 
 
 def test_scores_nan_means_missing_not_error():

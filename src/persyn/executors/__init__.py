@@ -148,7 +148,30 @@ def make_executor(config: ExecutorConfig) -> Executor:
 # the work itself, shared by every executor
 
 
+class _ItemErrors:
+    """An engine whose verbs return a failed item's exception in its place instead of raising
+    (engines with `supports_return_exceptions`, e.g. the HTTP engine): one bad request then costs
+    one error row, and the rest of the batch is not sent again."""
+
+    def __init__(self, engine: Engine):
+        self._engine = engine
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._engine, name)
+
+    def generate(self, prompts: Sequence[str], params: GenerationParams) -> list[Any]:
+        return self._engine.generate(prompts, params, return_exceptions=True)  # type: ignore[call-arg]
+
+    def loglik(self, prompts: Sequence[str], responses: Sequence[str]) -> list[Any]:
+        return self._engine.loglik(prompts, responses, return_exceptions=True)  # type: ignore[call-arg]
+
+    def score(self, prompts: Sequence[str], responses: Sequence[str]) -> list[Any]:
+        return self._engine.score(prompts, responses, return_exceptions=True)  # type: ignore[call-arg]
+
+
 def _call(engine: Engine, job: Job, items: Sequence[WorkItem]) -> list[Any]:
+    if getattr(engine, "supports_return_exceptions", False):
+        engine = _ItemErrors(engine)  # type: ignore[assignment]
     prompts = [it.prompt for it in items]
     if job.verb == "generate":
         assert job.params is not None
@@ -195,7 +218,10 @@ def _run_isolating(engine: Engine, job: Job, items: list[WorkItem]) -> list[Item
         return _one_by_one(engine, job, items, exc)
     if len(values) != len(items):
         raise RuntimeError(f"{job.name}: engine returned {len(values)} results for {len(items)} items")
-    return [ItemResult(it, _finite_or_nan(v)) for it, v in zip(items, values, strict=True)]
+    return [
+        ItemResult(it, None, _describe(v)) if isinstance(v, Exception) else ItemResult(it, _finite_or_nan(v))
+        for it, v in zip(items, values, strict=True)
+    ]
 
 
 def _one_by_one(engine: Engine, job: Job, items: list[WorkItem], exc: BaseException) -> list[ItemResult]:

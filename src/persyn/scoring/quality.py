@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from typing import Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -39,6 +39,12 @@ class QualityScorer(Protocol):
     ) -> list[float]: ...
 
 
+def _value(v: Any) -> Any:
+    if isinstance(v, ContextLengthError):
+        return math.nan  # over the context: missing, as when the whole call names it
+    return v if isinstance(v, Exception) else float(v)
+
+
 def call_dropping_overflow(
     verb: Callable[[list[str], list[str]], Sequence[float]],
     prompts: Sequence[str],
@@ -46,9 +52,11 @@ def call_dropping_overflow(
     what: str,
 ) -> list[float]:
     """Call an engine verb; inputs that overflow the model's context come back NaN (missing, so
-    that teacher is absent from the prompt's pairs) and the rest are scored. Other errors raise."""
+    that teacher is absent from the prompt's pairs) and the rest are scored. Other errors raise,
+    except per-item errors that an engine returns in place (`return_exceptions=True`): those are
+    passed through for the caller to record."""
     try:
-        values = [float(v) for v in verb(list(prompts), list(responses))]
+        values = [_value(v) for v in verb(list(prompts), list(responses))]
     except ContextLengthError as exc:
         bad = {i for i in getattr(exc, "indices", ()) if 0 <= i < len(prompts)}
         if not bad:
