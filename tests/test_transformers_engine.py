@@ -119,6 +119,16 @@ def test_loglik_bf16_is_batch_invariant(tiny_engine_factory):
     assert engine.loglik(PROMPTS, RESPONSES) == alone
 
 
+def test_batch_invariance_follows_the_spec(tiny_engine_factory):
+    """On by default on CPU; a config turns it off with `batch_invariant: false` (plain kernels,
+    same values up to float noise)."""
+    on, off = tiny_engine_factory(0), tiny_engine_factory(0, batch_invariant=False)
+    assert on.batch_invariant and not off.batch_invariant
+    assert on.model.config._attn_implementation != off.model.config._attn_implementation
+    assert on.fingerprint == off.fingerprint  # speed and exactness, not what the model says
+    assert_close(off.loglik(PROMPTS, RESPONSES), on.loglik(PROMPTS, RESPONSES), 1e-4)
+
+
 def test_loglik_refuses_bad_input(tiny_engine):
     with pytest.raises(EngineError, match="response 1 is empty"):
         tiny_engine.loglik(["a", "b"], ["x", ""])

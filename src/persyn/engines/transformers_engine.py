@@ -108,7 +108,8 @@ class TransformersEngine:
     def __init__(self, spec: EngineSpec, batch_invariant: bool | None = None):
         """``batch_invariant`` (default: on for CPU, off for GPU): run attention in float64 and
         decode lone rows as twin pairs, so that a row's results do not depend on the rows batched
-        with it (see attention.py); costs about 5% of generation throughput on CPU."""
+        with it (see attention.py); costs 4-9% of generation throughput on CPU. None: the spec's
+        ``batch_invariant``, whose own default is on for CPU and off for GPU."""
         self.spec = spec
         self.path = resolve_model(spec.model)
         self.device = torch.device(
@@ -130,6 +131,8 @@ class TransformersEngine:
         else:
             dtype = "auto"  # the checkpoint's own dtype
         cls = AutoModelForSequenceClassification if self.kind == "reward" else AutoModelForCausalLM
+        if batch_invariant is None:
+            batch_invariant = spec.batch_invariant
         if batch_invariant is None:  # on GPU the model's default kernels are kept for speed and memory
             batch_invariant = self.device.type == "cpu"
         self.batch_invariant = batch_invariant
