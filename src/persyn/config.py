@@ -38,6 +38,7 @@ __all__ = [
     "ExecutorConfig",
     "GenerationConfig",
     "OutputConfig",
+    "PoolConfig",
     "PromptsConfig",
     "QualityConfig",
     "RouterConfig",
@@ -243,14 +244,45 @@ class OutputConfig(_Section):
         return list(dict.fromkeys(formats))
 
 
+class PoolConfig(_Section):
+    """A Ray pool's resources (executor.pools.<name>); unset fields take the executor's defaults."""
+
+    replicas: int | None = Field(default=None, ge=1)
+    num_gpus: float | None = Field(default=None, ge=0)
+    num_cpus: float | None = Field(default=None, ge=0)
+
+
+#: Pool names other than teacher names (executor.pools.<role>).
+POOL_ROLES = ("student", "judge", "reward")
+
+
 class ExecutorConfig(_Section):
     kind: Literal["local", "ray"] = "local"
+    # Ray: the cluster to join ("auto", "host:6379", "ray://host:10001"); None starts a local one.
     address: str | None = None
     # Rows per store transaction: a crash loses at most this many rows of work.
     batch_size: int = Field(default=32, ge=1)
     # Engines kept loaded between uses (a teacher that is also the student or the judge is loaded
-    # once). None: 1 when a GPU is present (free each model before the next), else 4.
+    # once). None: 1 when a GPU is present (free each model before the next), else 4. On Ray: pools
+    # kept alive (None: 1 when a pool uses GPUs, else 4; fewer when the cluster cannot hold more).
     max_loaded_engines: int | None = Field(default=None, ge=1)
+    # Ray: each model is a pool of replica actors with these needs (per replica), overridden per
+    # teacher name or role (student, judge, reward) in `pools`.
+    replicas: int = Field(default=1, ge=1)
+    num_gpus_per_replica: float = Field(default=0.0, ge=0)
+    num_cpus_per_replica: float = Field(default=1.0, ge=0)
+    # Ray: times a replica actor is restarted after its process dies (its batches are retried).
+    max_restarts: int = Field(default=3, ge=0)
+    pools: dict[str, PoolConfig] = Field(default_factory=dict)
+
+    def pool(self, name: str | None) -> PoolConfig:
+        """The resolved resources of pool `name` (a teacher name or role; None: the defaults)."""
+        own = self.pools.get(name) if name is not None else None
+        return PoolConfig(
+            replicas=own.replicas if own and own.replicas is not None else self.replicas,
+            num_gpus=own.num_gpus if own and own.num_gpus is not None else self.num_gpus_per_replica,
+            num_cpus=own.num_cpus if own and own.num_cpus is not None else self.num_cpus_per_replica,
+        )
 
 
 class Config(_Section):
@@ -326,9 +358,57 @@ class Config(_Section):
                 problems.append(
                     ((*where, "base_url"), "engine 'openai' needs base_url (e.g. http://host:8000/v1)")
                 )
+        problems += self._pool_problems()
         if problems:
             raise _KeyedProblems(problems)
         return self
+
+    def _pool_problems(self) -> list[tuple[tuple, str]]:
+        """executor.pools: every key names a teacher or a role this config has, and two names that
+        share one model (hence one pool) do not ask for different resources."""
+        problems: list[tuple[tuple, str]] = []
+        roles = self.engine_roles()
+        for name in self.executor.pools:
+            loc = ("executor", "pools", name)
+            if name in POOL_ROLES and name in self.teacher_names:
+                problems.append(
+                    (loc, f"{name!r} is both a teacher name and the {name} role; rename the teacher")
+                )
+            elif name not in roles:
+                if name in POOL_ROLES:  # judge or reward: the student always exists
+                    msg = f"this config has no {name} model (quality.{name} is not set)"
+                else:
+                    msg = f"unknown pool {name!r}; pools are teacher names {self.teacher_names} or " + (
+                        ", ".join(repr(r) for r in POOL_ROLES if r in roles)
+                    )
+                problems.append((loc, msg))
+        by_spec: dict[str, list[str]] = {}
+        for name, spec in roles.items():
+            by_spec.setdefault(spec.model_dump_json(), []).append(name)
+        for names in by_spec.values():
+            given = [n for n in names if n in self.executor.pools]
+            if len({self.executor.pool(n).model_dump_json() for n in given}) > 1:
+                problems.append(
+                    (
+                        ("executor", "pools", given[-1]),
+                        f"{' and '.join(names)} are one model and so one pool; "
+                        f"give {', '.join(given)} the same resources (or set only one)",
+                    )
+                )
+        return problems
+
+    def engine_roles(self) -> dict[str, EngineSpec]:
+        """Every model this config runs, by pool name: teacher names, `student`, and `judge` or
+        `reward` when set. Names that share a spec share one loaded engine (one Ray pool)."""
+        roles = {t.name: t.engine_spec() for t in self.teachers}
+        for role, spec in (
+            ("student", self.student.engine_spec()),
+            ("judge", self.quality.judge),
+            ("reward", self.quality.reward),
+        ):
+            if spec is not None:
+                roles.setdefault(role, spec)  # a teacher of that name keeps it (see _pool_problems)
+        return roles
 
     @property
     def teacher_names(self) -> list[str]:
