@@ -139,7 +139,7 @@ class Pipeline:
             store = RunStore.open(self.run_dir, self.config.manifest_dict(), force=self.force)
             try:
                 if self._executor is None:
-                    self._executor = make_executor(self.config.executor)
+                    self._executor = make_executor(self.config.executor, self.config.engine_roles())
                 ctx = RunContext(self.config, store, self._executor, self.ui, retry_failed=self.retry_failed)
                 self.ingested = ingest(ctx, prompt_set)
                 self.ui.say(f"[dim]prompts[/] {self.ingested.summary()}")

@@ -15,9 +15,12 @@ NaN, as the scorers in `persyn.scoring` define; an item whose call fails comes b
 set, and the rest of its batch still comes back (failures are isolated item by item).
 
 `LocalExecutor` (executors/local.py) runs batches in this process, keeping a few engines loaded
-(see `ExecutorConfig.max_loaded_engines`). A Ray executor (E) implements the same three methods
-with teacher replicas as actors: it may yield batches in any order, and must yield every item of
-the job exactly once. `run_batch` is the one function both call on a loaded engine.
+(see `ExecutorConfig.max_loaded_engines`). `RayExecutor` (executors/ray.py, `executor: {kind: ray}`)
+implements the same methods over a Ray cluster: each model is a pool of replica actors (resources per
+teacher from `executor.pools`) that load the engine once; batches go to whichever replica is free
+and come back in any order, every item exactly once, also when a replica dies mid-batch (Ray
+restarts it and retries the batch, or the batch moves to another replica). `run_batch` is the one
+function both call on a loaded engine.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from __future__ import annotations
 import math
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -127,20 +130,21 @@ class Executor(ABC):
         self.close()
 
 
-def make_executor(config: ExecutorConfig) -> Executor:
+def make_executor(config: ExecutorConfig, roles: Mapping[str, EngineSpec] | None = None) -> Executor:
+    """The executor `config` names. `roles` (`Config.engine_roles()`: teacher names, student,
+    judge or reward -> spec) lets the Ray executor give each model the resources of its pool."""
     if config.kind == "local":
         from persyn.executors.local import LocalExecutor
 
         return LocalExecutor(max_loaded=config.max_loaded_engines)
     if config.kind == "ray":
         try:
-            from persyn.executors.ray import RayExecutor  # type: ignore[import-not-found]
+            from persyn.executors.ray import RayExecutor
         except ImportError as exc:
-            raise RuntimeError(
-                "executor.kind 'ray' needs the Ray executor (persyn.executors.ray) and `pip install "
-                f"'persyn[ray]'`: {exc}"
-            ) from exc
-        return RayExecutor(config)
+            from persyn.config import ConfigError
+
+            raise ConfigError(f"executor.kind 'ray' needs Ray: `pip install 'persyn[ray]'` ({exc})") from exc
+        return RayExecutor(config, roles)
     raise ValueError(f"unknown executor kind {config.kind!r}")
 
 
