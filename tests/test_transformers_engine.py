@@ -129,6 +129,18 @@ def test_batch_invariance_follows_the_spec(tiny_engine_factory):
     assert_close(off.loglik(PROMPTS, RESPONSES), on.loglik(PROMPTS, RESPONSES), 1e-4)
 
 
+def test_cpu_allocator_setting_applies_on_glibc():
+    """The engine asks glibc to reuse freed large blocks (attention.keep_freed_memory); mallopt
+    reports failure as 0, which would come back False here."""
+    import platform
+    import sys
+
+    from persyn.engines.attention import keep_freed_memory
+
+    glibc = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
+    assert keep_freed_memory() is glibc
+
+
 def test_loglik_refuses_bad_input(tiny_engine):
     with pytest.raises(EngineError, match="response 1 is empty"):
         tiny_engine.loglik(["a", "b"], ["x", ""])

@@ -72,6 +72,12 @@ def batch_invariant_attention(module, query, key, value, attention_mask, **kwarg
     own = all(name in _KNOWN_KWARGS or val is None for name, val in kwargs.items())
     own = own and not hasattr(module, "sinks") and heads % k.shape[1] == 0
     scaling = kwargs.get("scaling") or module.head_dim**-0.5
+    if own and kwargs.get("softcap") is None:
+        # The same maths as _gqa_attention in one fused float64 kernel (fewer operations per step).
+        out = torch.nn.functional.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, scale=scaling, enable_gqa=heads != k.shape[1]
+        )
+        return out.transpose(1, 2).to(dtype), None
     if own:
         q = q.contiguous()  # the grouped-query view needs (H, L) laid out in order
     step = max(1, _SCORE_BYTES // (8 * batch * heads * max(1, k.shape[2])))
@@ -85,6 +91,31 @@ def batch_invariant_attention(module, query, key, value, attention_mask, **kwarg
             outs.append(_model_eager(module)(module, qc, k, v, mc, **kwargs)[0])
     out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
     return out.to(dtype), None
+
+
+def keep_freed_memory() -> bool:
+    """Ask glibc to serve large blocks from its heap and keep freed memory (up to 256 MiB) instead
+    of mapping fresh pages for every block over its threshold and handing them back on free.
+
+    Decoding allocates the same few large tensors every step (the float64 copies of the KV cache
+    here, the growing cache itself in any model); with glibc's defaults each one is a new mmap
+    whose pages fault in zero-filled, which on CPU cost this attention more than its arithmetic.
+    The common CPU inference advice (jemalloc/tcmalloc, or these two settings) fixes it. Process
+    wide; a no-op off glibc. Returns whether the settings were applied."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if not sys.platform.startswith("linux") or not name:
+        return False
+    try:
+        libc = ctypes.CDLL(name)
+        m_trim_threshold, m_mmap_threshold = -1, -3
+        return bool(libc.mallopt(m_mmap_threshold, 64 * 2**20)) and bool(
+            libc.mallopt(m_trim_threshold, 256 * 2**20)
+        )
+    except (OSError, AttributeError):
+        return False
 
 
 def register() -> str:

@@ -42,6 +42,7 @@ from transformers import (
     TopPLogitsWarper,
 )
 
+from persyn.engines.attention import keep_freed_memory
 from persyn.engines.attention import register as register_exact_attention
 from persyn.engines.base import (
     DEFAULT_JUDGE_TEMPLATE,
@@ -136,6 +137,8 @@ class TransformersEngine:
         if batch_invariant is None:  # on GPU the model's default kernels are kept for speed and memory
             batch_invariant = self.device.type == "cpu"
         self.batch_invariant = batch_invariant
+        if self.device.type == "cpu":
+            keep_freed_memory()  # decoding on CPU re-allocates large blocks every step (attention.py)
         attn = register_exact_attention() if batch_invariant else None
         try:
             try:
