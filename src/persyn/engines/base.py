@@ -50,6 +50,19 @@ class ContextLengthError(EngineError):
         return (type(self), (str(self), self.indices))
 
 
+def check_fits(model: str, max_len: int, lengths: Sequence[int], verb: str, what: str) -> None:
+    """Raise ContextLengthError naming every input longer than `max_len` tokens (checked before
+    any model work, by every engine that tokenises client-side)."""
+    over = [i for i, n in enumerate(lengths) if n > max_len]
+    if over:
+        i = over[0]
+        raise ContextLengthError(
+            f"{model} {verb}: {len(over)} input(s) exceed the context window of "
+            f"{max_len} tokens; first: prompt {i}, {what} has {lengths[i]} tokens",
+            indices=over,
+        )
+
+
 @dataclass(frozen=True)
 class GenerationParams:
     """How a teacher generates. `temperature == 0` means greedy.

@@ -1,8 +1,6 @@
-"""Client-side rendering and token accounting for engines that do not run the model in-process
-through transformers (the OpenAI-compatible HTTP engine and the vLLM engine).
-
-It follows the transformers engine token for token, so that learnability and judge scores mean the
-same thing whichever back end computed them:
+"""Rendering and token accounting shared by every engine (transformers in-process, vLLM, and the
+OpenAI-compatible HTTP engine, which renders client-side), so that learnability and judge scores
+mean the same thing whichever back end computed them:
 
 * prompt ids: the rendered prompt (chat template with the generation prompt, tokenised without
   extra special tokens; or the completion template, tokenised with them);
@@ -25,7 +23,7 @@ from typing import Any
 from persyn.engines.base import DEFAULT_JUDGE_TEMPLATE, EngineError
 from persyn.engines.spec import EngineSpec
 
-# Kept equal to the transformers engine's lists (tests/test_openai_engine.py checks the rendering).
+# End-of-turn tokens of common chat formats; generation stops on any that the vocabulary has.
 END_OF_TURN = ("<|im_end|>", "<end_of_turn>", "<|eot_id|>", "<|end|>", "<|endoftext|>")
 YES = ("Yes", "yes", "YES")
 NO = ("No", "no", "NO")

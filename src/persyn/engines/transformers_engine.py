@@ -44,13 +44,7 @@ from transformers import (
 
 from persyn.engines.attention import keep_freed_memory
 from persyn.engines.attention import register as register_exact_attention
-from persyn.engines.base import (
-    DEFAULT_JUDGE_TEMPLATE,
-    ContextLengthError,
-    EngineError,
-    Generation,
-    GenerationParams,
-)
+from persyn.engines.base import ContextLengthError, EngineError, Generation, GenerationParams, check_fits
 from persyn.engines.logprobs import (
     DEFAULT_CHUNK_BYTES,
     chunked_token_logprobs,
@@ -58,17 +52,13 @@ from persyn.engines.logprobs import (
     softcap_logits,
     target_logits,
 )
+from persyn.engines.rendering import Renderer, row_seed
 from persyn.engines.spec import EngineSpec
 from persyn.zoo import is_zoo_alias, resolve_model
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-# End-of-turn tokens of common chat formats; generation stops on any that the vocabulary has.
-_END_OF_TURN = ("<|im_end|>", "<end_of_turn>", "<|eot_id|>", "<|end|>", "<|endoftext|>")
-# Judge answers: every single-token spelling of these counts (logsumexp over the variants).
-_YES = ("Yes", "yes", "YES")
-_NO = ("No", "no", "NO")
 _DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
 
@@ -77,11 +67,6 @@ def _is_oom(exc: BaseException) -> bool:
         return True
     msg = str(exc)
     return isinstance(exc, RuntimeError) and ("can't allocate memory" in msg or "out of memory" in msg)
-
-
-def _row_seed(seed: int, prompt: str) -> int:
-    digest = hashlib.sha256(f"{seed}\x1f{prompt}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
 
 
 class SeededGumbelNoise(LogitsProcessor):
@@ -161,16 +146,11 @@ class TransformersEngine:
         if self.pad_id is None:
             self.pad_id = 0  # padding positions are masked; any id will do
 
-        has_chat = bool(getattr(tok, "chat_template", None))
-        if spec.template == "chat" and not has_chat:
-            raise EngineError(
-                f"{spec.model}: template 'chat' asked for, but its tokenizer has no chat template; "
-                "use template: completion (with completion_template) or auto"
-            )
-        self.template_mode = "chat" if has_chat and spec.template in ("auto", "chat") else "completion"
-        _check_template(spec.completion_template, ("prompt",), "completion_template")
-        self.judge_template = spec.judge_template or DEFAULT_JUDGE_TEMPLATE
-        _check_template(self.judge_template, ("prompt", "response"), "judge_template")
+        # Prompt format and token accounting: the same code as the HTTP and vLLM engines, so a
+        # score means the same thing on every back end.
+        self.renderer = Renderer(spec, tok)
+        self.template_mode = self.renderer.mode
+        self.judge_template = self.renderer.judge_template
 
         text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
         self.max_len = spec.max_model_len or _context_length(text_config, tok)
@@ -180,9 +160,9 @@ class TransformersEngine:
 
         if self.kind == "causal":
             self._softcap = getattr(text_config, "final_logit_softcapping", None)
-            self.stop_ids = self._stop_token_ids()
-            self._yes_ids = self._single_token_ids(_YES)
-            self._no_ids = self._single_token_ids(_NO)
+            eos = self.model.generation_config.eos_token_id
+            self.stop_ids = set(self.renderer.stop_token_ids(eos if isinstance(eos, list) else [eos]))
+            self._yes_ids, self._no_ids = self.renderer.yes_ids, self.renderer.no_ids
             self._exact_head = self._probe_head()
 
     # ---------------------------------------------------------------------------------------------
@@ -211,26 +191,15 @@ class TransformersEngine:
         digest = hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
         return f"transformers:{ident}:{digest}"
 
-    def _messages(self, prompt: str) -> list[dict[str, str]]:
-        system = [{"role": "system", "content": self.spec.system_prompt}] if self.spec.system_prompt else []
-        return [*system, {"role": "user", "content": prompt}]
-
     def render(self, prompt: str) -> str:
         """The prompt exactly as the model sees it, ready for the response to follow."""
-        if self.template_mode == "chat":
-            return self.tokenizer.apply_chat_template(
-                self._messages(prompt), tokenize=False, add_generation_prompt=True
-            )
-        return self.spec.completion_template.format(prompt=prompt)
+        return self.renderer.render(prompt)
 
     def prompt_ids(self, prompt: str) -> list[int]:
-        # Chat templates write their own special tokens (e.g. Gemma's <bos>); completion text gets
-        # the tokenizer's (so base models see the <bos> they were trained with).
-        add = self.template_mode == "completion"
-        return self.tokenizer(self.render(prompt), add_special_tokens=add).input_ids
+        return self.renderer.prompt_ids(prompt)
 
     def response_ids(self, response: str) -> list[int]:
-        return self.tokenizer(response, add_special_tokens=False).input_ids
+        return self.renderer.response_ids(response)
 
     # ---------------------------------------------------------------------------------------------
     # generate
@@ -273,7 +242,7 @@ class TransformersEngine:
         procs: list[LogitsProcessor] = [TemperatureLogitsWarper(params.temperature)]
         if params.top_p < 1.0:
             procs.append(TopPLogitsWarper(params.top_p))
-        procs.append(SeededGumbelNoise([_row_seed(params.seed, p) for p in prompts]))
+        procs.append(SeededGumbelNoise([row_seed(params.seed, p) for p in prompts]))
         return LogitsProcessorList(procs)
 
     @torch.inference_mode()
@@ -331,14 +300,10 @@ class TransformersEngine:
     def loglik(self, prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
         self._need("causal", "loglik")
         _same_length(prompts, responses)
-        pairs = []
-        for i, (p, r) in enumerate(zip(prompts, responses, strict=True)):
-            p_ids, r_ids = self.prompt_ids(p), self.response_ids(r)
-            if not r_ids:
-                raise EngineError(f"loglik: response {i} is empty; a mean over zero tokens is undefined")
-            if not p_ids:
-                raise EngineError(f"loglik: prompt {i} renders to zero tokens; nothing to condition on")
-            pairs.append((p_ids, r_ids))
+        pairs = [
+            self.renderer.loglik_pair(i, p, r)
+            for i, (p, r) in enumerate(zip(prompts, responses, strict=True))
+        ]
         self._check_fits([len(p) + len(r) for p, r in pairs], "loglik", "prompt+response")
         order = sorted(range(len(pairs)), key=lambda i: len(pairs[i][0]) + len(pairs[i][1]))
         return self._batched(order, lambda idx: self._loglik_batch([pairs[i] for i in idx]))
@@ -413,24 +378,14 @@ class TransformersEngine:
         if self.kind == "causal" and not (self._yes_ids and self._no_ids):
             raise EngineError(f"{self.spec.model}: no single-token 'Yes'/'No' in its vocabulary to judge")
         if self.kind == "reward":
-            seqs = [self._reward_ids(p, r) for p, r in zip(prompts, responses, strict=True)]
+            seqs = [self.renderer.reward_ids(p, r) for p, r in zip(prompts, responses, strict=True)]
             run: Callable[[list[int]], list[float]] = lambda idx: self._reward_batch([seqs[i] for i in idx])  # noqa: E731
         else:
-            seqs = [
-                self.prompt_ids(self.judge_template.format(prompt=p, response=r))
-                for p, r in zip(prompts, responses, strict=True)
-            ]
+            seqs = [self.renderer.judge_ids(p, r) for p, r in zip(prompts, responses, strict=True)]
             run = lambda idx: self._judge_batch([seqs[i] for i in idx])  # noqa: E731
         self._check_fits([len(s) for s in seqs], "score", "rendered input")
         order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
         return self._batched(order, run)
-
-    def _reward_ids(self, prompt: str, response: str) -> list[int]:
-        if self.template_mode == "chat":
-            conv = [*self._messages(prompt), {"role": "assistant", "content": response}]
-            text = self.tokenizer.apply_chat_template(conv, tokenize=False)
-            return self.tokenizer(text, add_special_tokens=False).input_ids
-        return self.tokenizer(self.render(prompt) + response).input_ids
 
     @torch.inference_mode()
     def _reward_batch(self, seqs: list[list[int]]) -> list[float]:
@@ -464,15 +419,6 @@ class TransformersEngine:
         no = torch.logsumexp(logits[:, n_yes:], dim=-1)
         return (yes - no).tolist()
 
-    def _single_token_ids(self, words: Sequence[str]) -> list[int]:
-        ids = set()
-        for word in words:
-            for variant in (word, " " + word):
-                enc = self.tokenizer(variant, add_special_tokens=False).input_ids
-                if len(enc) == 1:
-                    ids.add(enc[0])
-        return sorted(ids)
-
     # ---------------------------------------------------------------------------------------------
     # plumbing
 
@@ -483,25 +429,7 @@ class TransformersEngine:
             raise EngineError(f"{self.spec.model} is a {self.kind} model; {verb} needs a {kind} model")
 
     def _check_fits(self, lengths: list[int], verb: str, what: str) -> None:
-        over = [i for i, n in enumerate(lengths) if n > self.max_len]
-        if over:
-            i = over[0]
-            raise ContextLengthError(
-                f"{self.spec.model} {verb}: {len(over)} input(s) exceed the context window of "
-                f"{self.max_len} tokens; first: prompt {i}, {what} has {lengths[i]} tokens",
-                indices=over,
-            )
-
-    def _stop_token_ids(self) -> set[int]:
-        ids: set[int] = set()
-        eos = self.model.generation_config.eos_token_id
-        ids.update(eos if isinstance(eos, list) else [eos] if eos is not None else [])
-        if self.tokenizer.eos_token_id is not None:
-            ids.add(self.tokenizer.eos_token_id)
-        vocab = self.tokenizer.get_vocab()
-        if self.template_mode == "chat":
-            ids.update(vocab[t] for t in _END_OF_TURN if t in vocab)
-        return ids
+        check_fits(self.spec.model, self.max_len, lengths, verb, what)
 
     def _batched(self, order: list[int], run: Callable[[list[int]], list[T]]) -> list[T]:
         """Run ``run`` over ``order`` in batches; results back in input order. On a memory error,
@@ -567,19 +495,6 @@ def _first_stop(text: str, stops: Sequence[str]) -> tuple[int, str] | None:
 def _same_length(prompts: Sequence[str], responses: Sequence[str]) -> None:
     if len(prompts) != len(responses):
         raise EngineError(f"got {len(prompts)} prompts but {len(responses)} responses")
-
-
-def _check_template(template: str, fields: tuple[str, ...], name: str) -> None:
-    try:
-        template.format(**{f: "" for f in fields})
-    except (KeyError, IndexError, ValueError) as exc:
-        raise EngineError(
-            f"{name} {template!r} must use only {', '.join('{' + f + '}' for f in fields)} "
-            f"(double any literal braces): {exc!r}"
-        ) from exc
-    missing = [f for f in fields if "{" + f + "}" not in template]
-    if missing:
-        raise EngineError(f"{name} {template!r} lacks {', '.join('{' + f + '}' for f in missing)}")
 
 
 def _context_length(config: Any, tokenizer: Any) -> int:

@@ -32,7 +32,7 @@ import traceback
 from collections.abc import Sequence
 from typing import Any
 
-from persyn.engines.base import ContextLengthError, EngineError, Generation, GenerationParams
+from persyn.engines.base import ContextLengthError, EngineError, Generation, GenerationParams, check_fits
 from persyn.engines.rendering import Renderer, model_kind, row_seed
 from persyn.engines.spec import EngineSpec
 
@@ -209,14 +209,7 @@ class VLLMEngine:
             raise EngineError(f"{self.spec.model} is a {self.kind} model; {verb} needs a {kind} model")
 
     def _check_fits(self, lengths: list[int], verb: str, what: str) -> None:
-        over = [i for i, n in enumerate(lengths) if n > self.max_len]
-        if over:
-            i = over[0]
-            raise ContextLengthError(
-                f"{self.spec.model} {verb}: {len(over)} input(s) exceed the context window of "
-                f"{self.max_len} tokens; first: prompt {i}, {what} has {lengths[i]} tokens",
-                indices=over,
-            )
+        check_fits(self.spec.model, self.max_len, lengths, verb, what)
 
     def _call(self, op: str, *args: Any) -> Any:
         if self._proc is None:
