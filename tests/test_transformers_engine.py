@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from persyn.engines import ContextLengthError, EngineError, EngineSpec, GenerationParams
-from persyn.engines.transformers_engine import SeededGumbelNoise, TransformersEngine
+from persyn.engines.decoding import decode
+from persyn.engines.transformers_engine import SeededGumbelNoise, TransformersEngine, _pad
 from persyn.zoo import resolve_model
 
 PROMPTS = [
@@ -194,6 +195,70 @@ def test_greedy_is_reproducible_and_batch_invariant(tiny_engine):
     alone = [tiny_engine.generate([p], GREEDY)[0].text for p in PROMPTS]
     assert alone == [g.text for g in first]
     assert len({g.text for g in first}) > 1  # the prompts matter
+
+
+def _padded(engine, prompts):
+    ids = [engine.prompt_ids(p) for p in prompts]
+    return _pad(ids, engine.pad_id, left=True, device=engine.device)
+
+
+def _cut_at_stop(rows, stop_ids):
+    """model.generate's rows: each up to and including its first stop token (then padding)."""
+    out = []
+    for row in rows:
+        end = next((k for k, t in enumerate(row) if t in stop_ids), None)
+        out.append(row if end is None else row[: end + 1])
+    return out
+
+
+def _staggered_stops(free: list[list[int]]) -> set[int]:
+    """Stop tokens that would end the rows of a batch decoded without stops (``free``) at different
+    steps: for row i > 0, its token at step 2 + 3i, unless row 0 (which must run to the end) has it."""
+    steps = len(free[0])
+    stops = {row[min(2 + 3 * i, steps - 1)] for i, row in enumerate(free[1:])}
+    return stops - set(free[0])
+
+
+def test_decode_matches_model_generate_while_rows_leave(tiny_engine_factory):
+    """Rows finishing at different steps leave the batch; every row's tokens are still exactly
+    model.generate's (bf16, batch-invariant attention), and the batch really shrinks."""
+    engine = tiny_engine_factory(0, dtype="bfloat16")
+    input_ids, mask = _padded(engine, PROMPTS)
+    stops = _staggered_stops(decode(engine.model, input_ids, mask, max_new_tokens=16, stop_ids=set()))
+    batch_sizes = []
+    hook = engine.model.register_forward_pre_hook(
+        lambda _m, _a, kw: batch_sizes.append(kw["input_ids"].shape[0]), with_kwargs=True
+    )
+    try:
+        ours = decode(engine.model, input_ids, mask, max_new_tokens=16, stop_ids=stops, min_rows=2)
+    finally:
+        hook.remove()
+    with torch.inference_mode():
+        theirs = engine.model.generate(
+            input_ids=input_ids, attention_mask=mask, max_new_tokens=16, do_sample=False, top_p=None,
+            top_k=None, temperature=None, eos_token_id=sorted(stops), pad_token_id=engine.pad_id,
+        )  # fmt: skip
+    assert ours == _cut_at_stop(theirs[:, input_ids.shape[1] :].tolist(), stops)
+    ended = sum(1 for row in ours if row[-1] in stops)
+    assert ended >= 2 and len(ours[0]) == 16  # several rows stopped early, one ran to the end
+    assert batch_sizes[0] == len(PROMPTS) and min(batch_sizes) == 2  # a passenger keeps two rows
+    assert sorted(batch_sizes, reverse=True) == batch_sizes and len(set(batch_sizes)) > 2
+
+
+def test_sampled_rows_keep_their_noise_when_others_leave(tiny_engine_factory):
+    """Seeded sampling with rows leaving: each row's tokens equal its tokens decoded alone."""
+    engine = tiny_engine_factory(0, dtype="bfloat16")
+
+    def sample(prompts, stops):
+        ids, m = _padded(engine, prompts)
+        procs = engine._processors(prompts, SAMPLED)
+        return decode(engine.model, ids, m, max_new_tokens=16, stop_ids=stops, processors=procs, min_rows=2)
+
+    stops = _staggered_stops(sample(PROMPTS, set()))
+    together = sample(PROMPTS, stops)
+    alone = [sample([p, p], stops)[0] for p in PROMPTS]
+    assert together == alone
+    assert sum(1 for row in together if row[-1] in stops) >= 2 and len(together[0]) == 16
 
 
 def test_sampling_is_seeded_per_prompt_not_per_batch(tiny_engine_factory):

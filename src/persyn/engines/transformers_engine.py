@@ -12,7 +12,8 @@ Design notes (details in docs/engines.md):
   The LM head runs only at response positions, in chunks (``logprobs.py``).
 * ``generate``: left-padded batches decoded greedily; sampling adds per-row Gumbel noise seeded
   by (seed, prompt) to the temperature/top-p warped logits, so that a (seed, prompt) pair gives
-  the same text in any batch (Gumbel-max draws an exact sample).
+  the same text in any batch (Gumbel-max draws an exact sample). Finished rows leave the batch
+  (``decoding.py``) instead of riding along as padding until the longest answer ends.
 * ``score``: a one-output sequence-classification reward model's scalar on the rendered
   (prompt, response) conversation, or for a causal LM the judge's log P(Yes) - log P(No).
 * Inputs over the context window raise ContextLengthError (no silent truncation).
@@ -35,7 +36,6 @@ from transformers import (
     AutoModelForCausalLM,
     AutoModelForSequenceClassification,
     AutoTokenizer,
-    GenerationConfig,
     LogitsProcessor,
     LogitsProcessorList,
     TemperatureLogitsWarper,
@@ -45,6 +45,7 @@ from transformers import (
 from persyn.engines.attention import keep_freed_memory
 from persyn.engines.attention import register as register_exact_attention
 from persyn.engines.base import ContextLengthError, EngineError, Generation, GenerationParams, check_fits
+from persyn.engines.decoding import decode
 from persyn.engines.logprobs import (
     DEFAULT_CHUNK_BYTES,
     chunked_token_logprobs,
@@ -86,6 +87,10 @@ class SeededGumbelNoise(LogitsProcessor):
         tiny = torch.finfo(torch.float32).tiny
         gumbel = -torch.log(-torch.log(uniform.clamp_(min=tiny, max=1.0 - 1e-7)))
         return scores + gumbel.to(scores.device)
+
+    def select_rows(self, rows: Sequence[int]) -> None:
+        """Rows left the batch (decoding.py): keep the generators of those that stay."""
+        self.generators = [self.generators[i] for i in rows]
 
 
 class TransformersEngine:
@@ -223,19 +228,6 @@ class TransformersEngine:
             order, lambda idx: self._generate_batch([ids[i] for i in idx], [prompts[i] for i in idx], params)
         )
 
-    def _generation_config(self, params: GenerationParams) -> GenerationConfig:
-        # A fresh config, not the checkpoint's: its sampling defaults must not leak into greedy runs.
-        return GenerationConfig(
-            max_new_tokens=params.max_new_tokens,
-            do_sample=False,
-            temperature=None,
-            top_p=None,
-            top_k=None,
-            eos_token_id=sorted(self.stop_ids),
-            pad_token_id=self.pad_id,
-            stop_strings=[s for s in params.stop if s] or None,
-        )
-
     def _processors(self, prompts: Sequence[str], params: GenerationParams) -> LogitsProcessorList:
         if params.greedy:
             return LogitsProcessorList()
@@ -255,15 +247,25 @@ class TransformersEngine:
             # the matrix-matrix ones used for every batch; a twin row keeps it on the batch path.
             ids, prompts = ids * 2, prompts * 2
         input_ids, mask = _pad(ids, self.pad_id, left=True, device=self.device)
-        out = self.model.generate(
-            input_ids=input_ids,
-            attention_mask=mask,
-            generation_config=self._generation_config(params),
-            logits_processor=self._processors(prompts, params),
-            tokenizer=self.tokenizer if any(params.stop) else None,
-        )
-        new = out[:n, input_ids.shape[1] :].tolist()
+        new = decode(
+            self.model,
+            input_ids,
+            mask,
+            max_new_tokens=params.max_new_tokens,
+            stop_ids=self.stop_ids,
+            processors=self._processors(prompts, params),
+            stopped=self._stop_string_check(params),
+            min_rows=2 if self.batch_invariant else 1,
+        )[:n]
         return [self._finish(row, len(x), params) for row, x in zip(new, ids[:n], strict=True)]
+
+    def _stop_string_check(self, params: GenerationParams) -> Callable[[list[int]], bool] | None:
+        """Whether a row's tokens so far hold one of the stop strings; None without stop strings."""
+        stops = [s for s in params.stop if s]
+        if not stops:
+            return None
+        decode_text = self.tokenizer.decode
+        return lambda row: _first_stop(decode_text(row, skip_special_tokens=True), stops) is not None
 
     def _finish(self, tokens: list[int], n_prompt: int, params: GenerationParams) -> Generation:
         """Turn a row of generated ids (possibly padded after it finished) into a Generation."""
