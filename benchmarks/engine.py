@@ -6,7 +6,9 @@
 (a) generate: engine.generate against a bare ``model.generate`` loop on the same prompts, batches
     (the engine's: sorted by length, batch_size rows), greedy, same max_new_tokens and stop tokens.
     Throughput = completion tokens per second; ratio = engine / bare (goal >= 0.95). The engine runs
-    as shipped (batch-invariant attention on CPU) and with ``batch_invariant=False``.
+    as shipped (batch-invariant attention on CPU) and with ``batch_invariant=False``; both drop
+    finished rows from the batch (engines/decoding.py), which ``model.generate`` does not, so the
+    gap grows with ``--max-new-tokens`` when answers end at different lengths.
 (b) loglik on Gemma-3-270M (262K vocabulary), 8 sequences x 200 tokens: engine.loglik against
     the naive computation (full logits, full float32 log_softmax, gather) and against the bare
     forward pass producing the logits (the floor). Goals: time <= 1.3x the floor; peak memory above

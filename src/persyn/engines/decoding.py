@@ -58,22 +58,18 @@ def decode(
     rows = list(range(n))  # the original index of each row of the live batch
     done = [False] * n
     cache_kw = _cache_keyword(model)
-    extra = {"logits_to_keep": 1} if _accepts(model, "logits_to_keep") else {}
+    logits_to_keep = {"logits_to_keep": 1} if _accepts(model, "logits_to_keep") else {}
+    with_positions = _accepts(model, "position_ids")  # every transformers decoder; remote code may not
 
     seqs, mask = input_ids, attention_mask
     positions = mask.long().cumsum(-1) - 1
     positions.masked_fill_(mask == 0, 1)  # padding positions are masked; the value is transformers'
     step_ids, step_positions, cache = input_ids, positions, None
     for _ in range(max_new_tokens):
-        past = {cache_kw: cache} if cache is not None else {}
-        outputs = model(
-            input_ids=step_ids,
-            attention_mask=mask,
-            position_ids=step_positions,
-            use_cache=True,
-            **past,
-            **extra,
-        )
+        inputs = {cache_kw: cache} if cache is not None else {}
+        if with_positions:
+            inputs["position_ids"] = step_positions
+        outputs = model(input_ids=step_ids, attention_mask=mask, use_cache=True, **inputs, **logits_to_keep)
         cache = getattr(outputs, cache_kw)
         logits = outputs.logits[:, -1].to(copy=True, dtype=torch.float32)
         del outputs
