@@ -6,24 +6,29 @@ Attention reduces over the keys, and padding changes their number, hence how the
 terms of each sum and how they round. Sampled and greedy texts then depend on batch composition,
 and loglik on padding.
 
-Here attention runs in float64 and is rounded back to the model's dtype. Sums grouped differently
-then differ by ~1e-16 relative, far below float32/bf16 resolution, so the rounded result is the
-same unless the exact value sits within ~1e-16 of a rounding boundary (odds ~1e-9 per value).
-Masked keys contribute exact zeros. The other matmuls (linear layers) give per-row results that do
-not depend on the batch size in bf16 on CPU, except for a single row, which the engine decodes as
-a twin pair. With both, texts and logliks in bf16 were bit-identical across batch compositions in
-every check we ran (tests/test_transformers_engine.py). In float32 the linear layers themselves
-round differently by batch size, so there invariance holds up to float noise (~1e-7).
+How: each row's attention runs on its own tokens only. The mask tells which queries and keys of a
+row are real (``row_spans``: padding cut off, once per forward pass), and the row's slice goes
+through ``scaled_dot_product_attention`` in float32, with no mask when decoding (a new token sees
+all its keys), ``is_causal`` for a whole sequence, or the mask's slice (sliding windows). The
+kernel then sees the same tensors, shaped the same, whatever the batch: the result is the same to
+the bit. The other matmuls (linear layers) give per-row results that do not depend on the batch
+size in bf16 on CPU, except for a single row, which the engine decodes as a twin pair. With both,
+texts and logliks in bf16 were bit-identical across batch compositions in every check we ran
+(tests/test_transformers_engine.py, tests/test_attention.py). In float32 the linear layers
+themselves round differently by batch size, so there invariance holds up to float noise (~1e-7).
 
-Grouped-query heads share their key/value head without copies; queries go in chunks so the
-float64 scores stay small. The maths is the eager attention's (scaling, soft-capping, additive
-mask, softmax, weighted values); a module with anything else (attention sinks...) runs its own
-eager function in float64 instead. Cost: docs/engines.md.
+Attention this path does not cover (soft-capping, attention sinks, unknown arguments, no mask)
+runs in float64 over the whole batch and is rounded back: sums grouped differently then differ
+by ~1e-16 relative, far below bf16/float32 resolution, so the rounded result is the same unless
+the exact value sits within ~1e-16 of a rounding boundary (odds ~1e-9 per value). It is the
+eager attention's maths (scaling, soft-capping, additive mask, softmax, weighted values), or the
+module's own eager function in float64. Cost of both: docs/engines.md.
 """
 
 from __future__ import annotations
 
 import sys
+import weakref
 
 import torch
 
@@ -64,15 +69,84 @@ def _model_eager(module: torch.nn.Module):
     return fn
 
 
+# Row spans of the masks seen lately, by mask object: every layer of one forward pass gets the same
+# mask (or one of two, with sliding windows), so the spans are worked out once per forward pass.
+# Weak references: a finished pass's masks are freed as usual.
+_SPANS: dict[int, tuple[weakref.ref, list[tuple[int, int, int, int, str]]]] = {}
+
+
+def row_spans(mask: torch.Tensor) -> list[tuple[int, int, int, int, str]]:
+    """For each row of an additive mask (B, 1, Q, K): (q0, q1, k0, k1, kind), the queries [q0, q1)
+    and keys [k0, k1) that the row really has (padding cut off), and what the mask is inside them:
+    "full" (every query sees every key: decoding), "causal" (exactly causal: a whole sequence), or
+    "mask" (anything else, e.g. a sliding window; the mask slice is passed on).
+
+    The queries are the last Q of the K positions, so query j is position K - Q + j, and it is a
+    real token if that position is a key some query sees. The span and the mask inside it depend
+    only on the row's own tokens, never on how much padding the batch added."""
+    hit = _SPANS.get(id(mask))
+    if hit is not None and hit[0]() is mask:
+        return hit[1]
+    q_len, k_len = mask.shape[-2], mask.shape[-1]
+    visible = (mask > torch.finfo(mask.dtype).min).any(dim=1)  # (B, Q, K)
+    keys = visible.any(dim=1)  # (B, K): keys somebody sees
+    queries = keys[:, k_len - q_len :]
+    spans = []
+    for row, (k_row, q_row) in enumerate(zip(keys.tolist(), queries.tolist(), strict=True)):
+        if True not in q_row:
+            spans.append((0, 0, 0, 0, "full"))  # no real token (cannot happen with real inputs)
+            continue
+        k0, k1 = k_row.index(True), k_len - k_row[::-1].index(True)
+        q0, q1 = q_row.index(True), q_len - q_row[::-1].index(True)
+        inside = visible[row, q0:q1, k0:k1]
+        if bool(inside.all()):
+            kind = "full"
+        elif q1 - q0 == k1 - k0 and torch.equal(inside, torch.ones_like(inside).tril()):
+            kind = "causal"
+        else:
+            kind = "mask"
+        spans.append((q0, q1, k0, k1, kind))
+    if len(_SPANS) >= 8:
+        _SPANS.clear()
+    _SPANS[id(mask)] = (weakref.ref(mask), spans)
+    return spans
+
+
+def _per_row_attention(q, k, v, mask, scaling: float) -> torch.Tensor:
+    """Attention row by row on each row's own span, in float32: a row's result is computed from
+    the same tensors, shaped the same, whatever it is batched with. Returns (B, Q, H, D)."""
+    batch, heads, q_len, _ = q.shape
+    out = q.new_zeros(batch, q_len, heads, v.shape[-1])
+    gqa = heads != k.shape[1]
+    for row, (q0, q1, k0, k1, kind) in enumerate(row_spans(mask)):
+        if q1 == q0:
+            continue
+        res = torch.nn.functional.scaled_dot_product_attention(
+            q[row : row + 1, :, q0:q1].float(),
+            k[row : row + 1, :, k0:k1].float(),
+            v[row : row + 1, :, k0:k1].float(),
+            attn_mask=mask[row : row + 1, :, q0:q1, k0:k1].float() if kind == "mask" else None,
+            is_causal=kind == "causal",
+            scale=scaling,
+            enable_gqa=gqa,
+        )
+        out[row, q0:q1] = res[0].transpose(0, 1)
+    return out
+
+
 def batch_invariant_attention(module, query, key, value, attention_mask, **kwargs):
     dtype = query.dtype
+    # "own": plain scaled-dot-product attention (grouped-query heads at most), which we compute here.
+    own = all(name in _KNOWN_KWARGS or val is None for name, val in kwargs.items())
+    own = own and not hasattr(module, "sinks") and query.shape[1] % key.shape[1] == 0
+    scaling = kwargs.get("scaling") or module.head_dim**-0.5
+    plain = own and kwargs.get("softcap") is None
+    if plain and attention_mask is not None and dtype != torch.float64:
+        return _per_row_attention(query, key, value, attention_mask, scaling), None
     q, k, v = query.double(), key.double(), value.double()
     mask = attention_mask.double() if attention_mask is not None else None
     batch, heads, q_len, _ = q.shape
-    own = all(name in _KNOWN_KWARGS or val is None for name, val in kwargs.items())
-    own = own and not hasattr(module, "sinks") and heads % k.shape[1] == 0
-    scaling = kwargs.get("scaling") or module.head_dim**-0.5
-    if own and kwargs.get("softcap") is None:
+    if plain:
         # The same maths as _gqa_attention in one fused float64 kernel (fewer operations per step).
         out = torch.nn.functional.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, scale=scaling, enable_gqa=heads != k.shape[1]
@@ -97,9 +171,9 @@ def keep_freed_memory() -> bool:
     """Ask glibc to serve large blocks from its heap and keep freed memory (up to 256 MiB) instead
     of mapping fresh pages for every block over its threshold and handing them back on free.
 
-    Decoding allocates the same few large tensors every step (the float64 copies of the KV cache
-    here, the growing cache itself in any model); with glibc's defaults each one is a new mmap
-    whose pages fault in zero-filled, which on CPU cost this attention more than its arithmetic.
+    Decoding allocates the same few large tensors every step (the growing KV cache in any model,
+    float32 copies of its rows here); with glibc's defaults each one is a new mmap whose pages
+    fault in zero-filled, which on CPU once cost this attention more than its arithmetic.
     The common CPU inference advice (jemalloc/tcmalloc, or these two settings) fixes it. Process
     wide; a no-op off glibc. Returns whether the settings were applied."""
     import ctypes

@@ -31,8 +31,8 @@ class EngineSpec(BaseModel):
     batch_size: int = Field(default=8, ge=1)
     max_model_len: int | None = Field(default=None, ge=16)
     trust_remote_code: bool = False
-    # transformers engine: float64 attention so a row's result does not depend on its batch
-    # (None: on for CPU, off for GPU; costs 4-12% of CPU generation throughput, docs/engines.md).
+    # transformers engine: row-by-row attention so a row's result does not depend on its batch
+    # (None: on for CPU, off for GPU; costs a few percent of CPU generation, docs/engines.md).
     batch_invariant: bool | None = None
     # OpenAI-compatible servers. The key itself never appears in a config: name the variable.
     base_url: str | None = None

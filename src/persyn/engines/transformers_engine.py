@@ -97,9 +97,10 @@ class TransformersEngine:
     """A transformers model behind the engine protocol (see module docstring)."""
 
     def __init__(self, spec: EngineSpec, batch_invariant: bool | None = None):
-        """``batch_invariant`` (default: on for CPU, off for GPU): run attention in float64 and
-        decode lone rows as twin pairs, so that a row's results do not depend on the rows batched
-        with it (see attention.py); costs 4-12% of generation throughput on CPU. None: the spec's
+        """``batch_invariant`` (default: on for CPU, off for GPU): run attention row by row on each
+        row's own tokens and decode lone rows as twin pairs, so that a row's results do not depend
+        on the rows batched with it (see attention.py); costs a few percent of generation
+        throughput on CPU (docs/engines.md). None: the spec's
         ``batch_invariant``, whose own default is on for CPU and off for GPU."""
         self.spec = spec
         self.path = resolve_model(spec.model)
