@@ -6,7 +6,12 @@ from __future__ import annotations
 
 import torch
 
-from persyn.engines.attention import _gqa_attention, _per_row_attention, row_spans
+from persyn.engines.attention import (
+    _gqa_attention,
+    _per_row_attention,
+    batch_invariant_attention,
+    row_spans,
+)
 
 MIN = torch.finfo(torch.float32).min
 
@@ -94,3 +99,30 @@ def test_a_row_gives_the_same_bits_whatever_the_padding():
             mask = additive_mask([total, 40], batch_q, total).to(torch.bfloat16)
             batched = _per_row_attention(bq, bk, bv, mask, 0.125)
             assert torch.equal(batched[1, -q_len:], alone[0])
+
+
+class _Module(torch.nn.Module):
+    head_dim = 8
+
+
+def test_soft_capped_attention_takes_the_float64_path():
+    """Soft-capping is outside the row-by-row path: the float64 eager maths runs instead, equal to
+    the reference, and a bf16 row still gives the same bits alone and padded."""
+    mask = additive_mask([6, 3], 6, 6)
+    q, k, v = qkv(2, 6, 6)
+    plain, _ = batch_invariant_attention(_Module(), q, k, v, mask, scaling=0.3)
+    assert torch.equal(plain, _per_row_attention(q, k, v, mask, 0.3))
+    capped, _ = batch_invariant_attention(_Module(), q, k, v, mask, scaling=0.3, softcap=0.5)
+    reference = _gqa_attention(q.double(), k.double(), v.double(), mask.double(), 0.3, 0.5).float()
+    torch.testing.assert_close(capped[:, -3:], reference[:, -3:], atol=1e-6, rtol=1e-6)
+    assert not torch.allclose(capped[0], plain[0], atol=1e-3)  # the cap did change the result
+
+    bq, bk, bv = (t.to(torch.bfloat16) for t in (q, k, v))
+    alone, _ = batch_invariant_attention(
+        _Module(), bq[1:, :, 3:], bk[1:, :, 3:], bv[1:, :, 3:],
+        additive_mask([3], 3, 3).to(torch.bfloat16), scaling=0.3, softcap=0.5,
+    )  # fmt: skip
+    batched, _ = batch_invariant_attention(
+        _Module(), bq, bk, bv, mask.to(torch.bfloat16), scaling=0.3, softcap=0.5
+    )
+    assert torch.equal(batched[1, 3:], alone[0])

@@ -56,9 +56,7 @@ def train_key(ctx: RunContext, ids: list[str]) -> str:
     r = cfg.router.model_dump(mode="json")
     # The scores themselves too: a retried generation or score that fills a gap retrains the router.
     q, lm = load_matrices(ctx, ids)
-    scores = hashlib.sha256(
-        np.nan_to_num(np.stack([q, lm]), nan=-1e30).round(6).tobytes()
-    ).hexdigest()[:16]
+    scores = hashlib.sha256(np.nan_to_num(np.stack([q, lm]), nan=-1e30).round(6).tobytes()).hexdigest()[:16]
     return content_key(
         "router",
         json_digest(ids),
