@@ -492,11 +492,15 @@ def test_smollm_stops_at_end_of_turn(smollm_engine):
 
 
 @pytest.mark.zoo
-def test_smollm_bf16_sampling_is_batch_invariant(smollm_engine):
+@pytest.mark.parametrize("name", ["smollm_engine", "gemma_engine"])
+def test_zoo_bf16_sampling_is_batch_invariant(name, request):
+    """A prompt samples the same text alone, in a pair and in the whole batch (SmolLM2: 30 narrow
+    layers; Gemma 3: sliding-window layers, one key/value head)."""
+    engine = request.getfixturevalue(name)
     params = GenerationParams(max_new_tokens=24, temperature=1.0, seed=11)
-    together = [g.text for g in smollm_engine.generate(PROMPTS, params)]
-    alone = [smollm_engine.generate([p], params)[0].text for p in PROMPTS]
-    pairs = [smollm_engine.generate([p, PROMPTS[-1 - i]], params)[0].text for i, p in enumerate(PROMPTS)]
+    together = [g.text for g in engine.generate(PROMPTS, params)]
+    alone = [engine.generate([p], params)[0].text for p in PROMPTS]
+    pairs = [engine.generate([p, PROMPTS[-1 - i]], params)[0].text for i, p in enumerate(PROMPTS)]
     assert together == alone == pairs
 
 

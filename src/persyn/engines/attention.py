@@ -114,23 +114,34 @@ def row_spans(mask: torch.Tensor) -> list[tuple[int, int, int, int, str]]:
 
 def _per_row_attention(q, k, v, mask, scaling: float) -> torch.Tensor:
     """Attention row by row on each row's own span, in float32: a row's result is computed from
-    the same tensors, shaped the same, whatever it is batched with. Returns (B, Q, H, D)."""
+    the same values, shaped the same, whatever it is batched with. Returns (B, Q, H, D)."""
     batch, heads, q_len, _ = q.shape
-    out = q.new_zeros(batch, q_len, heads, v.shape[-1])
+    # One float32 copy per tensor for the whole batch: per-row copies cost more than the kernel.
+    q32, k32, v32 = q.float(), k.float(), v.float()
     gqa = heads != k.shape[1]
-    for row, (q0, q1, k0, k1, kind) in enumerate(row_spans(mask)):
+    spans = row_spans(mask)
+    rows = []
+    for row, (q0, q1, k0, k1, kind) in enumerate(spans):
         if q1 == q0:
+            rows.append(None)
             continue
-        res = torch.nn.functional.scaled_dot_product_attention(
-            q[row : row + 1, :, q0:q1].float(),
-            k[row : row + 1, :, k0:k1].float(),
-            v[row : row + 1, :, k0:k1].float(),
-            attn_mask=mask[row : row + 1, :, q0:q1, k0:k1].float() if kind == "mask" else None,
-            is_causal=kind == "causal",
-            scale=scaling,
-            enable_gqa=gqa,
+        rows.append(
+            torch.nn.functional.scaled_dot_product_attention(
+                q32[row : row + 1, :, q0:q1],
+                k32[row : row + 1, :, k0:k1],
+                v32[row : row + 1, :, k0:k1],
+                attn_mask=mask[row : row + 1, :, q0:q1, k0:k1].float() if kind == "mask" else None,
+                is_causal=kind == "causal",
+                scale=scaling,
+                enable_gqa=gqa,
+            )
         )
-        out[row, q0:q1] = res[0].transpose(0, 1)
+    if all(span[:2] == (0, q_len) for span in spans):  # every query real (decoding): one copy
+        return torch.cat(rows).transpose(1, 2).to(q.dtype)
+    out = q.new_zeros(batch, q_len, heads, v.shape[-1])
+    for row, ((q0, q1, *_), res) in enumerate(zip(spans, rows, strict=True)):
+        if res is not None:
+            out[row, q0:q1] = res[0].transpose(0, 1)
     return out
 
 
