@@ -1,0 +1,107 @@
+"""The `train:` and `eval:` config sections: how the student is fine-tuned and evaluated.
+
+    train:
+      epochs: 2
+      learning_rate: 1.0e-4
+      batch_size: 8
+      lora: {r: 16, alpha: 32, dropout: 0.05, target: all-linear}   # null: full fine-tune
+    eval:
+      sets:
+        - {name: math, path: eval/math.jsonl, answer_field: answer}
+        - {name: instructions, path: eval/instructions.jsonl}
+      max_new_tokens: 256
+
+Every field that changes the trained weights is part of `TrainSettings.fingerprint()`; a finished
+training with another fingerprint is refused, not silently reused (train.py). Where and how it runs
+(`device`, `save_steps`, `gradient_checkpointing`) is left out, so moving a run to a GPU or
+checkpointing more often resumes instead of starting over.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+__all__ = ["EvalSet", "EvalSettings", "LoraSettings", "TrainSettings"]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class LoraSettings(_Section):
+    """A LoRA adapter (peft). `target`: module names, or "all-linear" (every linear layer but the
+    output head)."""
+
+    r: int = Field(default=16, ge=1)
+    alpha: float = Field(default=32.0, gt=0)
+    dropout: float = Field(default=0.05, ge=0.0, lt=1.0)
+    target: list[str] | Literal["all-linear"] = "all-linear"
+
+
+class TrainSettings(_Section):
+    """How the student is fine-tuned (TRL `SFTTrainer`, loss on the response tokens only)."""
+
+    epochs: float = Field(default=2.0, gt=0)
+    learning_rate: float = Field(default=1e-4, gt=0)
+    batch_size: int = Field(default=8, ge=1)
+    gradient_accumulation: int = Field(default=1, ge=1)
+    max_length: int = Field(default=512, ge=16)  # tokens of prompt + response; longer rows are cut
+    seed: int = 0
+    warmup_ratio: float = Field(default=0.05, ge=0.0, lt=1.0)
+    weight_decay: float = Field(default=0.0, ge=0.0)
+    lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"
+    # null: full fine-tune. LoRA trains faster on CPU and the merged model loads like any other.
+    lora: LoraSettings | None = Field(default_factory=LoraSettings)
+    device: str = "auto"  # auto: cuda when present, else cpu
+    # The compute dtype; `auto` follows persyn.hardware (bf16 where the CPU computes it natively).
+    # Weights stay float32 (bf16 runs as autocast), so small updates are not rounded away.
+    dtype: Literal["auto", "bfloat16", "float32", "float16"] = "auto"
+    save_steps: int = Field(default=50, ge=1)  # checkpoint every N optimizer steps (resume point)
+    # Recompute activations in the backward pass: less memory, ~30% more compute (TRL's default is
+    # on; a small student on CPU does not need it).
+    gradient_checkpointing: bool = False
+
+    def fingerprint(self) -> str:
+        """A hash of everything that changes the trained weights (not device or checkpoint spacing;
+        dtype stays in: a float32 and a bf16 run give different weights)."""
+        blob = self.model_dump(exclude={"device", "save_steps", "gradient_checkpointing"}, mode="json")
+        return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class EvalSet(_Section):
+    """One held-out prompt file (JSONL, Parquet or CSV, read by `persyn.prompts.load_prompts`).
+    With `answer_field`, prompts with an answer get accuracy and the reference's log-likelihood;
+    prompts without one get the judge's score and the win rate against the untrained student."""
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$")
+    path: Path
+    prompt_field: str = "prompt"
+    answer_field: str | None = None
+    id_field: str | None = None
+    limit: int | None = Field(default=None, ge=1)
+
+
+class EvalSettings(_Section):
+    """How a student is evaluated (evaluate.py). The judge defaults to the run's quality judge."""
+
+    sets: list[EvalSet] = Field(default_factory=list)
+    max_new_tokens: int = Field(default=256, ge=1)
+    batch_size: int = Field(default=16, ge=1)
+    # The win rate needs a judge that answers "A" or "B"; off skips it (it costs 4 judge passes).
+    win_rate: bool = True
+    confidence: float = Field(default=0.95, gt=0.5, lt=1.0)
+    resamples: int = Field(default=2000, ge=100)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> EvalSettings:
+        names = [s.name for s in self.sets]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"eval.sets: names must be unique, repeated: {', '.join(dup)}")
+        return self
