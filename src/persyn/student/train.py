@@ -34,6 +34,7 @@ import os
 import platform
 import shutil
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -287,7 +288,9 @@ def _quiet_training() -> Iterator[None]:
     hf_logging.set_verbosity_error()
     trl_logger.setLevel(logging.ERROR)
     try:
-        with quiet_libraries(datasets=True):
+        with quiet_libraries(datasets=True), warnings.catch_warnings():
+            # deprecation notices between transformers 5 and peft/TRL: nothing a user can act on
+            warnings.simplefilter("ignore", FutureWarning)
             yield
     finally:
         hf_logging.set_verbosity(level)
