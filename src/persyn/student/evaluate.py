@@ -1,6 +1,73 @@
-"""Evaluation of a (trained or untrained) student through the engine protocol."""
+"""Evaluate a student (trained or not) on held-out prompts through the engine protocol.
+
+    items = load_eval_set(EvalSet(name="math", path="eval/math.jsonl", answer_field="answer"))
+    refuse_overlap(items, train_prompts)                      # no eval prompt may be a training prompt
+    result = evaluate(student_engine, items, EvalSettings(), judge=judge_engine,
+                      baseline=base_result)                    # the untrained student's EvalResult
+    result.metrics["accuracy"]                                 # Interval(mean, low, high, n)
+
+Every verb goes through `persyn.engines` (`generate`, `loglik`, `score`), so the student and the judge
+can be any back end. Per item, and then the mean with a 95% bootstrap interval (stats.py):
+
+* prompts with a reference answer:
+  - `accuracy`: the greedy answer's final answer checked against the reference (`check_answer`);
+  - `reference_loglik`: the student's mean log-probability of a reference response, by default
+    `"The answer is {answer}."` (or the set's `reference_field`, e.g. a worked solution). One
+    forward pass, no generation, and continuous: far less noisy than accuracy on small sets. It also
+    measures the phrasing, so compare it between models on the same items only.
+* prompts without one:
+  - `judge_score`: the judge's `score` of the answer (log P(Yes) - log P(No), or a reward model);
+  - `win_rate`: against the untrained student's answer to the same prompt, judged in both orders
+    (below). 1 = this model's answer wins, 0.5 = tie, 0 = loses.
+
+The pairwise judge uses only `loglik`: the judge reads a prompt holding the request and answers
+A and B and is asked to reply "A" or "B"; its preference is log P("A") - log P("B") as the reply.
+Each pair is judged twice, once with each answer as A. Each order gives 1 (prefers this model),
+0 (prefers the baseline) or 0.5 (exactly even); the item's score is the mean of the two. A judge that
+always picks the first position thus scores every item 0.5, whatever the answers: position bias
+cancels instead of favouring whichever model happens to be shown first. Identical answers are a tie
+without asking the judge.
+"""
 
 from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from persyn.engines.base import Engine, Generation, GenerationParams
+from persyn.progress import Progress
+from persyn.prompts import normalise_text, text_id
+from persyn.student.settings import EvalSet, EvalSettings
+from persyn.student.stats import Interval, bootstrap_mean
+
+__all__ = [
+    "DEFAULT_REFERENCE_TEMPLATE",
+    "PAIRWISE_TEMPLATE",
+    "EvalItem",
+    "EvalResult",
+    "OverlapError",
+    "check_answer",
+    "evaluate",
+    "find_overlap",
+    "load_eval_set",
+    "pairwise_preferences",
+    "refuse_overlap",
+    "two_order_score",
+    "win_scores",
+]
+
+DEFAULT_REFERENCE_TEMPLATE = "The answer is {answer}."
+
+PAIRWISE_TEMPLATE = (
+    "You are comparing two answers to a user's request.\n\n"
+    "Request:\n{prompt}\n\n"
+    "Answer A:\n{a}\n\n"
+    "Answer B:\n{b}\n\n"
+    "Which answer is better: more correct, more helpful and more complete? Reply with A or B only."
+)
 
 
 def check_answer(response: str, reference: str) -> bool:
@@ -9,3 +76,279 @@ def check_answer(response: str, reference: str) -> bool:
     from persyn.scoring.answers import answer_matches
 
     return answer_matches(response, reference)
+
+
+# ----------------------------------------------------------------------------- items, overlap
+
+
+@dataclass(frozen=True)
+class EvalItem:
+    """One held-out prompt; `reference` is a full reference response where the set has one."""
+
+    id: str
+    prompt: str
+    answer: str | None = None
+    reference: str | None = None
+
+
+def load_eval_set(spec: EvalSet) -> list[EvalItem]:
+    """The items of one eval set (`persyn.prompts.load_prompts`: errors name the file and line)."""
+    from persyn.prompts import load_prompts
+
+    loaded = load_prompts(
+        spec.path,
+        prompt_field=spec.prompt_field,
+        answer_field=spec.answer_field,
+        id_field=spec.id_field,
+        limit=spec.limit,
+    )
+    items = []
+    for p in loaded.prompts:
+        ref = p.meta.get(spec.reference_field) if spec.reference_field else None
+        items.append(EvalItem(p.id, p.text, p.answer, ref if isinstance(ref, str) and ref.strip() else None))
+    return items
+
+
+class OverlapError(ValueError):
+    """Eval prompts that are also training prompts: the score would measure memory, not skill."""
+
+
+def find_overlap(eval_prompts: Iterable[str], train_prompts: Iterable[str]) -> list[str]:
+    """The eval prompts whose normalised text (`persyn.prompts.normalise_text`) is a training prompt's."""
+    train = {text_id(t) for t in train_prompts}
+    return [p for p in eval_prompts if text_id(p) in train]
+
+
+def refuse_overlap(items: Sequence[EvalItem], train_prompts: Iterable[str], where: str = "eval set") -> None:
+    """Raise `OverlapError` if any item's prompt appears among `train_prompts`."""
+    shared = find_overlap([i.prompt for i in items], train_prompts)
+    if shared:
+        first = normalise_text(shared[0])
+        raise OverlapError(
+            f"{where}: {len(shared)} of {len(items)} prompts also appear in the training prompts "
+            f"(first: {first[:80]!r}); held-out prompts must be new to the student"
+        )
+
+
+# ----------------------------------------------------------------------------- metric pieces
+
+
+def _in_batches(
+    fn: Callable[[list[int]], list[Any]], n: int, batch: int, ui: Progress, label: str
+) -> list[Any]:
+    """fn over index batches, with a progress bar; results in order."""
+    out: list[Any] = []
+    with ui.task(label, total=n) as advance:
+        for s in range(0, n, batch):
+            idx = list(range(s, min(n, s + batch)))
+            out.extend(fn(idx))
+            advance(len(idx))
+    return out
+
+
+def pairwise_preferences(
+    judge: Engine,
+    prompts: Sequence[str],
+    first: Sequence[str],
+    second: Sequence[str],
+    *,
+    template: str = PAIRWISE_TEMPLATE,
+    labels: tuple[str, str] = ("A", "B"),
+) -> list[float]:
+    """log P(labels[0]) - log P(labels[1]) as the judge's reply, `first` shown as A: > 0 prefers
+    `first`. The labels are the reply's text: "A"/"B" for a chat judge (the reply starts a turn);
+    a completion-template judge wants " A"/" B"."""
+    texts = [template.format(prompt=p, a=a, b=b) for p, a, b in zip(prompts, first, second, strict=True)]
+    la = judge.loglik(texts, [labels[0]] * len(texts))
+    lb = judge.loglik(texts, [labels[1]] * len(texts))
+    return [float(x) - float(y) for x, y in zip(la, lb, strict=True)]
+
+
+def _outcome(preference: float) -> float:
+    if math.isnan(preference):
+        return math.nan
+    return 1.0 if preference > 0 else 0.0 if preference < 0 else 0.5
+
+
+def two_order_score(candidate_first: float, baseline_first: float) -> float:
+    """An item's win score from its two judgements: `candidate_first` is the preference for A with
+    the candidate as A, `baseline_first` with the baseline as A. Mean of the two outcomes (1 win,
+    0.5 tie, 0 loss), so a constant position bias cancels."""
+    return (_outcome(candidate_first) + _outcome(-baseline_first)) / 2
+
+
+def win_scores(
+    judge: Engine,
+    prompts: Sequence[str],
+    candidate: Sequence[str],
+    baseline: Sequence[str],
+    *,
+    batch_size: int = 8,
+    progress: Progress | None = None,
+    label: str = "win rate",
+) -> list[float]:
+    """Per item: 1 if the judge prefers `candidate` in both orders, 0.5 if split or identical
+    answers, 0 if it prefers `baseline` in both (see the module docstring)."""
+    ui = progress or Progress(None)
+    n = len(prompts)
+    if not len(candidate) == len(baseline) == n:
+        raise ValueError("win_scores: prompts, candidate and baseline must have the same length")
+    same = [normalise_text(c) == normalise_text(b) for c, b in zip(candidate, baseline, strict=True)]
+    todo = [i for i in range(n) if not same[i]]
+    scores = [0.5] * n
+
+    def judge_batch(idx: list[int]) -> list[float]:
+        ps = [prompts[todo[i]] for i in idx]
+        cs = [candidate[todo[i]] for i in idx]
+        bs = [baseline[todo[i]] for i in idx]
+        ab = pairwise_preferences(judge, ps, cs, bs)
+        ba = pairwise_preferences(judge, ps, bs, cs)
+        return [two_order_score(x, y) for x, y in zip(ab, ba, strict=True)]
+
+    for i, s in zip(todo, _in_batches(judge_batch, len(todo), batch_size, ui, label), strict=True):
+        scores[i] = s
+    return scores
+
+
+# ----------------------------------------------------------------------------- evaluate
+
+
+@dataclass
+class EvalResult:
+    """One model on one eval set: answers, per-item scores, metric intervals, and what it cost."""
+
+    model: str
+    items: list[EvalItem]
+    answers: list[str]
+    scores: dict[str, list[float]]  # metric -> one value per item (NaN where it does not apply)
+    metrics: dict[str, Interval]
+    cost: dict[str, float] = field(default_factory=dict)  # seconds per phase, generated tokens
+
+    def rows(self) -> list[dict[str, Any]]:
+        """Per-item records (for the store or a JSONL dump)."""
+        out = []
+        for k, (item, answer) in enumerate(zip(self.items, self.answers, strict=True)):
+            row: dict[str, Any] = {"id": item.id, "prompt": item.prompt, "answer": item.answer}
+            row["response"] = answer
+            for name, values in self.scores.items():
+                v = values[k]
+                row[name] = None if math.isnan(v) else v
+            out.append(row)
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "metrics": {k: v.to_dict() for k, v in self.metrics.items()},
+            "cost": self.cost,
+            "items": len(self.items),
+        }
+
+
+def evaluate(
+    engine: Engine,
+    items: Sequence[EvalItem],
+    settings: EvalSettings,
+    *,
+    judge: Engine | None = None,
+    baseline: EvalResult | Sequence[str] | None = None,
+    answers: Sequence[str] | None = None,
+    train_prompts: Iterable[str] | None = None,
+    reference_template: str = DEFAULT_REFERENCE_TEMPLATE,
+    progress: Progress | None = None,
+    label: str = "eval",
+) -> EvalResult:
+    """Score `engine` on `items` (see the module docstring).
+
+    `judge`: the judge for prompts without answers (None: judge score and win rate are skipped).
+    `baseline`: the untrained student's answers to the same items (an EvalResult or the texts), for
+    the win rate; None skips it. `answers`: this model's answers if already generated (e.g. from the
+    run store); None generates them greedily. `train_prompts`: refused if any item is among them.
+    """
+    ui = progress or Progress(None)
+    items = list(items)
+    n = len(items)
+    if train_prompts is not None:
+        refuse_overlap(items, train_prompts, where=label)
+    cost: dict[str, float] = {}
+    nan = [math.nan] * n
+    scores: dict[str, list[float]] = {}
+    bs = settings.batch_size
+
+    t = time.perf_counter()
+    if answers is None:
+        params = GenerationParams(max_new_tokens=settings.max_new_tokens, temperature=0.0)
+        gens: list[Generation] = _in_batches(
+            lambda idx: engine.generate([items[i].prompt for i in idx], params),
+            n,
+            bs,
+            ui,
+            f"{label} · answer",
+        )
+        answers = [g.text for g in gens]
+        cost["generated_tokens"] = float(sum(g.completion_tokens for g in gens))
+        cost["generate_s"] = time.perf_counter() - t
+    answers = list(answers)
+    if len(answers) != n:
+        raise ValueError(f"{label}: {len(answers)} answers for {n} items")
+
+    with_ref = [i for i, it in enumerate(items) if it.answer is not None]
+    open_ended = [i for i, it in enumerate(items) if it.answer is None]
+    if with_ref:
+        acc = list(nan)
+        for i in with_ref:
+            acc[i] = 1.0 if check_answer(answers[i], items[i].answer) else 0.0
+        scores["accuracy"] = acc
+        t = time.perf_counter()
+        refs = [items[i].reference or reference_template.format(answer=items[i].answer) for i in with_ref]
+        lls = _in_batches(
+            lambda idx: engine.loglik([items[with_ref[j]].prompt for j in idx], [refs[j] for j in idx]),
+            len(with_ref),
+            bs,
+            ui,
+            f"{label} · reference loglik",
+        )
+        ll = list(nan)
+        for i, v in zip(with_ref, lls, strict=True):
+            ll[i] = float(v)
+        scores["reference_loglik"] = ll
+        cost["loglik_s"] = time.perf_counter() - t
+    if open_ended and judge is not None:
+        t = time.perf_counter()
+        js = _in_batches(
+            lambda idx: judge.score(
+                [items[open_ended[j]].prompt for j in idx], [answers[open_ended[j]] for j in idx]
+            ),
+            len(open_ended),
+            bs,
+            ui,
+            f"{label} · judge",
+        )
+        judged = list(nan)
+        for i, v in zip(open_ended, js, strict=True):
+            judged[i] = float(v)
+        scores["judge_score"] = judged
+        cost["judge_s"] = time.perf_counter() - t
+        base = baseline.answers if isinstance(baseline, EvalResult) else baseline
+        if settings.win_rate and base is not None:
+            if len(base) != n:
+                raise ValueError(f"{label}: the baseline has {len(base)} answers for {n} items")
+            t = time.perf_counter()
+            ws = win_scores(
+                judge,
+                [items[i].prompt for i in open_ended],
+                [answers[i] for i in open_ended],
+                [base[i] for i in open_ended],
+                batch_size=bs,
+                progress=ui,
+                label=f"{label} · win rate",
+            )
+            won = list(nan)
+            for i, v in zip(open_ended, ws, strict=True):
+                won[i] = v
+            scores["win_rate"] = won
+            cost["win_s"] = time.perf_counter() - t
+
+    boot = dict(confidence=settings.confidence, resamples=settings.resamples, seed=settings.seed)
+    metrics = {name: bootstrap_mean(values, **boot) for name, values in scores.items()}
+    return EvalResult(getattr(engine, "fingerprint", "?"), items, answers, scores, metrics, cost)

@@ -83,6 +83,9 @@ class EvalSet(_Section):
     prompt_field: str = "prompt"
     answer_field: str | None = None
     id_field: str | None = None
+    # A full reference response (e.g. a worked solution) whose log-likelihood is measured instead
+    # of "The answer is {answer}."
+    reference_field: str | None = None
     limit: int | None = Field(default=None, ge=1)
 
 
