@@ -330,10 +330,11 @@ def build_trainer(
     """The `SFTTrainer` for these examples and settings (its `train_dataset` is tokenised and
     masked: `labels` is -100 outside the completion). transformers' printing callback is removed."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback
+    from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback, set_seed
     from trl import SFTTrainer
 
     device, dtype = _precision(settings)
+    set_seed(settings.seed)  # before the LoRA matrices are drawn
     tokenizer = AutoTokenizer.from_pretrained(base_model)
     # float32 master weights whatever the compute dtype: bf16 runs as autocast (sft_config).
     model = AutoModelForCausalLM.from_pretrained(base_model, dtype=torch.float32)
