@@ -167,11 +167,7 @@ def main() -> None:
                     lora=lora,
                     learning_rate=1e-4 if lora else 2e-5,
                 )
-                for weights, compute in (
-                    ("float32", "float32"),
-                    ("float32", "bfloat16"),
-                    ("bfloat16", "bfloat16"),
-                ):
+                for weights, compute in (p.split(":") for p in args.precisions):
                     name = f"{'LoRA r=16' if lora else 'full'}, {weights} weights, {compute} compute"
                     out = root / name.replace(" ", "_").replace(",", "").replace("=", "")
                     r = _bare(examples, base, settings, out, weights_dtype=weights, compute=compute)
