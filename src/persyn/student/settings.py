@@ -2,7 +2,7 @@
 
     train:
       epochs: 2
-      learning_rate: 1.0e-4
+      learning_rate: 2.0e-4
       batch_size: 8
       lora: {r: 16, alpha: 32, dropout: 0.05, target: all-linear}   # null: full fine-tune
     eval:
@@ -47,7 +47,8 @@ class TrainSettings(_Section):
     """How the student is fine-tuned (TRL `SFTTrainer`, loss on the response tokens only)."""
 
     epochs: float = Field(default=2.0, gt=0)
-    learning_rate: float = Field(default=1e-4, gt=0)
+    # 2e-4 suits LoRA (the default); a full fine-tune wants about 2e-5
+    learning_rate: float = Field(default=2e-4, gt=0)
     batch_size: int = Field(default=8, ge=1)
     gradient_accumulation: int = Field(default=1, ge=1)
     max_length: int = Field(default=512, ge=16)  # tokens of prompt + response; longer rows are cut
