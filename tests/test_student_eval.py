@@ -19,6 +19,7 @@ from persyn.student.evaluate import (
     refuse_overlap,
     two_order_score,
     win_scores,
+    wrong_references,
 )
 from persyn.student.settings import EvalSet, EvalSettings
 from persyn.student.stats import bootstrap_mean, paired_difference
@@ -194,6 +195,8 @@ def test_evaluate_scores_each_kind_of_item_with_its_metrics():
     assert result.metrics["accuracy"].n == 3 and result.metrics["accuracy"].mean == pytest.approx(2 / 3)
     # default reference "The answer is {answer}.", or the item's own
     assert result.scores["reference_loglik"][:3] == [-17.0, -18.0, -27.0]
+    # a length-only scorer: 2.5's wrong numbers 3.5, 1.5 and 5 are one shorter on average
+    assert result.scores["reference_margin"][:3] == pytest.approx([0.0, -2 / 3, 0.0])
     assert result.scores["judge_score"][3:] == [1.0, -1.0]
     assert result.scores["win_rate"][3:] == [1.0, 0.0] and result.metrics["win_rate"].mean == 0.5
     assert result.cost["generated_tokens"] == 15
@@ -205,13 +208,54 @@ def test_evaluate_scores_each_kind_of_item_with_its_metrics():
     assert again.generated == 0
 
 
+def test_reference_margin_rewards_the_right_number_not_the_phrasing():
+    class KnowsSix(ScriptedStudent):
+        def loglik(self, prompts, responses):  # likes its own phrasing, and the number 6
+            return [
+                (0.0 if r.startswith("The answer") else -5.0) + (1.0 if "6" in r else 0.0) for r in responses
+            ]
+
+    items = [EvalItem("a", "What is 2 x 3?", "6"), EvalItem("b", "What is 2 + 2?", "4")]
+    engine = KnowsSix({"What is 2 x 3?": "6", "What is 2 + 2?": "6"})
+    r = evaluate(engine, items, EvalSettings())
+    assert r.scores["reference_loglik"] == [1.0, 0.0]
+    assert r.scores["reference_margin"] == [1.0, 0.0]  # the phrasing alone earns nothing
+    other = [EvalItem("c", "q", "6", reference="Worked: 2 x 3 = 6.")]
+    assert evaluate(KnowsSix({"q": "6"}), other, EvalSettings()).scores["reference_margin"] == [1.0]
+
+
+def test_wrong_references_replace_the_final_answer_only():
+    assert wrong_references("The answer is 42.", "42") == [
+        "The answer is 43.",
+        "The answer is 41.",
+        "The answer is 84.",
+    ]
+    # "2" inside "12" or "2.5" is not the answer; the last whole "2" is
+    assert (
+        wrong_references("12 - 10 = 2.5, so 2 left; total 12.", "2")[0]
+        == "12 - 10 = 2.5, so 3 left; total 12."
+    )
+    assert wrong_references("The answer is 0.5.", "0.5") == [
+        "The answer is 1.5.",
+        "The answer is 2.5.",
+        "The answer is 1.",
+    ]
+    assert wrong_references("The answer is 0.", "0") == [
+        "The answer is 1.",
+        "The answer is 2.",
+        "The answer is 3.",
+    ]
+    assert wrong_references("The answer is blue.", "blue") == []
+    assert wrong_references("No number here.", "7") == []
+
+
 def test_evaluate_through_the_transformers_engine(tiny_engine):
     # The real verbs: greedy generation, loglik of a reference, the judge's Yes/No score and the
     # pairwise "A"/"B" loglik, all on the tiny Llama (random: only the plumbing is checked).
     items = [EvalItem("m", "What is 2 + 3?", "5"), EvalItem("i", "Say hello.")]
     settings = EvalSettings(max_new_tokens=8, batch_size=2)
     base = evaluate(tiny_engine, items, settings, judge=tiny_engine)
-    assert set(base.metrics) == {"accuracy", "reference_loglik", "judge_score"}
+    assert set(base.metrics) == {"accuracy", "reference_loglik", "reference_margin", "judge_score"}
     other = evaluate(tiny_engine, items, settings, judge=tiny_engine, baseline=["x", "a different answer"])
     assert other.metrics["win_rate"].n == 1 and other.scores["win_rate"][1] in (0.0, 0.5, 1.0)
     assert other.answers == base.answers  # greedy

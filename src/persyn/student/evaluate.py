@@ -15,6 +15,10 @@ can be any back end. Per item, and then the mean with a 95% bootstrap interval (
     `"The answer is {answer}."` (or the set's `reference_field`, e.g. a worked solution). One
     forward pass, no generation, and continuous: far less noisy than accuracy on small sets. It also
     measures the phrasing, so compare it between models on the same items only.
+  - `reference_margin`: the reference's log-likelihood minus the mean over the same text with the
+    answer replaced by wrong numbers (near misses, a doubling: `wrong_references`). The phrasing is
+    shared by both terms and cancels: it measures whether the student puts its probability on the
+    right number, not on a format it was trained to write. Three more forward passes.
 * prompts without one:
   - `judge_score`: the judge's `score` of the answer (log P(Yes) - log P(No), or a reward model);
   - `win_rate`: against the untrained student's answer to the same prompt, judged in both orders
@@ -32,9 +36,11 @@ without asking the judge.
 from __future__ import annotations
 
 import math
+import re
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Any
 
 from persyn.engines.base import Engine, Generation, GenerationParams
@@ -57,6 +63,7 @@ __all__ = [
     "refuse_overlap",
     "two_order_score",
     "win_scores",
+    "wrong_references",
 ]
 
 DEFAULT_REFERENCE_TEMPLATE = "The answer is {answer}."
@@ -131,6 +138,33 @@ def refuse_overlap(items: Sequence[EvalItem], train_prompts: Iterable[str], wher
 
 
 # ----------------------------------------------------------------------------- metric pieces
+
+
+def _number_text(x: Fraction) -> str:
+    if x.denominator == 1:
+        return str(x.numerator)
+    return f"{float(x):.3f}".rstrip("0").rstrip(".")
+
+
+def wrong_references(reference: str, answer: str, k: int = 3) -> list[str]:
+    """`reference` with its (last) `answer` replaced by `k` wrong numbers: two near misses and a
+    doubling. Empty when the answer is not a plain number or does not occur in the reference."""
+    text = answer.strip()
+    try:
+        v = Fraction(text.replace(",", ""))
+    except (ValueError, ZeroDivisionError):
+        return []
+    # the last occurrence that is a whole number (so "2" is not found inside "12" or "2.5")
+    found = list(re.finditer(rf"(?<![\d.]){re.escape(text)}(?!\d|\.\d)", reference))
+    if not found:
+        return []
+    head, tail = reference[: found[-1].start()], reference[found[-1].end() :]
+    out: list[str] = []
+    for w in (v + 1, v - 1 if v >= 1 else v + 2, 2 * v if v else v + 3, v + 10):
+        t = _number_text(w)
+        if w != v and t != text and t not in out:
+            out.append(t)
+    return [head + t + tail for t in out[:k]]
 
 
 def _in_batches(
@@ -300,18 +334,29 @@ def evaluate(
             acc[i] = 1.0 if check_answer(answers[i], items[i].answer) else 0.0
         scores["accuracy"] = acc
         t = time.perf_counter()
-        refs = [items[i].reference or reference_template.format(answer=items[i].answer) for i in with_ref]
+        # One loglik batch holds each item's reference followed by its wrong variants.
+        texts: list[tuple[int, str]] = []  # (item, text); the first of each item is the reference
+        for i in with_ref:
+            ref = items[i].reference or reference_template.format(answer=items[i].answer)
+            texts.append((i, ref))
+            texts += [(i, w) for w in wrong_references(ref, items[i].answer)]
         lls = _in_batches(
-            lambda idx: engine.loglik([items[with_ref[j]].prompt for j in idx], [refs[j] for j in idx]),
-            len(with_ref),
+            lambda idx: engine.loglik([items[texts[j][0]].prompt for j in idx], [texts[j][1] for j in idx]),
+            len(texts),
             bs,
             ui,
             f"{label} · reference loglik",
         )
-        ll = list(nan)
-        for i, v in zip(with_ref, lls, strict=True):
-            ll[i] = float(v)
+        ll, margin = list(nan), list(nan)
+        by_item: dict[int, list[float]] = {}
+        for (i, _), v in zip(texts, lls, strict=True):
+            by_item.setdefault(i, []).append(float(v))
+        for i, (ref_ll, *wrong_ll) in by_item.items():
+            ll[i] = ref_ll
+            if wrong_ll:
+                margin[i] = ref_ll - sum(wrong_ll) / len(wrong_ll)
         scores["reference_loglik"] = ll
+        scores["reference_margin"] = margin
         cost["loglik_s"] = time.perf_counter() - t
     if open_ended and judge is not None:
         t = time.perf_counter()
