@@ -208,6 +208,18 @@ def test_evaluate_scores_each_kind_of_item_with_its_metrics():
     assert again.generated == 0
 
 
+def test_answer_limit_answers_the_first_items_and_scores_references_on_all():
+    items = [EvalItem(f"m{i}", f"What is {i} + {i}?", str(2 * i)) for i in range(1, 5)] + [
+        EvalItem("o", "Hi.")
+    ]
+    student = ScriptedStudent({it.prompt: f"The answer is {2 * k}." for k, it in enumerate(items[:4], 1)})
+    r = evaluate(student, items, EvalSettings(), answer_limit=2)
+    assert student.generated == 2 and r.answers[2:] == [None, None, None]
+    assert r.metrics["accuracy"].n == 2 and r.metrics["accuracy"].mean == 1.0
+    assert r.metrics["reference_loglik"].n == 4 and r.metrics["reference_margin"].n == 4
+    assert r.rows()[3]["response"] is None
+
+
 def test_reference_margin_rewards_the_right_number_not_the_phrasing():
     class KnowsSix(ScriptedStudent):
         def loglik(self, prompts, responses):  # likes its own phrasing, and the number 6

@@ -253,7 +253,7 @@ class EvalResult:
 
     model: str
     items: list[EvalItem]
-    answers: list[str]
+    answers: list[str | None]  # None: beyond the answer limit
     scores: dict[str, list[float]]  # metric -> one value per item (NaN where it does not apply)
     metrics: dict[str, Interval]
     cost: dict[str, float] = field(default_factory=dict)  # seconds per phase, generated tokens
@@ -289,6 +289,7 @@ def evaluate(
     answers: Sequence[str] | None = None,
     train_prompts: Iterable[str] | None = None,
     reference_template: str = DEFAULT_REFERENCE_TEMPLATE,
+    answer_limit: int | None = None,
     progress: Progress | None = None,
     label: str = "eval",
 ) -> EvalResult:
@@ -298,6 +299,8 @@ def evaluate(
     `baseline`: the untrained student's answers to the same items (an EvalResult or the texts), for
     the win rate; None skips it. `answers`: this model's answers if already generated (e.g. from the
     run store); None generates them greedily. `train_prompts`: refused if any item is among them.
+    `answer_limit`: answer only the first N items (accuracy, judge score and win rate cover those;
+    the reference metrics, one forward pass each, cover every item); their answers are None.
     """
     ui = progress or Progress(None)
     items = list(items)
@@ -309,12 +312,13 @@ def evaluate(
     scores: dict[str, list[float]] = {}
     bs = settings.batch_size
 
+    n_answer = n if answer_limit is None else min(n, answer_limit)
     t = time.perf_counter()
     if answers is None:
         params = GenerationParams(max_new_tokens=settings.max_new_tokens, temperature=0.0)
         gens: list[Generation] = _in_batches(
             lambda idx: engine.generate([items[i].prompt for i in idx], params),
-            n,
+            n_answer,
             bs,
             ui,
             f"{label} · answer",
@@ -322,17 +326,20 @@ def evaluate(
         answers = [g.text for g in gens]
         cost["generated_tokens"] = float(sum(g.completion_tokens for g in gens))
         cost["generate_s"] = time.perf_counter() - t
-    answers = list(answers)
-    if len(answers) != n:
-        raise ValueError(f"{label}: {len(answers)} answers for {n} items")
+    answers = list(answers)[:n_answer]
+    if len(answers) != n_answer:
+        raise ValueError(f"{label}: {len(answers)} answers for {n_answer} items")
+    answers += [None] * (n - n_answer)
 
     with_ref = [i for i, it in enumerate(items) if it.answer is not None]
-    open_ended = [i for i, it in enumerate(items) if it.answer is None]
-    if with_ref:
+    open_ended = [i for i, it in enumerate(items) if it.answer is None and i < n_answer]
+    if with_ref and n_answer:
         acc = list(nan)
         for i in with_ref:
-            acc[i] = 1.0 if check_answer(answers[i], items[i].answer) else 0.0
+            if i < n_answer:
+                acc[i] = 1.0 if check_answer(answers[i], items[i].answer) else 0.0
         scores["accuracy"] = acc
+    if with_ref:
         t = time.perf_counter()
         # One loglik batch holds each item's reference followed by its wrong variants.
         texts: list[tuple[int, str]] = []  # (item, text); the first of each item is the reference

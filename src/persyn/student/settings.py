@@ -88,6 +88,9 @@ class EvalSet(_Section):
     # of "The answer is {answer}."
     reference_field: str | None = None
     limit: int | None = Field(default=None, ge=1)
+    # Answer (generate for) only the first N items: accuracy, judge score and win rate cover those,
+    # the reference log-likelihood metrics (one forward pass each) cover every item.
+    answer_limit: int | None = Field(default=None, ge=0)
 
 
 class EvalSettings(_Section):
