@@ -162,6 +162,28 @@ def test_load_sft_examples_reads_both_exported_shapes_and_names_a_bad_line(tmp_p
         load_sft_examples(msgs)
 
 
+def test_load_sft_examples_reads_what_persyn_export_writes(tmp_path):
+    from persyn.export import DataCard, ExportRecord, export_dataset
+
+    records = [
+        ExportRecord(
+            "p1",
+            "What is 2 + 2?",
+            "2 + 2 = 4. The answer is 4.",
+            "qwen",
+            "persyn",
+            "4",
+            {"qwen": 0.3, "gemma": -0.1},
+        ),
+        ExportRecord("p2", "Describe rain.\nBriefly.", "Water falls from clouds.", "gemma", "persyn"),
+    ]
+    card = DataCard("t", "persyn", {}, {"qwen": 1, "gemma": 1}, 2, {}, {})
+    paths = export_dataset(records, tmp_path, formats=["messages", "prompt_completion"], name="x", card=card)
+    want = [SFTExample(r.prompt, r.response, r.prompt_id) for r in records]
+    assert load_sft_examples(paths["prompt_completion"]) == want
+    assert load_sft_examples(paths["messages"]) == want
+
+
 def test_empty_completions_are_refused(tmp_path):
     with pytest.raises(ValueError, match="empty completion"):
         train_student([SFTExample("a", " ")], resolve_model(TINY), tmp_path, TrainSettings())
