@@ -22,7 +22,7 @@ _EXPORTS = {
     "load_config": "persyn.config",
     "Plan": "persyn.plan",
     "make_plan": "persyn.plan",
-    "STRATEGIES": "persyn.strategies",
+    "STRATEGIES": "persyn.stages.strategies",
     "RunStore": "persyn.store",
 }
 

@@ -196,7 +196,7 @@ class Pipeline:
             return train_router_stage(self.ctx)
 
     def route(self):
-        """Route every prompt -> RouteResult (`.routing` is persyn.routing.RoutingResult)."""
+        """Route every prompt -> RouteResult (`.routing` is persyn.assignment.RoutingResult)."""
         from persyn.stages.route import route
 
         with quiet_libraries():
@@ -227,7 +227,7 @@ class Pipeline:
     ):
         """Baseline datasets from this run -> {name: StrategyResult}; refreshes the report."""
         from persyn.stages.report import report
-        from persyn.strategies import build_strategies
+        from persyn.stages.strategies import build_strategies
 
         with quiet_libraries(datasets=True):
             results = build_strategies(

@@ -2,9 +2,10 @@
 
 Modules: `encoders` (MiniLM or any HF model, embedding cache), `model` (head, training, splits),
 `baselines` (random, strongest, CAR, Mix, kNN, oracle), `metrics`, `matrix` (import score files),
-`io` (safetensors + JSON), `cli` (`persyn router train|eval`), `synthetic` (test data).
+`io` (safetensors + JSON), `synthetic` (test data). The `persyn router train|eval` commands
+are in `persyn.cli.router`.
 
-Names are imported lazily, so `import persyn.router.cli` (the CLI) does not pay for torch.
+Names are imported lazily, so `import persyn.cli.router` (the CLI) does not pay for torch.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Stage 6, export: the routed responses as SFT datasets (`persyn.export.export_dataset`), with a
+"""Stage 6, export: the routed responses as SFT datasets (`persyn.dataset.export_dataset`), with a
 data card, into `<run>/dataset/` (baseline strategies: `<run>/strategies/<name>/`).
 
 Rows follow prompt order. A prompt whose routed generation failed, or came back empty, is left out
@@ -107,7 +107,7 @@ def build_records(
 ) -> tuple[list[Any], dict[str, int]]:
     """ExportRecords for (prompt id, teacher) pairs, in the given order; plus prompts left out
     by reason ("failed", "missing", "empty")."""
-    from persyn.export import ExportRecord
+    from persyn.dataset import ExportRecord
 
     teachers = ctx.teachers
     gks = ctx.gen_keys()
@@ -202,7 +202,7 @@ def write_dataset(
     cost: dict[str, float] | None,
     notes: list[str],
 ) -> dict[str, Path]:
-    from persyn.export import DataCard, export_dataset
+    from persyn.dataset import DataCard, export_dataset
 
     cfg = ctx.config
     counts: dict[str, int] = {}

@@ -1,4 +1,4 @@
-"""Stage 7, report: gather the run's figures into `persyn.report.ReportData` and write
+"""Stage 7, report: gather the run's figures into `persyn.html_report.ReportData` and write
 `<run>/report/index.html` (allocation, router metrics against the baselines, the cost ledger
 against Generate-then-Select, strategies, sample rows).
 
@@ -43,7 +43,7 @@ def gts_counterfactual(ctx: RunContext, n_prompts: int) -> dict[str, dict[str, f
 
 
 def report(ctx: RunContext) -> Path:
-    from persyn.report import LedgerRow, ReportData, write_report
+    from persyn.html_report import LedgerRow, ReportData, write_report
 
     cfg = ctx.config
     key = current_route_key(ctx)

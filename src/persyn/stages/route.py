@@ -2,7 +2,7 @@
 
 - Prompts outside the calibration set (the new generations) go to `argmax pi(x)`, or, under
   `routing.caps` / `routing.budget`, to the assignment that maximises the total router score
-  within the limits (`persyn.routing.route_prompts`). Costs per prompt come from each teacher's
+  within the limits (`persyn.assignment.route_prompts`). Costs per prompt come from each teacher's
   `cost_per_1k_tokens` and its observed mean prompt/completion tokens on the calibration set.
 - Calibration prompts already hold every teacher's response: `routing.calibration_prompts:
   router` (default, the paper) routes them by argmax too; `best` takes the teacher with the best
@@ -23,7 +23,13 @@ from typing import Any
 
 import numpy as np
 
-from persyn.routing import RoutingInfeasibleError, RoutingResult, TeacherCap, cost_per_prompt, route_prompts
+from persyn.assignment import (
+    RoutingInfeasibleError,
+    RoutingResult,
+    TeacherCap,
+    cost_per_prompt,
+    route_prompts,
+)
 from persyn.stages.context import RunContext, StageError
 from persyn.stages.embeddings import embed_ids
 from persyn.stages.train_router import current_router

@@ -29,7 +29,7 @@ from typing import Any
 
 import yaml
 
-from persyn.export import ExportRecord, scrub_secrets
+from persyn.dataset import ExportRecord, scrub_secrets
 
 __all__ = ["LedgerRow", "ReportData", "headline", "write_report"]
 

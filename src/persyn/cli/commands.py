@@ -15,7 +15,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from persyn.router.cli import router_app
+from persyn.cli.router import router_app
 
 app = typer.Typer(
     name="persyn",
@@ -50,10 +50,10 @@ def _fail(message: str, code: int = 2) -> None:
 
 def _errors():
     """The exceptions a user can cause (bad input, a stage run too early): message, no traceback."""
+    from persyn.assignment import RoutingInfeasibleError
     from persyn.config import ConfigError
     from persyn.engines.base import EngineError
     from persyn.prompts import PromptSetError
-    from persyn.routing import RoutingInfeasibleError
     from persyn.stages.context import StageError
     from persyn.store import StoreError
 
@@ -66,7 +66,7 @@ def _errors():
         RoutingInfeasibleError,
     ]
     try:
-        from persyn.export import ExportError
+        from persyn.dataset import ExportError
 
         errs.append(ExportError)
     except ImportError:  # pragma: no cover
@@ -364,7 +364,7 @@ def strategies(
 ) -> None:
     """Datasets of PerSyn and the baselines from one run, each in <run>/strategies/<name>/,
     generating only what the store lacks; listed with their generation counts in the report."""
-    from persyn.strategies import parse_strategies
+    from persyn.stages.strategies import parse_strategies
 
     try:
         wanted = parse_strategies(names)
