@@ -24,15 +24,17 @@ from __future__ import annotations
 
 import csv
 import gzip
-import hashlib
 import io
 import json
 import math
-import unicodedata
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+
+from persyn.errors import PersynError
+from persyn.store.keys import digest
+from persyn.store.records import Prompt, normalise_text
 
 __all__ = [
     "BadRow",
@@ -59,28 +61,10 @@ SHOWN_BAD_ROWS = 20
 # ----------------------------------------------------------------------------- the data types
 
 
-@dataclass(frozen=True)
-class Prompt:
-    """One prompt. `source` is where it came from (`path:line`); `meta` holds the row's other
-    fields (JSON-safe), which travel to the exported dataset as provenance."""
-
-    id: str
-    text: str
-    answer: str | None = None
-    source: str | None = None
-    meta: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
-
-
-def normalise_text(text: str) -> str:
-    """The form used for ids and duplicate detection: Unicode NFC, `\\r\\n` -> `\\n`, outer
-    whitespace stripped. Inner whitespace is kept: in code prompts, indentation is meaning."""
-    return unicodedata.normalize("NFC", text).replace("\r\n", "\n").replace("\r", "\n").strip()
-
-
 def text_id(text: str) -> str:
     """A stable id for a prompt without one: 16 hex digits of SHA-256 of the normalised text
     (64 bits: a collision among 1M prompts has odds of about 3e-8)."""
-    return hashlib.sha256(normalise_text(text).encode("utf-8")).hexdigest()[:16]
+    return digest(normalise_text(text))
 
 
 @dataclass(frozen=True)
@@ -186,7 +170,7 @@ class PromptSet:
         return len(self.prompts)
 
 
-class PromptSetError(ValueError):
+class PromptSetError(PersynError, ValueError):
     """A prompt file cannot be used as it is. `bad_rows` holds every problem found."""
 
     def __init__(self, path: str, message: str, bad_rows: Sequence[BadRow] = (), unit: str = "line"):
