@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-import persyn.dataset as export_mod
+import persyn.dataset.formats as export_mod
 from persyn.dataset import FORMATS, DataCard, ExportError, ExportRecord, export_dataset, scrub_secrets
 
 datasets = pytest.importorskip("datasets")

@@ -29,7 +29,8 @@ from typing import Any
 
 import yaml
 
-from persyn.dataset import ExportRecord, scrub_secrets
+from persyn.credentials import scrub_secrets
+from persyn.dataset.rows import ExportRecord
 
 __all__ = ["LedgerRow", "ReportData", "headline", "write_report"]
 
