@@ -426,6 +426,11 @@ class Config(_Section):
     def generation_for(self, name: str) -> GenerationConfig:
         return self.teacher(name).generation or self.generation
 
+    def family_teachers(self) -> list[str]:
+        """The teachers of the student's family (`student.family`), for the Family-Strong baseline."""
+        fam = self.student.family
+        return [] if fam is None else [t.name for t in self.teachers if t.family == fam]
+
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
 

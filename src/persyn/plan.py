@@ -17,11 +17,11 @@ Nothing is written; the run directory, if present, is only read.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from persyn.config import Config
+from persyn.store.keys import digest
 
 SAMPLE = 20_000
 
@@ -143,7 +143,7 @@ class Plan:
 def _sample(texts: list[str], seed: int) -> tuple[list[str], bool]:
     if len(texts) <= SAMPLE:
         return texts, False
-    order = sorted(range(len(texts)), key=lambda i: hashlib.sha256(f"plan:{seed}:{i}".encode()).digest())
+    order = sorted(range(len(texts)), key=lambda i: digest(f"plan:{seed}:{i}", None))
     return [texts[i] for i in order[:SAMPLE]], True
 
 
@@ -209,50 +209,45 @@ def make_plan(config: Config, *, skip_bad_rows: bool | None = None) -> Plan:
 
 
 def _read_run(config: Config) -> dict[str, Any]:
-    """What an existing run directory tells the plan (read-only; empty dict when there is none)."""
-    from persyn.store import RunStore, StoreError, make_gen_key
+    """What an existing run directory tells the plan, read through a read-only run context (its
+    keys are the ones the run remembered; nothing is loaded or written). Empty when there is none."""
+    from persyn.stages.context import RunContext, StageError
+    from persyn.store import StoreError
 
-    run_dir = config.output.dir
-    if not (run_dir / "store.sqlite").is_file():
-        return {}
     try:
-        store = RunStore.open(run_dir, readonly=True)
+        ctx = RunContext.read_only(config)
     except StoreError:
         return {}
-    try:
+    if ctx is None:
+        return {}
+    with ctx.store as store:
         out: dict[str, Any] = {"working": store.get_subset("prompts")}
         cal = store.get_subset("calibration") or []
-        fps = store.get_state("fingerprints", {})
-        from persyn.stages.context import spec_digest
-
-        completion, done, gks = {}, {}, {}
-        for t in config.teachers:
-            fp = fps.get(spec_digest(t.engine_spec()))
-            if fp is None:
+        counts = {(r["teacher"], r["gen_key"]): r["ok"] for r in store.response_counts()}
+        completion, done = {}, {}
+        for t in config.teacher_names:
+            try:
+                gk = ctx.teacher_gen_key(t)
+            except StageError:  # this teacher configuration has not run here
                 continue
-            gk = gks[t.name] = make_gen_key(fp, config.generation_for(t.name).params().key())
-            rows = store.get_responses(t.name, gk, cal) if cal else {}
+            rows = store.get_responses(t, gk, cal) if cal else {}
             toks = [r.completion_tokens for r in rows.values() if r.completion_tokens is not None]
             if toks:
-                completion[t.name] = (sum(toks) / len(toks), len(toks))
-            done[t.name] = sum(
-                r["ok"] for r in store.response_counts() if r["teacher"] == t.name and r["gen_key"] == gk
-            )
+                completion[t] = (sum(toks) / len(toks), len(toks))
+            done[t] = counts.get((t, gk), 0)
         out["completion"] = completion
         out["done"] = done
-        key = store.get_state("route", {}).get("router_key")
-        if key and cal and out["working"]:
-            calset = set(cal)
-            outside = [i for i in out["working"] if i not in calset]
-            routes = store.get_routes(key, outside)
-            if routes is not None and len(routes) == len(outside):
-                counts: dict[str, int] = {}
-                for t in routes.assigned:
-                    counts[t] = counts.get(t, 0) + 1
-                out["routed"] = counts
+        try:
+            routes = ctx.result("route").routes
+        except StageError:
+            return out
+        calset = set(cal)
+        routed: dict[str, int] = {}
+        for pid, t in zip(routes.prompt_ids, routes.assigned, strict=True):
+            if pid not in calset:
+                routed[t] = routed.get(t, 0) + 1
+        out["routed"] = routed
         return out
-    finally:
-        store.close()
 
 
 def render_plan(plan: Plan, console) -> None:

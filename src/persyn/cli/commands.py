@@ -446,7 +446,7 @@ def demo(
 ) -> None:
     """Run the whole pipeline on the bundled demo prompts with three real zoo teachers
     (Qwen2.5-Coder-0.5B, Gemma-3-270M, SmolLM2-135M), student SmolLM2-135M, on CPU."""
-    from persyn.pipeline import DemoSettingsError, write_demo
+    from persyn.demo.project import DemoSettingsError, write_demo
 
     if force and out.exists():
         if any(out.iterdir()) and not (out / "persyn-demo.yaml").is_file():

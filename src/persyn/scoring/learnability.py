@@ -17,8 +17,9 @@ from persyn.engines.base import Engine
 from persyn.scoring.quality import call_dropping_overflow
 
 
-def learnability_key(student: Engine) -> str:
-    return f"loglik:{student.fingerprint}"
+def learnability_key(student_fingerprint: str) -> str:
+    """The store key of learnability scores: the student's engine fingerprint."""
+    return f"loglik:{student_fingerprint}"
 
 
 class Learnability:
@@ -28,7 +29,7 @@ class Learnability:
 
     def __init__(self, student: Engine):
         self.student = student
-        self.key = learnability_key(student)
+        self.key = learnability_key(student.fingerprint)
 
     def score(self, prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
         """NaN (missing) for an empty response, whose mean over zero tokens is undefined, and for

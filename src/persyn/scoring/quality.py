@@ -81,6 +81,11 @@ def has_reference(reference: Reference) -> bool:
     return not (isinstance(reference, str) and not reference.strip())
 
 
+def engine_scorer_key(kind: str, fingerprint: str) -> str:
+    """The store key of a judge's or reward model's scores: its kind and engine fingerprint."""
+    return f"{kind}:{fingerprint}"
+
+
 class EngineScorer:
     """Quality from an Engine's `score` verb.
 
@@ -97,7 +102,7 @@ class EngineScorer:
             raise ValueError(f"EngineScorer kind must be 'judge' or 'reward', not {kind!r}")
         self.engine = engine
         self.kind = kind
-        self.key = f"{kind}:{engine.fingerprint}"
+        self.key = engine_scorer_key(kind, engine.fingerprint)
 
     def score(
         self,

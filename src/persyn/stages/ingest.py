@@ -22,14 +22,13 @@ import json
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from persyn.config import Config
 from persyn.engines.spec import EngineSpec
 from persyn.prompts import LengthCheck, PromptSet, TokenLimit, check_lengths, load_prompts
-from persyn.stages.context import RunContext, StageError, json_digest
-from persyn.store import content_key
+from persyn.stages.context import PROMPTS_DIR, RunContext, StageError
+from persyn.store.keys import content_key, digest
 
 
 def load_prompt_set(config: Config, *, skip_bad_rows: bool | None = None) -> PromptSet:
@@ -132,8 +131,6 @@ def _rendering_identity(renderer) -> str:
     """A digest of everything that decides a prompt's token count: the tokenizer itself (its
     serialised vocabulary and rules), the template mode, chat template, system prompt and
     completion template."""
-    import hashlib
-
     tok = renderer.tokenizer
     backend = getattr(tok, "backend_tokenizer", None)
     vocab = backend.to_str() if backend is not None else json.dumps(sorted(tok.get_vocab().items()))
@@ -145,7 +142,7 @@ def _rendering_identity(renderer) -> str:
         getattr(tok, "chat_template", None) if renderer.mode == "chat" else spec.completion_template,
         spec.system_prompt,
     ]
-    return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()
+    return digest(parts, None, spaced=True)
 
 
 def _limits(config: Config) -> tuple[list[tuple[str, EngineSpec, int]], int]:
@@ -166,7 +163,7 @@ def ingest(ctx: RunContext, prompt_set: PromptSet) -> Ingested:
     all_ids = [p.id for p in prompt_set.prompts]
     limits, _ = _limits(ctx.config)
     identity = [(name, spec.model_dump(mode="json"), r) for name, spec, r in limits]
-    key = content_key("length-check", json_digest(all_ids), identity)
+    key = content_key("length-check", digest(all_ids, spaced=True), identity)
     cached = store.get_state("length_check")
     if cached and cached.get("key") == key:
         length = cached["result"]
@@ -201,12 +198,11 @@ def ingest(ctx: RunContext, prompt_set: PromptSet) -> Ingested:
     if not ids:
         raise StageError(
             f"every prompt of {prompt_set.report.path} is over some model's context window "
-            f"(see {store.path('prompts', 'too_long.jsonl')})"
+            f"(see {store.path(PROMPTS_DIR, 'too_long.jsonl')})"
         )
-    store.set_subset("prompts", ids, replace=True)
-    ctx._working = ids
+    ctx.set_working_ids(ids)
     ing = Ingested(prompt_set, ids, length, length.get("unchecked", []))
-    _write_reports(store.path("prompts"), prompt_set, length)
+    _write_reports(ctx, prompt_set, length)
     rep = prompt_set.report
     store.log_event(
         "prompts",
@@ -220,24 +216,14 @@ def ingest(ctx: RunContext, prompt_set: PromptSet) -> Ingested:
     return ing
 
 
-def _write_reports(folder: Path, prompt_set: PromptSet, length: dict[str, Any]) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
+def _write_reports(ctx: RunContext, prompt_set: PromptSet, length: dict[str, Any]) -> None:
     rep = prompt_set.report
-    data = {**rep.to_dict(), "length_check": length}
-    _atomic_text(folder / "load_report.json", json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+    ctx.write_artifact(f"{PROMPTS_DIR}/load_report.json", {**rep.to_dict(), "length_check": length})
     for name, rows in (
         ("bad_rows.jsonl", [{"file": rep.path, **b.to_dict()} for b in rep.bad_rows]),
         ("duplicates.jsonl", [{"file": rep.path, **g.to_dict()} for g in rep.duplicates]),
         ("too_long.jsonl", length["too_long"]),
     ):
-        path = folder / name
-        if rows:
-            _atomic_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-        elif path.exists():
-            path.unlink()  # a stale list from an earlier version of the file would mislead
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+        # An empty list removes the file: a stale list from an earlier version of the file would mislead.
+        text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+        ctx.write_artifact(f"{PROMPTS_DIR}/{name}", text or None)

@@ -1,0 +1,188 @@
+"""Datasets from the store, shared by the stages that write or show them (export, strategies,
+report): the export records of (prompt, teacher) pairs with their provenance, the cost ledger, and
+a dataset folder with its data card.
+
+The cost ledger counts the responses this run holds for each teacher configuration by stage:
+`calibration` (calibration prompts), `routed` (other prompts routed to that teacher),
+`strategies` (generated only for a baseline dataset).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from persyn.stages.context import LEARNABILITY, QUALITY, RunContext
+from persyn.store import ResponseKey, ResponseRow
+
+_CHUNK = 5000
+
+
+@dataclass
+class LedgerEntry:
+    teacher: str
+    stage: str
+    generations: int = 0
+    failed: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost: float | None = None
+
+
+def _cost(ctx: RunContext, teacher: str, ptoks: int, ctoks: int) -> float | None:
+    price = ctx.config.teacher(teacher).cost_per_1k_tokens
+    if price is None:
+        return None
+    return ptoks / 1000 * price.input + ctoks / 1000 * price.output
+
+
+def ledger(ctx: RunContext, routes: Mapping[str, str] | None = None) -> list[LedgerEntry]:
+    """Generations and tokens spent per teacher and stage (see the module docstring).
+    `routes`: prompt id -> teacher of the current routing (None: everything outside calibration
+    counts as routed)."""
+    cal = set(ctx.store.get_subset("calibration") or [])
+    out: list[LedgerEntry] = []
+    for t in ctx.teachers:
+        gk = ctx.teacher_gen_key(t)
+        entries = {s: LedgerEntry(t, s) for s in ("calibration", "routed", "strategies")}
+        for batch in ctx.store.iter_responses(t, gk, status=None):
+            for r in batch:
+                if r.prompt_id in cal:
+                    e = entries["calibration"]
+                elif routes is None or routes.get(r.prompt_id) == t:
+                    e = entries["routed"]
+                else:
+                    e = entries["strategies"]
+                if r.status == "ok":
+                    e.generations += 1
+                    e.prompt_tokens += r.prompt_tokens or 0
+                    e.completion_tokens += r.completion_tokens or 0
+                else:
+                    e.failed += 1
+        for e in entries.values():
+            if e.generations or e.failed:
+                e.cost = _cost(ctx, t, e.prompt_tokens, e.completion_tokens)
+                out.append(e)
+    return out
+
+
+def build_records(
+    ctx: RunContext,
+    assignment: Sequence[tuple[str, str]],
+    strategy: str,
+    *,
+    router_scores: Mapping[str, Sequence[float]] | None = None,
+) -> tuple[list[Any], dict[str, int]]:
+    """ExportRecords for (prompt id, teacher) pairs, in the given order; plus prompts left out
+    by reason ("failed", "missing", "empty")."""
+    from persyn.dataset import ExportRecord
+
+    teachers = ctx.teachers
+    gks = ctx.gen_keys()
+    scores = ctx.result("score")
+    lkey = scores.learnability_key()
+    left: dict[str, int] = {}
+    records: list[ExportRecord] = []
+    info = ctx.store.get_state("gen_keys", {})
+    for s in range(0, len(assignment), _CHUNK):
+        chunk = list(assignment[s : s + _CHUNK])
+        prompts = {p.id: p for p in ctx.store.get_prompts([pid for pid, _ in chunk])}
+        by_teacher: dict[str, list[str]] = {}
+        for pid, t in chunk:
+            by_teacher.setdefault(t, []).append(pid)
+        rows: dict[tuple[str, str], ResponseRow] = {}
+        for t, pids in by_teacher.items():
+            for pid, row in ctx.store.get_responses(t, gks[t], pids, include_errors=True).items():
+                rows[(pid, t)] = row
+        keys = [ResponseKey(pid, t, gks[t]) for pid, t in chunk]
+        qk = scores.quality_keys_or_none([prompts[pid] for pid, _ in chunk])
+        quality: dict[ResponseKey, float] = {}
+        for mkey in {k for k in qk if k}:
+            sel = [k for k, m in zip(keys, qk, strict=True) if m == mkey]
+            quality.update({k: r.value for k, r in ctx.store.get_scores(QUALITY, mkey, sel).items()})
+        learn = {k: r.value for k, r in ctx.store.get_scores(LEARNABILITY, lkey, keys).items()}
+        for (pid, t), key in zip(chunk, keys, strict=True):
+            row = rows.get((pid, t))
+            if row is None:
+                left["missing"] = left.get("missing", 0) + 1
+                continue
+            if row.status != "ok":
+                left["failed"] = left.get("failed", 0) + 1
+                continue
+            if not (row.text or "").strip():
+                left["empty"] = left.get("empty", 0) + 1
+                continue
+            p = prompts[pid]
+            scores = router_scores.get(pid) if router_scores is not None else None
+            records.append(
+                ExportRecord(
+                    prompt_id=pid,
+                    prompt=p.text,
+                    response=row.text or "",
+                    teacher=t,
+                    strategy=strategy,
+                    answer=p.answer,
+                    router_scores=(
+                        {name: float(v) for name, v in zip(teachers, scores, strict=True)}
+                        if scores is not None
+                        else None
+                    ),
+                    quality=quality.get(key),
+                    learnability=learn.get(key),
+                    generation={
+                        "params": row.params or {},
+                        "gen_key": row.gen_key,
+                        "finish_reason": row.finish_reason,
+                        "prompt_tokens": row.prompt_tokens,
+                        "completion_tokens": row.completion_tokens,
+                        "engine": info.get(row.gen_key, {}).get("fingerprint"),
+                        "attempts": row.attempts,
+                    },
+                )
+            )
+    return records, left
+
+
+def left_out_notes(left: Mapping[str, int]) -> list[str]:
+    why = {
+        "failed": "their generation failed (errors are in the store; `persyn generate --retry-failed`)",
+        "missing": "no response was generated yet (run `persyn generate`)",
+        "empty": "the teacher answered with an empty text",
+    }
+    return [f"{n} prompt(s) left out: {why[k]}." for k, n in left.items() if n]
+
+
+def write_dataset(
+    ctx: RunContext,
+    records: list[Any],
+    out_dir: Path,
+    *,
+    strategy: str,
+    generations: dict[str, dict[str, int]],
+    tokens: dict[str, dict[str, int]],
+    cost: dict[str, float] | None,
+    notes: list[str],
+) -> dict[str, Path]:
+    from persyn.dataset import DataCard, export_dataset
+
+    cfg = ctx.config
+    counts: dict[str, int] = {}
+    for r in records:
+        counts[r.teacher] = counts.get(r.teacher, 0) + 1
+    n = len(ctx.working_ids())
+    card = DataCard(
+        title=f"{cfg.output.dataset_name}: {strategy} dataset for student {cfg.student.model}",
+        strategy=strategy,
+        config=cfg.to_dict(),
+        teacher_counts=counts,
+        n_rows=len(records),
+        generations=generations,
+        tokens=tokens,
+        cost=cost,
+        gts_generations=n * len(ctx.teachers),
+        notes=notes,
+    )
+    name = cfg.output.dataset_name if strategy == "persyn" else f"{cfg.output.dataset_name}-{strategy}"
+    return export_dataset(records, out_dir, formats=list(cfg.output.formats), name=name, card=card)
