@@ -48,6 +48,8 @@ from typing import Any
 
 import numpy as np
 
+from persyn.errors import PersynError
+
 __all__ = [
     "RoutingInfeasibleError",
     "RoutingResult",
@@ -57,7 +59,7 @@ __all__ = [
 ]
 
 
-class RoutingInfeasibleError(ValueError):
+class RoutingInfeasibleError(PersynError, ValueError):
     """The caps or the budget cannot cover every prompt. `shortfall`: by how much (prompts, or
     cost units for a budget)."""
 

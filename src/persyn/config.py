@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from persyn.engines.base import GenerationParams
 from persyn.engines.spec import EngineSpec
+from persyn.errors import PersynError
 
 __all__ = [
     "BaselinesConfig",
@@ -54,7 +55,7 @@ __all__ = [
 EXPORT_FORMATS = ("messages", "prompt_completion", "sharegpt", "parquet", "hf")
 
 
-class ConfigError(ValueError):
+class ConfigError(PersynError, ValueError):
     """A config that cannot be used. The message names the file, the key and, where known, the line."""
 
 

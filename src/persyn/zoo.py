@@ -33,6 +33,8 @@ from typing import Literal
 
 from filelock import FileLock, Timeout
 
+from persyn.errors import PersynError
+
 ZOO_PREFIX = "zoo:"
 MARKER = "persyn_zoo.json"
 # Bump when a recipe changes what it saves: cached folders of an older recipe are rebuilt.
@@ -43,7 +45,7 @@ _TINY_RE = re.compile(r"^tiny-llama-s(-?\d+)$")
 _BLOCK = 8 * 1024 * 1024
 
 
-class ZooError(RuntimeError):
+class ZooError(PersynError, RuntimeError):
     """A zoo model is unknown, not installed, or its files are missing or corrupted."""
 
 

@@ -16,6 +16,7 @@ import typer
 from rich.console import Console
 
 from persyn.cli.router import router_app
+from persyn.errors import PersynError
 
 app = typer.Typer(
     name="persyn",
@@ -48,55 +49,15 @@ def _fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
-def _errors():
-    """The exceptions a user can cause (bad input, a stage run too early): message, no traceback."""
-    from persyn.assignment import RoutingInfeasibleError
-    from persyn.config import ConfigError
-    from persyn.engines.base import EngineError
-    from persyn.prompts import PromptSetError
-    from persyn.stages.context import StageError
-    from persyn.store import StoreError
-
-    errs: list[type[BaseException]] = [
-        ConfigError,
-        PromptSetError,
-        StageError,
-        StoreError,
-        EngineError,
-        RoutingInfeasibleError,
-    ]
-    try:
-        from persyn.dataset import ExportError
-
-        errs.append(ExportError)
-    except ImportError:  # pragma: no cover
-        pass
-    try:
-        from persyn.router.io import RouterFileError
-        from persyn.zoo import ZooError
-
-        errs += [RouterFileError, ZooError]
-    except ImportError:  # pragma: no cover
-        pass
-    return tuple(errs)
-
-
 def _quiet_libraries() -> None:
     """Our bars show progress; the libraries' own (weight loading, dataset saving) would garble them."""
     import os
 
+    from persyn.progress import silence_libraries
+
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    try:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
-        hf_logging.set_verbosity_error()
-        import datasets
-
-        datasets.disable_progress_bars()
-    except ImportError:  # pragma: no cover - both are dependencies
-        pass
+    silence_libraries(datasets=True, warnings=True)
 
 
 def _pipeline(
@@ -130,7 +91,7 @@ def _run_stage(
             quiet=quiet,
         ) as pipe:
             return getattr(pipe, stage)()
-    except _errors() as exc:
+    except PersynError as exc:
         _report_error(exc)
 
 
@@ -199,7 +160,7 @@ def plan(
             progress=False,
         )
         p = pipe.plan()
-    except _errors() as exc:
+    except PersynError as exc:
         _report_error(exc)
     if as_json:
         print(json.dumps(p.to_dict(), indent=2))
@@ -370,7 +331,7 @@ def strategies(
         wanted = parse_strategies(names)
         with _pipeline(config, force=force, retry_failed=retry_failed, overrides=overrides) as pipe:
             results = pipe.strategies(wanted, oracle=oracle)
-    except _errors() as exc:
+    except PersynError as exc:
         _report_error(exc)
     if as_json:
         print(json.dumps({k: v.summary() for k, v in results.items()}, indent=2))
@@ -416,7 +377,7 @@ def status(config: Path = _CONFIG) -> None:
     try:
         cfg = load_config(config)
         store = RunStore.open(cfg.output.dir, readonly=True)
-    except _errors() as exc:
+    except PersynError as exc:
         _report_error(exc)
     with store:
         _out.print(f"run {cfg.output.dir}")

@@ -22,12 +22,14 @@ from typing import Literal, Protocol, runtime_checkable
 import numpy as np
 import torch
 
+from persyn.errors import PersynError
+
 Pooling = Literal["auto", "mean", "last", "cls"]
 POOLINGS: tuple[str, ...] = ("auto", "mean", "last", "cls")
 DEFAULT_ENCODER = "zoo:minilm-l6-v2"
 
 
-class EncoderError(RuntimeError):
+class EncoderError(PersynError, RuntimeError):
     """An encoder could not be found or loaded."""
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from persyn.errors import PersynError
 from persyn.router.encoders import EmbeddingCache, load_encoder
 from persyn.router.model import ROUTER_FORMAT_VERSION, BTRouter, CoefficientHead
 
@@ -28,7 +29,7 @@ HEAD_FILE = "head.safetensors"
 ENCODER_DIR = "encoder"
 
 
-class RouterFileError(ValueError):
+class RouterFileError(PersynError, ValueError):
     """A router directory is missing, malformed or of another version."""
 
 

@@ -24,12 +24,14 @@ from pathlib import Path
 
 import numpy as np
 
+from persyn.errors import PersynError
+
 PROMPT_FIELDS = ("question", "prompt", "query")
 MODEL_FIELDS = ("model_name", "model")
 SCORE_FIELDS = ("performance", "score")
 
 
-class ScoreFileError(ValueError):
+class ScoreFileError(PersynError, ValueError):
     """A score file cannot be used at all."""
 
 
