@@ -52,8 +52,9 @@ def atomic_path(final: str | Path) -> Iterator[Path]:
     replaces `final` in one rename; on any failure it is removed and `final` is left as it was."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
+    for stale in final.parent.glob(f".{final.name}.tmp-*"):  # left by a writer that crashed
+        remove(stale)
     tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
-    remove(tmp)
     try:
         yield tmp
         if tmp.is_dir():
@@ -93,6 +94,8 @@ def _plain(value: Any) -> Any:
     return str(value)
 
 
-def write_json(path: str | Path, doc: Any) -> Path:
-    """`doc` as indented JSON (UTF-8 kept, numpy values as numbers), ending in a newline."""
-    return atomic_write(path, json.dumps(doc, indent=2, ensure_ascii=False, default=_plain) + "\n")
+def write_json(path: str | Path, doc: Any, *, allow_nan: bool = True) -> Path:
+    """`doc` as indented JSON (UTF-8 kept, numpy values as numbers), ending in a newline.
+    `allow_nan=False` refuses NaN and infinities, which strict JSON readers reject."""
+    text = json.dumps(doc, indent=2, ensure_ascii=False, default=_plain, allow_nan=allow_nan)
+    return atomic_write(path, text + "\n")

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import math
 import numbers
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -29,6 +28,7 @@ from typing import Any
 
 import yaml
 
+from persyn.atomic import atomic_path, atomic_write
 from persyn.credentials import scrub_secrets
 from persyn.dataset.rows import ExportRecord
 
@@ -201,12 +201,8 @@ def _style(ax) -> None:
 
 
 def _save(fig, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+    with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", facecolor="white")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _plot_allocation(allocation: Mapping[str, int], path: Path) -> None:
@@ -555,13 +551,7 @@ def write_report(data: ReportData, out_dir: Path) -> Path:
         _plot_cost(data, out_dir / "cost.png")
         figures["cost"] = "cost.png"
     html = template.render(**_context(data, figures))
-    index = out_dir / "index.html"
-    tmp = index.with_name(f".{index.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(html, encoding="utf-8")
-        os.replace(tmp, index)
-    finally:
-        tmp.unlink(missing_ok=True)
+    index = atomic_write(out_dir / "index.html", html)
     # A figure left from an earlier report would describe another run (removed only now, so the
     # previous index.html never points at a missing file).
     for name in FIGURES:

@@ -130,11 +130,12 @@ def init(
     """Write a commented starter config (every key documented)."""
     from importlib import resources
 
+    from persyn.atomic import atomic_write
+
     if path.exists() and not force:
         _fail(f"{path} exists; pass --force to overwrite it")
     text = resources.files("persyn").joinpath("templates", "config.yaml").read_text(encoding="utf-8")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text, encoding="utf-8")
+    atomic_write(path, text)
     _out.print(f"wrote {path}; edit it, then: persyn plan {path} && persyn run {path}")
 
 

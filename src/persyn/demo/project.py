@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from persyn.atomic import atomic_write
 from persyn.demo import load_instructions, write_demo_prompts
 from persyn.errors import PersynError
 from persyn.store.store import RunStore
@@ -69,5 +70,5 @@ def write_demo(
     write_demo_prompts(
         out / f"prompts-{n_math}m{n_instr}i.jsonl", n_math=n_math, n_instructions=n_instr, seed=0
     )
-    cfg_path.write_text(text)
+    atomic_write(cfg_path, text)
     return cfg_path

@@ -19,14 +19,13 @@ reuses a finished router, and a new student (new learnability key) trains a new 
 
 from __future__ import annotations
 
-import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from persyn.atomic import atomic_path
 from persyn.stages.context import METRICS_FILE, ROUTERS_DIR, RunContext, StageError
 from persyn.stages.embeddings import embed_ids, load_router_encoder
 from persyn.store.keys import content_key, digest
@@ -235,20 +234,6 @@ def run(ctx: RunContext) -> RouterResult:
         else (measured, report)
     )
 
-    tmp = path.with_name(path.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)  # left by a crash during an earlier save
-    save_router(
-        final,
-        tmp,
-        extra={
-            "persyn": {
-                "train_key": key,
-                "calibration_prompts": len(ids),
-                "held_out": int(test.sum()),
-                "refit": bool(cfg.router.refit and test.any()),
-            }
-        },
-    )
     doc = {
         "train_key": key,
         "teachers": teachers,
@@ -260,10 +245,15 @@ def run(ctx: RunContext) -> RouterResult:
         "metrics": metrics,
         "notes": notes,
     }
-    ctx.write_artifact(f"{ROUTERS_DIR}/{tmp.name}/{METRICS_FILE}", json_safe(doc))
-    if path.exists():  # a crashed earlier attempt: replace it whole
-        shutil.rmtree(path)
-    os.replace(tmp, path)  # the folder appears complete or not at all
+    extra = {
+        "train_key": key,
+        "calibration_prompts": len(ids),
+        "held_out": int(test.sum()),
+        "refit": bool(cfg.router.refit and test.any()),
+    }
+    with atomic_path(path) as tmp:  # the folder appears complete (weights and metrics) or not at all
+        save_router(final, tmp, extra={"persyn": extra})
+        ctx.write_artifact(f"{ROUTERS_DIR}/{tmp.name}/{METRICS_FILE}", json_safe(doc))
     ctx.store.set_state("router", {"key": key, "path": str(path)})
     rm = metrics.get("router", {})
     msg = f"router {key} trained ({report.n_train_pairs} pairs)"
