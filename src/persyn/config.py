@@ -466,10 +466,9 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Co
     path = Path(path)
     try:
         text = path.read_text()
+        data = yaml.safe_load(text)
     except OSError as e:
         raise ConfigError(f"{path}: cannot read config: {e.strerror or e}") from e
-    try:
-        data = yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from e
     if not isinstance(data, dict):

@@ -176,6 +176,7 @@ def _stage_command(stage: str, doc: str):
         retry_failed: bool = typer.Option(False, "--retry-failed", help=RETRY_HELP),
         skip_bad_rows: bool = typer.Option(False, "--skip-bad-rows", help=SKIP_HELP),
         overrides: list[str] = typer.Option([], "--set", help=SET_HELP),
+        as_json: bool = typer.Option(False, "--json", help="Print the result as JSON only."),
     ) -> None:
         result = _run_stage(
             config,
@@ -185,11 +186,26 @@ def _stage_command(stage: str, doc: str):
             skip_bad_rows=skip_bad_rows,
             overrides=overrides,
         )
-        _print_stage(stage, result)
+        if as_json:
+            print(json.dumps(_plain(result), indent=2))
+        else:
+            _print_stage(stage, result)
 
     command.__doc__ = doc
     command.__name__ = stage
     return command
+
+
+def _plain(result):
+    """A stage's result as JSON-ready data: its `to_dict()`, else its fields (arrays as lists)."""
+    import dataclasses
+
+    if hasattr(result, "to_dict"):
+        return result.to_dict()
+    if dataclasses.is_dataclass(result):
+        data = dataclasses.asdict(result)
+        return json.loads(json.dumps(data, default=lambda v: v.tolist() if hasattr(v, "tolist") else str(v)))
+    return str(result)
 
 
 def _print_stage(stage: str, result) -> None:
@@ -218,6 +234,8 @@ def _print_stage(stage: str, result) -> None:
             _out.print(f"  {fmt}: {p}")
     elif stage == "report":
         _out.print(f"report: {result}")
+    elif stage == "run":
+        print_summary(result)
 
 
 for _name, _cli, _doc in (
@@ -252,33 +270,14 @@ for _name, _cli, _doc in (
         "report",
         "Write the HTML report (allocation, router vs baselines, cost vs Generate-then-Select).",
     ),
+    (
+        "run",
+        "run",
+        "Run every stage (calibrate, score, train-router, route, generate, export, report). Re-running "
+        "resumes: finished rows are never recomputed, and a crash loses at most the batch in flight.",
+    ),
 ):
     app.command(_cli)(_stage_command(_name, _doc))
-
-
-@app.command()
-def run(
-    config: Path = _CONFIG,
-    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
-    retry_failed: bool = typer.Option(False, "--retry-failed", help=RETRY_HELP),
-    skip_bad_rows: bool = typer.Option(False, "--skip-bad-rows", help=SKIP_HELP),
-    overrides: list[str] = typer.Option([], "--set", help=SET_HELP),
-    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON only."),
-) -> None:
-    """Run every stage (calibrate, score, train-router, route, generate, export, report). Re-running
-    resumes: finished rows are never recomputed, and a crash loses at most the batch in flight."""
-    summary = _run_stage(
-        config,
-        "run",
-        force=force,
-        retry_failed=retry_failed,
-        skip_bad_rows=skip_bad_rows,
-        overrides=overrides,
-    )
-    if as_json:
-        print(json.dumps(summary.to_dict(), indent=2))
-    else:
-        print_summary(summary)
 
 
 def print_summary(s) -> None:

@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
+from persyn.engines.spec import EngineSpec
 from persyn.errors import PersynError
 from persyn.store.keys import digest
 
@@ -63,6 +64,31 @@ def check_fits(model: str, max_len: int, lengths: Sequence[int], verb: str, what
             f"{max_len} tokens; first: prompt {i}, {what} has {lengths[i]} tokens",
             indices=over,
         )
+
+
+class LocalChecks:
+    """The input checks of the engines that tokenise in this process (transformers, vLLM): every
+    input is measured against the context window before any model work. Needs `spec`, `kind`,
+    `max_len`, and `_closed()` saying whether the engine was closed."""
+
+    spec: EngineSpec
+    kind: str
+    max_len: int
+
+    def _closed(self) -> bool:
+        raise NotImplementedError
+
+    def _need(self, kind: str, verb: str) -> None:
+        if self._closed():
+            raise EngineError(f"{self.spec.model}: engine is closed")
+        if self.kind != kind:
+            raise EngineError(f"{self.spec.model} is a {self.kind} model; {verb} needs a {kind} model")
+
+    def _check_fits(self, lengths: list[int], verb: str, what: str) -> None:
+        check_fits(self.spec.model, self.max_len, lengths, verb, what)
+
+    def _check_prompts_fit(self, ids: Sequence[Sequence[int]], max_new_tokens: int) -> None:
+        check_generation_fits(self.spec.model, [len(x) for x in ids], max_new_tokens, self.max_len)
 
 
 def check_pairs(prompts: Sequence[str], responses: Sequence[str]) -> None:

@@ -19,7 +19,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from persyn.engines.base import DEFAULT_JUDGE_TEMPLATE, EngineError
+from persyn.engines.base import DEFAULT_JUDGE_TEMPLATE, EngineError, check_pairs
 from persyn.engines.spec import EngineSpec, model_identity
 from persyn.store.keys import digest
 
@@ -144,6 +144,13 @@ class Renderer:
         if not p_ids:
             raise EngineError(f"loglik: prompt {i} renders to zero tokens; nothing to condition on")
         return p_ids, r_ids
+
+    def loglik_pairs(
+        self, prompts: Sequence[str], responses: Sequence[str]
+    ) -> list[tuple[list[int], list[int]]]:
+        """(prompt ids, response ids) of each pair, as every engine scores them."""
+        check_pairs(prompts, responses)
+        return [self.loglik_pair(i, p, r) for i, (p, r) in enumerate(zip(prompts, responses, strict=True))]
 
     def judge_ids(self, prompt: str, response: str) -> list[int]:
         return self.prompt_ids(self.judge_template.format(prompt=prompt, response=response))

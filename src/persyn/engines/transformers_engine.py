@@ -41,14 +41,7 @@ from transformers import (
 
 from persyn.engines.attention import keep_freed_memory
 from persyn.engines.attention import register as register_exact_attention
-from persyn.engines.base import (
-    EngineError,
-    Generation,
-    GenerationParams,
-    check_fits,
-    check_generation_fits,
-    check_pairs,
-)
+from persyn.engines.base import EngineError, Generation, GenerationParams, LocalChecks, check_pairs
 from persyn.engines.decoding import decode
 from persyn.engines.logprobs import (
     DEFAULT_CHUNK_BYTES,
@@ -96,7 +89,7 @@ class SeededGumbelNoise(LogitsProcessor):
         self.generators = [self.generators[i] for i in rows]
 
 
-class TransformersEngine:
+class TransformersEngine(LocalChecks):
     """A transformers model behind the engine protocol (see module docstring)."""
 
     def __init__(self, spec: EngineSpec, batch_invariant: bool | None = None):
@@ -207,7 +200,7 @@ class TransformersEngine:
         if params.max_new_tokens < 1:
             raise EngineError(f"max_new_tokens must be >= 1, got {params.max_new_tokens}")
         ids = [self.prompt_ids(p) for p in prompts]
-        check_generation_fits(self.spec.model, [len(x) for x in ids], params.max_new_tokens, self.max_len)
+        self._check_prompts_fit(ids, params.max_new_tokens)
         order = sorted(range(len(prompts)), key=lambda i: len(ids[i]))
         return self._batched(
             order, lambda idx: self._generate_batch([ids[i] for i in idx], [prompts[i] for i in idx], params)
@@ -286,11 +279,7 @@ class TransformersEngine:
 
     def loglik(self, prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
         self._need("causal", "loglik")
-        check_pairs(prompts, responses)
-        pairs = [
-            self.renderer.loglik_pair(i, p, r)
-            for i, (p, r) in enumerate(zip(prompts, responses, strict=True))
-        ]
+        pairs = self.renderer.loglik_pairs(prompts, responses)
         self._check_fits([len(p) + len(r) for p, r in pairs], "loglik", "prompt+response")
         order = sorted(range(len(pairs)), key=lambda i: len(pairs[i][0]) + len(pairs[i][1]))
         return self._batched(order, lambda idx: self._loglik_batch([pairs[i] for i in idx]))
@@ -409,14 +398,8 @@ class TransformersEngine:
     # ---------------------------------------------------------------------------------------------
     # plumbing
 
-    def _need(self, kind: str, verb: str) -> None:
-        if getattr(self, "model", None) is None:
-            raise EngineError(f"{self.spec.model}: engine is closed")
-        if self.kind != kind:
-            raise EngineError(f"{self.spec.model} is a {self.kind} model; {verb} needs a {kind} model")
-
-    def _check_fits(self, lengths: list[int], verb: str, what: str) -> None:
-        check_fits(self.spec.model, self.max_len, lengths, verb, what)
+    def _closed(self) -> bool:
+        return getattr(self, "model", None) is None
 
     def _batched(self, order: list[int], run: Callable[[list[int]], list[T]]) -> list[T]:
         """Run ``run`` over ``order`` in batches; results back in input order. On a memory error,

@@ -30,14 +30,7 @@ import traceback
 from collections.abc import Sequence
 from typing import Any
 
-from persyn.engines.base import (
-    EngineError,
-    Generation,
-    GenerationParams,
-    check_fits,
-    check_generation_fits,
-    check_pairs,
-)
+from persyn.engines.base import EngineError, Generation, GenerationParams, LocalChecks, check_pairs
 from persyn.engines.rendering import Renderer, fingerprint, model_kind, row_seed
 from persyn.engines.spec import EngineSpec, resolve_model
 
@@ -49,7 +42,7 @@ def _logsumexp(values: Sequence[float]) -> float:
     return top + math.log(sum(math.exp(v - top) for v in values))
 
 
-class VLLMEngine:
+class VLLMEngine(LocalChecks):
     """A model in a vLLM worker process behind the engine protocol (see the module docstring)."""
 
     def __init__(self, spec: EngineSpec, *, startup_timeout_s: float = 1800.0):
@@ -98,18 +91,14 @@ class VLLMEngine:
         if params.max_new_tokens < 1:
             raise EngineError(f"max_new_tokens must be >= 1, got {params.max_new_tokens}")
         ids = [self.renderer.prompt_ids(p) for p in prompts]
-        check_generation_fits(self.spec.model, [len(x) for x in ids], params.max_new_tokens, self.max_len)
+        self._check_prompts_fit(ids, params.max_new_tokens)
         seeds = [row_seed(params.seed, p) for p in prompts]
         rows = self._call("generate", ids, seeds, _params_dict(params), self.renderer.stop_token_ids())
         return [Generation(**row) for row in rows]
 
     def loglik(self, prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
         self._need("causal", "loglik")
-        check_pairs(prompts, responses)
-        pairs = [
-            self.renderer.loglik_pair(i, p, r)
-            for i, (p, r) in enumerate(zip(prompts, responses, strict=True))
-        ]
+        pairs = self.renderer.loglik_pairs(prompts, responses)
         self._check_fits([len(p) + len(r) for p, r in pairs], "loglik", "prompt+response")
         rows = self._call("prompt_logprobs", [p + r for p, r in pairs])
         return [sum(row[len(p) :]) / len(r) for row, (p, r) in zip(rows, pairs, strict=True)]
@@ -182,14 +171,8 @@ class VLLMEngine:
                 break
         self._conn.close()
 
-    def _need(self, kind: str, verb: str) -> None:
-        if self._proc is None:
-            raise EngineError(f"{self.spec.model}: engine is closed")
-        if self.kind != kind:
-            raise EngineError(f"{self.spec.model} is a {self.kind} model; {verb} needs a {kind} model")
-
-    def _check_fits(self, lengths: list[int], verb: str, what: str) -> None:
-        check_fits(self.spec.model, self.max_len, lengths, verb, what)
+    def _closed(self) -> bool:
+        return self._proc is None
 
     def _call(self, op: str, *args: Any) -> Any:
         if self._proc is None:

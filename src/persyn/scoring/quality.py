@@ -23,6 +23,7 @@ from persyn.scoring.answers import AnswerScorer
 
 QualityKind = Literal["answers", "judge", "reward", "auto"]
 Reference = str | float | int | None
+Refs = Sequence[Reference] | None  # one reference answer per prompt, or none at all
 
 
 @runtime_checkable
@@ -32,10 +33,7 @@ class QualityScorer(Protocol):
     kind: str
 
     def score(
-        self,
-        prompts: Sequence[str],
-        responses: Sequence[str],
-        references: Sequence[Reference] | None = None,
+        self, prompts: Sequence[str], responses: Sequence[str], references: Refs = None
     ) -> list[float]: ...
 
 
@@ -70,12 +68,7 @@ class EngineScorer:
         self.kind = kind
         self.key = engine_scorer_key(kind, engine.fingerprint)
 
-    def score(
-        self,
-        prompts: Sequence[str],
-        responses: Sequence[str],
-        references: Sequence[Reference] | None = None,
-    ) -> list[float]:
+    def score(self, prompts: Sequence[str], responses: Sequence[str], references: Refs = None) -> list[float]:
         if len(prompts) != len(responses):
             raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
         if not prompts:
@@ -97,12 +90,7 @@ class AutoScorer:
         """The one method used for *every* teacher's response to a prompt with this reference."""
         return self.answers if has_reference(reference) else self.fallback
 
-    def score(
-        self,
-        prompts: Sequence[str],
-        responses: Sequence[str],
-        references: Sequence[Reference] | None = None,
-    ) -> list[float]:
+    def score(self, prompts: Sequence[str], responses: Sequence[str], references: Refs = None) -> list[float]:
         refs = list(references) if references is not None else [None] * len(prompts)
         if not (len(prompts) == len(responses) == len(refs)):
             raise ValueError("prompts, responses and references must have the same length")

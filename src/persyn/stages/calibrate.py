@@ -14,23 +14,18 @@ prompts that stay selected are reused: they are keyed by content).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
-from persyn.stages.context import RunContext, WorkCounts
+from persyn.stages.context import RunContext, TeacherWork
 from persyn.store.keys import content_key, digest
 
 
 @dataclass
-class CalibrationResult:
+class CalibrationResult(TeacherWork):
     prompt_ids: list[str]
     selection: str
-    teachers: dict[str, WorkCounts] = field(default_factory=dict)
-
-    @property
-    def new_generations(self) -> int:
-        return sum(c.new for c in self.teachers.values())
 
     @property
     def failed(self) -> int:

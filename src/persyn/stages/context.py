@@ -70,6 +70,17 @@ class WorkCounts:
         return asdict(self)
 
 
+@dataclass(kw_only=True)
+class TeacherWork:
+    """What each teacher generated in a stage (calibrate, generate)."""
+
+    teachers: dict[str, WorkCounts] = field(default_factory=dict)
+
+    @property
+    def new_generations(self) -> int:
+        return sum(c.new for c in self.teachers.values())
+
+
 @dataclass
 class RunContext:
     config: Config

@@ -8,19 +8,14 @@ A failed row is recorded with its error and the run goes on; `--retry-failed` tr
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from persyn.stages.context import RunContext, WorkCounts
+from persyn.stages.context import RunContext, TeacherWork
 
 
 @dataclass
-class GenerateResult:
+class GenerateResult(TeacherWork):
     router_key: str
-    teachers: dict[str, WorkCounts] = field(default_factory=dict)
-
-    @property
-    def new_generations(self) -> int:
-        return sum(c.new for c in self.teachers.values())
 
     @property
     def failed(self) -> int:

@@ -9,36 +9,15 @@ cheap leaves that any layer may import.
 
 from __future__ import annotations
 
-import importlib
+from persyn.lazy import lazy_exports
 
-_EXPORTS = {
-    "canonical_json": "keys",
-    "config_hash": "keys",
-    "content_key": "keys",
-    "digest": "keys",
-    "make_gen_key": "keys",
-    "ConfigMismatchError": "manifest",
-    "Event": "records",
-    "Prompt": "records",
-    "ResponseKey": "records",
-    "ResponseRow": "records",
-    "RouteSet": "records",
-    "ScoreRow": "records",
-    "StoreError": "records",
-    "StoreEmbeddingCache": "routes",
-    "RunDirBusyError": "store",
-    "RunStore": "store",
-}
-
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'persyn.store' has no attribute {name!r}")
-    return getattr(importlib.import_module(f"persyn.store.{module}"), name)
-
-
-def __dir__() -> list[str]:
-    return __all__
+__all__, __getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        ".keys": ["canonical_json", "config_hash", "content_key", "digest", "make_gen_key"],
+        ".manifest": ["ConfigMismatchError"],
+        ".records": ["Event", "Prompt", "ResponseKey", "ResponseRow", "RouteSet", "ScoreRow", "StoreError"],
+        ".routes": ["StoreEmbeddingCache"],
+        ".store": ["RunDirBusyError", "RunStore"],
+    },
+)
