@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from persyn.stages.context import LEARNABILITY, QUALITY, RunContext
 from persyn.store import ResponseKey, ResponseRow
 
@@ -31,11 +33,28 @@ class LedgerEntry:
     cost: float | None = None
 
 
-def _cost(ctx: RunContext, teacher: str, ptoks: int, ctoks: int) -> float | None:
+def teacher_cost(
+    ctx: RunContext, teacher: str, prompt_tokens: float, completion_tokens: float
+) -> float | None:
+    """What `teacher` charges for these tokens (its `cost_per_1k_tokens`), or None if unpriced."""
+    from persyn.assignment import cost_per_prompt
+
     price = ctx.config.teacher(teacher).cost_per_1k_tokens
     if price is None:
         return None
-    return ptoks / 1000 * price.input + ctoks / 1000 * price.output
+    return cost_per_prompt(prompt_tokens, completion_tokens, price.input, price.output)
+
+
+def calibration_tokens(ctx: RunContext, teacher: str) -> tuple[float, float]:
+    """Mean prompt and completion tokens of `teacher`'s calibration responses (completion:
+    `max_new_tokens`, an upper bound, while it has none)."""
+    rows = ctx.store.get_responses(
+        teacher, ctx.teacher_gen_key(teacher), ctx.store.get_subset("calibration") or []
+    )
+    p = [r.prompt_tokens for r in rows.values() if r.prompt_tokens is not None]
+    c = [r.completion_tokens for r in rows.values() if r.completion_tokens is not None]
+    mean_c = float(np.mean(c)) if c else float(ctx.config.generation_for(teacher).max_new_tokens)
+    return (float(np.mean(p)) if p else 0.0), mean_c
 
 
 def ledger(ctx: RunContext, routes: Mapping[str, str] | None = None) -> list[LedgerEntry]:
@@ -63,7 +82,7 @@ def ledger(ctx: RunContext, routes: Mapping[str, str] | None = None) -> list[Led
                     e.failed += 1
         for e in entries.values():
             if e.generations or e.failed:
-                e.cost = _cost(ctx, t, e.prompt_tokens, e.completion_tokens)
+                e.cost = teacher_cost(ctx, t, e.prompt_tokens, e.completion_tokens)
                 out.append(e)
     return out
 

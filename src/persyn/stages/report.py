@@ -14,25 +14,16 @@ from pathlib import Path
 import numpy as np
 
 from persyn.stages.context import REPORT_DIR, ROUTING_FILE, RunContext
-from persyn.stages.datasets import build_records, ledger
+from persyn.stages.datasets import build_records, calibration_tokens, ledger, teacher_cost
 
 
 def gts_counterfactual(ctx: RunContext, n_prompts: int) -> dict[str, dict[str, float | None]]:
-    cal = ctx.store.get_subset("calibration") or []
     out: dict[str, dict[str, float | None]] = {}
-    for t in ctx.config.teachers:
-        rows = ctx.store.get_responses(t.name, ctx.teacher_gen_key(t.name), cal)
-        p = [r.prompt_tokens for r in rows.values() if r.prompt_tokens is not None]
-        c = [r.completion_tokens for r in rows.values() if r.completion_tokens is not None]
-        mean_p = float(np.mean(p)) if p else 0.0
-        mean_c = float(np.mean(c)) if c else float(ctx.config.generation_for(t.name).max_new_tokens)
-        price = t.cost_per_1k_tokens
-        cost = (
-            None
-            if price is None
-            else n_prompts * (mean_p / 1000 * price.input + mean_c / 1000 * price.output)
-        )
-        out[t.name] = {"generations": n_prompts, "tokens": n_prompts * (mean_p + mean_c), "cost": cost}
+    for t in ctx.teachers:
+        mean_p, mean_c = calibration_tokens(ctx, t)
+        cost = teacher_cost(ctx, t, mean_p, mean_c)
+        gts_cost = None if cost is None else n_prompts * cost
+        out[t] = {"generations": n_prompts, "tokens": n_prompts * (mean_p + mean_c), "cost": gts_cost}
     return out
 
 

@@ -28,10 +28,10 @@ from persyn.assignment import (
     RoutingInfeasibleError,
     RoutingResult,
     TeacherCap,
-    cost_per_prompt,
     route_prompts,
 )
 from persyn.stages.context import ROUTING_FILE, RunContext, StageError
+from persyn.stages.datasets import calibration_tokens, teacher_cost
 from persyn.stages.embeddings import embed_ids
 from persyn.store import RouteSet
 from persyn.store.keys import canonical_json, content_key, digest
@@ -70,19 +70,12 @@ def teacher_costs(ctx: RunContext) -> tuple[dict[str, float], dict[str, dict[str
     """Expected cost of one generation per priced teacher, from its mean tokens on calibration."""
     costs: dict[str, float] = {}
     tokens: dict[str, dict[str, float]] = {}
-    cal = ctx.store.get_subset("calibration") or []
     for t in ctx.config.teachers:
         if t.cost_per_1k_tokens is None:
             continue
-        rows = ctx.store.get_responses(t.name, ctx.teacher_gen_key(t.name), cal)
-        ptoks = [r.prompt_tokens for r in rows.values() if r.prompt_tokens is not None]
-        ctoks = [r.completion_tokens for r in rows.values() if r.completion_tokens is not None]
-        mean_p = float(np.mean(ptoks)) if ptoks else 0.0
-        mean_c = float(np.mean(ctoks)) if ctoks else float(ctx.config.generation_for(t.name).max_new_tokens)
+        mean_p, mean_c = calibration_tokens(ctx, t.name)
         tokens[t.name] = {"prompt": mean_p, "completion": mean_c}
-        costs[t.name] = cost_per_prompt(
-            mean_p, mean_c, t.cost_per_1k_tokens.input, t.cost_per_1k_tokens.output
-        )
+        costs[t.name] = teacher_cost(ctx, t.name, mean_p, mean_c)  # type: ignore[assignment]
     return costs, tokens
 
 
