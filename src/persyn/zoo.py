@@ -2,7 +2,7 @@
 
 A zoo alias (``zoo:gemma3-270m``) resolves to a normal transformers folder in the cache. GGUF models
 are converted on first use (join the chunks, check the sha256, dequantise with transformers, save);
-later loads take under a second. See MODELS.md for where each model comes from.
+later loads take under a second. docs/models.md says where each model comes from.
 
 Cache layout, under ``$PERSYN_CACHE`` (default: the platform's user cache dir, ``persyn``)::
 

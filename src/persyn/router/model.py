@@ -1,4 +1,4 @@
-"""The PerSyn router (PAPER.md Eq. 3): prompt encoder + coefficient head, Bradley-Terry loss.
+"""The PerSyn router (docs/method.md, Eq. 3): prompt encoder + coefficient head, Bradley-Terry loss.
 
 `pi(x)` has one output per teacher; a pair "B beats A" on prompt x is trained with
 `BCE(sigmoid(pi_B(x) - pi_A(x)), 1)`. With a frozen encoder (the default MiniLM) the embeddings are

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from persyn.stages.context import DATASET_DIR, EXPORTS_FILE, RunContext, StageError
-from persyn.stages.datasets import build_records, ledger, left_out_notes, write_dataset
+from persyn.stages.costs import ledger
+from persyn.stages.export_records import build_records, left_out_notes, write_dataset
 
 
 @dataclass

@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from persyn.stages.context import REPORT_DIR, ROUTING_FILE, RunContext
-from persyn.stages.datasets import build_records, calibration_tokens, ledger, teacher_cost
+from persyn.stages.costs import calibration_tokens, ledger, teacher_cost
+from persyn.stages.export_records import build_records
 
 
 def gts_counterfactual(ctx: RunContext, n_prompts: int) -> dict[str, dict[str, float | None]]:

@@ -31,7 +31,7 @@ from persyn.assignment import (
     route_prompts,
 )
 from persyn.stages.context import ROUTING_FILE, RunContext, StageError
-from persyn.stages.datasets import calibration_tokens, teacher_cost
+from persyn.stages.costs import calibration_tokens, teacher_cost
 from persyn.stages.embeddings import embed_ids
 from persyn.store import RouteSet
 from persyn.store.keys import canonical_json, content_key, digest

@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from persyn.stages.context import QUALITY, STRATEGIES_DIR, STRATEGIES_FILE, RunContext, StageError
-from persyn.stages.datasets import build_records, left_out_notes, write_dataset
+from persyn.stages.export_records import build_records, left_out_notes, write_dataset
 from persyn.store import ResponseKey
 
 #: The strategies this stage builds (a name per baseline, plus PerSyn's own dataset).
