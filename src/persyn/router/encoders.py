@@ -14,7 +14,6 @@ Frozen encoders embed each prompt once: `embed_prompts` looks prompts up in an `
 from __future__ import annotations
 
 import functools
-import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Literal, Protocol, runtime_checkable
@@ -23,6 +22,7 @@ import numpy as np
 import torch
 
 from persyn.errors import PersynError
+from persyn.store.keys import digest
 
 Pooling = Literal["auto", "mean", "last", "cls"]
 POOLINGS: tuple[str, ...] = ("auto", "mean", "last", "cls")
@@ -278,7 +278,7 @@ class MemoryEmbeddingCache:
 
 
 def embedding_key(encoder_key: str, prompt: str) -> str:
-    return f"{encoder_key}#{hashlib.sha256(prompt.encode('utf-8')).hexdigest()[:32]}"
+    return f"{encoder_key}#{digest(prompt, 32)}"
 
 
 def embed_prompts(
