@@ -30,7 +30,6 @@ import yaml
 
 from persyn.atomic import atomic_path, atomic_write
 from persyn.credentials import scrub_secrets
-from persyn.dataset.rows import ExportRecord
 
 __all__ = ["LedgerRow", "ReportData", "headline", "write_report"]
 
@@ -85,7 +84,8 @@ class ReportData:
     ledger: list[LedgerRow]  # generations and tokens actually spent, per teacher and stage
     # teacher -> {"generations": n, "tokens": est, "cost": est or None}: Generate-then-Select counterfactual
     gts: dict[str, dict[str, float]]
-    samples: list[ExportRecord]
+    # rows with prompt_id, prompt, response, teacher, strategy, quality, learnability (ExportRecords)
+    samples: list[Any]
     # strategy -> {"generations": n, "rows": n, "mean_quality": ..}
     strategies: dict[str, dict[str, float]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
