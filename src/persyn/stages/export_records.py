@@ -129,5 +129,19 @@ def write_dataset(
         gts_generations=n * len(ctx.teachers),
         notes=notes,
     )
-    name = cfg.output.dataset_name if strategy == "persyn" else f"{cfg.output.dataset_name}-{strategy}"
-    return export_dataset(records, out_dir, formats=list(cfg.output.formats), name=name, card=card)
+    formats = list(cfg.output.formats)
+    return export_dataset(records, out_dir, formats=formats, name=dataset_name(ctx, strategy), card=card)
+
+
+def dataset_name(ctx: RunContext, strategy: str) -> str:
+    """The name a strategy's dataset files carry (`persyn.messages.jsonl`, `persyn-strong.parquet`...)."""
+    name = ctx.config.output.dataset_name
+    return name if strategy == "persyn" else f"{name}-{strategy}"
+
+
+def dataset_files(ctx: RunContext, strategy: str, folder: Path) -> dict[str, Path]:
+    """The files of `strategy`'s dataset in `folder`, by format (those that exist)."""
+    from persyn.dataset.formats import FILE_NAMES
+
+    paths = {f: folder / n.format(name=dataset_name(ctx, strategy)) for f, n in FILE_NAMES.items()}
+    return {f: p for f, p in paths.items() if p.exists()}

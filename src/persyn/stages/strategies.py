@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from persyn.stages.context import QUALITY, STRATEGIES_DIR, STRATEGIES_FILE, RunContext, StageError
-from persyn.stages.export_records import build_records, left_out_notes, write_dataset
+from persyn.stages.export_records import build_records, dataset_files, left_out_notes, write_dataset
 from persyn.store import ResponseKey
 
 #: The strategies this stage builds (a name per baseline, plus PerSyn's own dataset).
@@ -60,10 +60,12 @@ class StrategyResult:
     accuracy: float | None = None
     n_accuracy: int = 0
     notes: list[str] = field(default_factory=list)
+    files: dict[str, Path] = field(default_factory=dict)  # format -> dataset file (to train on)
 
     def summary(self) -> dict[str, Any]:
         d = asdict(self)
         d["path"] = str(self.path) if self.path else None
+        d["files"] = {k: str(v) for k, v in self.files.items()}
         return d
 
     def figures(self) -> dict[str, Any]:
@@ -88,9 +90,9 @@ def result(ctx: RunContext) -> dict[str, StrategyResult]:
     out = {}
     for name, d in (ctx.artifact(STRATEGIES_FILE) or {}).items():
         fields = {k: v for k, v in d.items() if k not in ("path",)}
-        out[name] = StrategyResult(
-            name=name, teacher_counts={}, path=Path(d["path"]) if d.get("path") else None, **fields
-        )
+        path = Path(d["path"]) if d.get("path") else None
+        files = dataset_files(ctx, name, path) if path else {}
+        out[name] = StrategyResult(name=name, teacher_counts={}, path=path, files=files, **fields)
     return out
 
 
@@ -251,6 +253,7 @@ def run(
         else:
             standalone = c * T + (n - c)
         res = StrategyResult(name, scope, rows, standalone, new, counts, path if rows else None)
+        res.files = dataset_files(ctx, name, path) if rows else {}
         _calibration_metrics(ctx, res, assignment, cal_pos, q_cal, l_cal, labels_cal)
         _accuracy(ctx, res, assignment)
         results[name] = res
