@@ -7,9 +7,9 @@
     ctx.write_artifact(ROUTING_FILE, doc)            # a file beside the store (routing.json...)
     ctx.generate_responses("generate", "qwen", ids)   # model work -> store rows, batch by batch
 
-The driver is the only writer: `generate_responses`, `run_score_job` and `score_answers` take the
-executor's results and write each batch in one store transaction (`executor.batch_size` rows), so a
-crash loses at most the batch in flight. Before any work, each unit logs the resume line
+The driver is the only writer: `generate_responses` and `run_score_job` take the executor's
+results and write each batch in one store transaction (`executor.batch_size` rows), so a crash
+loses at most the batch in flight. Before any work, each unit logs the resume line
 ("calibrate qwen: 40 done earlier, 24 to do") to the store's events and to the console.
 
 Engine fingerprints (part of every store key) are remembered in the store's state by engine spec,
@@ -282,35 +282,6 @@ class RunContext:
                 counts.new += sum(r.value is not None for r in rows)
                 counts.failed += sum(r.value is None for r in rows)
                 advance(len(rows))
-        counts.seconds = time.perf_counter() - t0
-        self.log_done(stage, counts)
-        return counts
-
-    def score_answers(self, stage: str, work: Sequence[tuple[ResponseKey, ResponseRow]]) -> WorkCounts:
-        """Check (response key, row) pairs against their prompts' reference answers, in the driver
-        (no model), and store them as quality scores."""
-        from persyn.scoring.answers import AnswerScorer
-
-        scorer = AnswerScorer()
-        counts = WorkCounts("quality answers", wanted=len(work))
-        t0 = time.perf_counter()
-        bs = max(self.batch_size, 256)  # answer matching is cheap: fewer, larger transactions
-        for s in range(0, len(work), bs):
-            chunk = work[s : s + bs]
-            prompts = {p.id: p for p in self.store.get_prompts([k.prompt_id for k, _ in chunk])}
-            vals = scorer.score(
-                [prompts[k.prompt_id].text for k, _ in chunk],
-                [r.text or "" for _, r in chunk],
-                [prompts[k.prompt_id].answer for k, _ in chunk],
-            )
-            self.store.put_scores(
-                [
-                    ScoreRow(QUALITY, scorer.key, k.prompt_id, k.teacher, k.gen_key, v)
-                    for (k, _), v in zip(chunk, vals, strict=True)
-                ]
-            )
-            self.committed(stage)
-            counts.new += len(chunk)
         counts.seconds = time.perf_counter() - t0
         self.log_done(stage, counts)
         return counts

@@ -20,6 +20,7 @@ learnability matrices of any prompts, and the combined labels (the router's targ
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -27,7 +28,7 @@ import numpy as np
 
 from persyn.executors import Job, WorkItem
 from persyn.stages.context import LEARNABILITY, QUALITY, RunContext, StageError, WorkCounts
-from persyn.store import Prompt, ResponseKey, ResponseRow
+from persyn.store import Prompt, ResponseKey, ResponseRow, ScoreRow
 
 
 @dataclass
@@ -132,6 +133,27 @@ class Scores:
                 lm[pos[k.prompt_id], j] = row.value if row.value is not None else math.nan
         return q, lm
 
+    def check_answers(self, pairs: Sequence[tuple[str, str]], *, stage: str) -> None:
+        """Answer-check the responses of (prompt id, teacher) pairs whose prompt has a reference
+        answer and that hold no answer score yet (cheap: in the driver, no model)."""
+        from persyn.scoring.answers import AnswerScorer
+        from persyn.scoring.quality import has_reference
+
+        ctx = self.ctx
+        gks = ctx.gen_keys()
+        prompts = {p.id: p for p in ctx.store.get_prompts([pid for pid, _ in pairs])} if pairs else {}
+        keys = [ResponseKey(pid, t, gks[t]) for pid, t in pairs if has_reference(prompts[pid].answer)]
+        todo = ctx.store.scores_todo(QUALITY, AnswerScorer.key, keys)
+        by_teacher: dict[str, list[ResponseKey]] = {}
+        for k in todo:
+            by_teacher.setdefault(k.teacher, []).append(k)
+        work = []
+        for t, ks in by_teacher.items():
+            rows = ctx.store.get_responses(t, gks[t], [k.prompt_id for k in ks])
+            work += [(k, rows[k.prompt_id]) for k in ks if k.prompt_id in rows]
+        if work:
+            score_answer_rows(ctx, stage, work, prompts)
+
     def labels(self, quality: np.ndarray, learnability: np.ndarray) -> np.ndarray:
         """The combined labels `(1 - alpha) * z(r_q) + alpha * z(r_l)` (router.alpha, normalisation)."""
         from persyn.scoring.labels import combine_labels
@@ -173,7 +195,7 @@ def run(ctx: RunContext, prompt_ids: Sequence[str] | None = None, *, stage: str 
             continue
         work = [(k, r) for k, r in pairs if k in todo]
         if mkey == AnswerScorer.key:
-            result_counts[unit] = ctx.score_answers(stage, work)
+            result_counts[unit] = score_answer_rows(ctx, stage, work, by_id)
         else:
             kind = scores.quality_engine_kind()
             items = [WorkItem(k, by_id[k.prompt_id].text, r.text) for k, r in work]
@@ -195,6 +217,34 @@ def run(ctx: RunContext, prompt_ids: Sequence[str] | None = None, *, stage: str 
 
     q, lm = scores.matrices(ids, gen_keys, qkeys, lkey)
     return ScoreResult(ids, teachers, q, lm, result_counts)
+
+
+def score_answer_rows(ctx: RunContext, stage: str, work, by_id: dict[str, Prompt]) -> WorkCounts:
+    """Answer-check (response key, row) pairs in the driver and store the scores."""
+    from persyn.scoring.answers import AnswerScorer
+
+    scorer = AnswerScorer()
+    counts = WorkCounts("quality answers", wanted=len(work))
+    t0 = time.perf_counter()
+    bs = max(ctx.batch_size, 256)  # answer matching is cheap: fewer, larger transactions
+    for s in range(0, len(work), bs):
+        chunk = work[s : s + bs]
+        vals = scorer.score(
+            [by_id[k.prompt_id].text for k, _ in chunk],
+            [r.text or "" for _, r in chunk],
+            [by_id[k.prompt_id].answer for k, _ in chunk],
+        )
+        ctx.store.put_scores(
+            [
+                ScoreRow(QUALITY, scorer.key, k.prompt_id, k.teacher, k.gen_key, v)
+                for (k, _), v in zip(chunk, vals, strict=True)
+            ]
+        )
+        ctx.committed(stage)
+        counts.new += len(chunk)
+    counts.seconds = time.perf_counter() - t0
+    ctx.log_done(stage, counts)
+    return counts
 
 
 def _check_calibrated(ctx: RunContext, ids: list[str], gen_keys: dict[str, str]) -> None:

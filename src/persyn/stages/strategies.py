@@ -220,7 +220,7 @@ def run(
                 if per_teacher.get(t):
                     ctx.generate_responses("strategies", t, per_teacher[t])
         new = _response_total(ctx) - start
-        _score_answers(ctx, assignment)
+        scores.check_answers(assignment, stage="strategies")
         if name == "persyn":
             exp = ctx.run_stage("export")
             path, rows, counts = exp.path, exp.n_rows, exp.teacher_counts
@@ -273,29 +273,6 @@ def run(
 
 def _response_total(ctx: RunContext) -> int:
     return sum(r["ok"] + r["error"] for r in ctx.store.response_counts())
-
-
-def _score_answers(ctx: RunContext, assignment: list[tuple[str, str]]) -> None:
-    """Answer-check the rows that have a reference answer (cheap, in the driver)."""
-    from persyn.scoring.answers import AnswerScorer
-    from persyn.scoring.quality import has_reference
-
-    gks = ctx.gen_keys()
-    pids = [pid for pid, _ in assignment]
-    prompts = {p.id: p for p in ctx.store.get_prompts(pids)} if pids else {}
-    keys = [ResponseKey(pid, t, gks[t]) for pid, t in assignment if has_reference(prompts[pid].answer)]
-    todo = ctx.store.scores_todo(QUALITY, AnswerScorer.key, keys)
-    if not todo:
-        return
-    by_teacher: dict[str, list] = {}
-    for k in todo:
-        by_teacher.setdefault(k.teacher, []).append(k)
-    work = []
-    for t, ks in by_teacher.items():
-        rows = ctx.store.get_responses(t, gks[t], [k.prompt_id for k in ks])
-        work += [(k, rows[k.prompt_id]) for k in ks if k.prompt_id in rows]
-    if work:
-        ctx.score_answers("strategies", work)
 
 
 def _calibration_metrics(ctx, res: StrategyResult, assignment, cal_pos, q, lm, labels) -> None:
