@@ -156,9 +156,45 @@ def _root() -> None:
 @app.command()
 def zoo() -> None:
     """List the offline model zoo: each alias, whether its package is installed and converted."""
+    from persyn.hardware import describe_machine
     from persyn.zoo import print_zoo
 
     print_zoo()
+    m = describe_machine()
+    _out.print(
+        f"On this machine models load in [bold]{m['auto_dtype']}[/] with dtype auto "
+        f"({m['auto_dtype_reason']}), {m['threads']} torch threads; `persyn doctor` says more.",
+        soft_wrap=True,
+    )
+
+
+@app.command()
+def doctor(as_json: bool = typer.Option(False, "--json", help="Print the facts as JSON only.")) -> None:
+    """What this machine gives a model: the CPU and its flags, what torch makes of them, the dtype
+    `auto` picks and why, and the torch threads."""
+    from persyn.hardware import describe_machine
+
+    m = describe_machine()
+    if as_json:
+        print(json.dumps(m, indent=2))
+        return
+    yes = {True: "yes", False: "no"}
+    rows = [
+        ("CPU", f"{m['cpu']}, {m['cpu_count']} CPUs"),
+        ("CPU flags", " ".join(m["cpu_flags"]) or "(none of those that matter found)"),
+        ("torch", f"{m['torch']}, CPU capability {m['torch_capability']}, native bfloat16: "
+                  f"{yes[m['native_bf16']]}"),
+        ("limits", " ".join(f"{k}={v}" for k, v in m["limits"].items()) or "none set"),
+        ("usable CPUs", f"{m['usable_cpus']} ({m['usable_cpus_reason']})"),
+        ("torch threads", f"{m['threads']} ({m['threads_reason']}; executor.threads in a config overrides)"),
+        ("GPU", ", ".join(m["cuda_devices"]) or "none (models run on the CPU)"),
+        ("dtype auto", f"{m['auto_dtype']} ({m['auto_dtype_reason']})"),
+    ]  # fmt: skip
+    if m["device"] != "cpu":
+        rows.append(("dtype auto, CPU", f"{m['auto_dtype_cpu']} ({m['auto_dtype_cpu_reason']})"))
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        _out.print(f"{key:<{width}}  {value}", markup=False, soft_wrap=True)
 
 
 @app.command()
@@ -422,6 +458,10 @@ def status(config: Path = _CONFIG) -> None:
         _out.print(f"run {cfg.output.dir}")
         for k, v in store.stats().items():
             _out.print(f"  {k}: {v}")
+        from persyn.stages.context import engine_line
+
+        for info in store.get_state("engines", {}).values():
+            _out.print(f"  model {engine_line(info)}", markup=False)
         for r in store.response_counts():
             _out.print(
                 f"  {r['teacher']} [{r['gen_key']}]: {r['ok']} ok, {r['error']} failed, "
