@@ -160,3 +160,15 @@ def test_ensure_threads_sets_once_and_an_explicit_count_wins(monkeypatch):
         assert hw.ensure_threads(3).reason == "set in the config" and torch.get_num_threads() == 3
     finally:
         torch.set_num_threads(before)
+
+
+def test_hyperthreads_of_one_core_count_once(tmp_path):
+    from persyn.hardware import physical_cores
+
+    topo = tmp_path / "sys/devices/system/cpu"
+    for cpu, siblings in {0: "0,2", 1: "1,3", 2: "0,2", 3: "1,3"}.items():
+        (topo / f"cpu{cpu}/topology").mkdir(parents=True)
+        (topo / f"cpu{cpu}/topology/thread_siblings_list").write_text(siblings + "\n")
+    assert physical_cores({0, 1, 2, 3}, tmp_path) == 2
+    assert physical_cores({0, 2}, tmp_path) == 1  # the affinity mask holds one core's two threads
+    assert physical_cores({0, 7}, tmp_path) is None  # unknown CPU: the caller counts CPUs instead

@@ -185,7 +185,7 @@ def doctor(as_json: bool = typer.Option(False, "--json", help="Print the facts a
         ("torch", f"{m['torch']}, CPU capability {m['torch_capability']}, native bfloat16: "
                   f"{yes[m['native_bf16']]}"),
         ("limits", " ".join(f"{k}={v}" for k, v in m["limits"].items()) or "none set"),
-        ("usable CPUs", f"{m['usable_cpus']} ({m['usable_cpus_reason']})"),
+        ("usable cores", f"{m['usable_cores']} ({m['usable_cores_reason']})"),
         ("torch threads", f"{m['threads']} ({m['threads_reason']}; executor.threads in a config overrides)"),
         ("GPU", ", ".join(m["cuda_devices"]) or "none (models run on the CPU)"),
         ("dtype auto", f"{m['auto_dtype']} ({m['auto_dtype_reason']})"),

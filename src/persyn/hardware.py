@@ -11,11 +11,12 @@ The rule for `auto`:
   float32 on a matmul (docs/engines.md). float16 is never chosen on CPU.
 An explicit dtype in the config always wins.
 
-Threads: torch's intra-op pool is per process, so every model a process loads shares it. Its size
-is chosen once per process (`ensure_threads`): an explicit count (config `executor.threads`, a Ray
-replica's `num_cpus`), else `OMP_NUM_THREADS`, else the CPUs this process may run on: its affinity
-mask, capped by a cgroup CPU quota (containers, CI runners), which torch's own default ignores.
-`persyn doctor` prints all of it (`describe_machine`).
+Threads: torch's intra-op pool is per process, so every model a process loads shares it. The
+pipeline sizes it once per process (`ensure_threads`), as do Ray replicas and the benchmarks: an
+explicit count (config `executor.threads`, a Ray replica's `num_cpus`), else `OMP_NUM_THREADS`,
+else the physical cores this process may run on: those of its affinity mask, capped by a cgroup CPU
+quota (containers, CI runners), which torch's own default ignores. Engines built directly from
+Python leave the pool as the caller set it. `persyn doctor` prints all of it (`describe_machine`).
 """
 
 from __future__ import annotations
@@ -148,20 +149,36 @@ def _read_quota(folder: Path, files: tuple[str, ...]) -> float | None:
     return q / p if q > 0 and p > 0 else None
 
 
-def usable_cpus() -> tuple[int, str]:
-    """How many CPUs this process may keep busy, and how that was found."""
+def physical_cores(cpus: set[int], root: str | Path = "/") -> int | None:
+    """How many physical cores the logical CPUs `cpus` belong to (Linux sysfs; None if unknown).
+    Two hyperthreads of one core share its arithmetic units: for matrix work they add little."""
+    cores = set()
+    for cpu in cpus:
+        try:
+            siblings = Path(root) / f"sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings_list"
+            cores.add(siblings.read_text())
+        except OSError:
+            return None
+    return len(cores) or None
+
+
+def usable_cores() -> tuple[int, str]:
+    """How many cores this process can keep busy, and how that was found: the physical cores of
+    its affinity mask, capped by the cgroup CPU quota."""
     try:
-        mask = len(os.sched_getaffinity(0))
-        where = f"{mask} CPUs in this process's affinity mask"
+        mask = os.sched_getaffinity(0)
     except AttributeError:  # macOS, Windows
-        mask = os.cpu_count() or 1
-        where = f"{mask} CPUs"
+        mask = set(range(os.cpu_count() or 1))
+    cores = physical_cores(mask) or len(mask)
+    where = f"{cores} cores in this process's affinity mask"
+    if cores < len(mask):
+        where = f"{cores} cores ({len(mask)} CPUs with hyperthreads) in this process's affinity mask"
     quota = cgroup_cpu_limit()
     # floor, not ceil: a parallel region waits for its slowest thread, and a thread the quota
     # throttles makes every region wait.
-    if quota is not None and max(1, math.floor(quota)) < mask:
+    if quota is not None and max(1, math.floor(quota)) < cores:
         return max(1, math.floor(quota)), f"cgroup CPU quota of {quota:g} CPUs ({where})"
-    return mask, where
+    return cores, where
 
 
 @dataclass(frozen=True)
@@ -175,11 +192,11 @@ _THREADS: Threads | None = None
 
 def default_threads() -> Threads:
     """The thread count for a process nobody configured: OMP_NUM_THREADS when set (the user's, or
-    the one Ray gives a worker), else the usable CPUs."""
+    the one Ray gives a worker), else the usable cores."""
     env = os.environ.get("OMP_NUM_THREADS", "").strip()
     if env.isdigit() and int(env) > 0:
         return Threads(int(env), f"OMP_NUM_THREADS={env}")
-    n, where = usable_cpus()
+    n, where = usable_cores()
     return Threads(n, where)
 
 
@@ -247,7 +264,7 @@ def describe_machine() -> dict[str, Any]:
     picks and why, and the threads a model would run with."""
     info = cpu_info()
     name, flags = cpu_model()
-    n, where = usable_cpus()
+    n, where = usable_cores()
     threads = default_threads() if _THREADS is None else _THREADS
     cuda = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
     device = resolve_device("auto")
@@ -255,8 +272,8 @@ def describe_machine() -> dict[str, Any]:
         "cpu": name,
         "cpu_flags": flags,
         "cpu_count": os.cpu_count(),
-        "usable_cpus": n,
-        "usable_cpus_reason": where,
+        "usable_cores": n,
+        "usable_cores_reason": where,
         "torch": torch.__version__,
         "torch_capability": info.capability,
         "native_bf16": info.native_bf16,

@@ -55,7 +55,7 @@ from persyn.engines.logprobs import (
 )
 from persyn.engines.rendering import Renderer, row_seed
 from persyn.engines.spec import EngineSpec
-from persyn.hardware import dtype_name, dtype_reason, ensure_threads, resolve_device, resolve_dtype
+from persyn.hardware import dtype_name, dtype_reason, resolve_device, resolve_dtype
 from persyn.zoo import is_zoo_alias, resolve_model
 
 log = logging.getLogger(__name__)
@@ -125,7 +125,6 @@ class TransformersEngine:
         self.batch_invariant = batch_invariant
         if self.device.type == "cpu":
             keep_freed_memory()  # decoding on CPU re-allocates large blocks every step (attention.py)
-            ensure_threads()  # sized for the CPUs this process may use, once per process
         attn = register_exact_attention() if batch_invariant else None
         try:
             try:
