@@ -18,6 +18,10 @@
     forward pass producing the logits (the floor). Goals: time <= 1.3x the floor; peak memory above
     the weights >= 5x lower than naive.
 
+(c) threads (``--only threads``): engine generation (dtype auto) with 1, 2, ... torch threads up to
+    the cores persyn counts for this process (persyn.hardware.usable_cores), alternating within each
+    repetition, wall clock (threads only change elapsed time). Ratio = tok/s against the best count.
+
 Timing: variants alternate within each repetition (ABC, CBA, ...), medians reported. ``--clock
 wall`` (default) is elapsed time with torch's threads; on a shared machine other processes inflate
 it at random, so ``--clock cpu --threads 1`` measures this process's CPU time on one thread, which
@@ -49,7 +53,7 @@ import torch  # noqa: E402
 
 from persyn.engines import EngineSpec, GenerationParams  # noqa: E402
 from persyn.engines.transformers_engine import TransformersEngine, _pad  # noqa: E402
-from persyn.hardware import describe_machine, ensure_threads  # noqa: E402
+from persyn.hardware import describe_machine, dtype_name, ensure_threads, usable_cores  # noqa: E402
 
 PROMPTS = [
     "What is the capital of France?",
@@ -134,9 +138,32 @@ def bench_generate(alias: str, reps: int, max_new_tokens: int) -> dict:
     fast.close()
     med = {k: statistics.median(v) for k, v in times.items()}
     return {
-        "model": alias, "dtype": str(engine.dtype), "other_dtype": str(other_dtype(engine.dtype)),
+        "model": alias, "dtype": dtype_name(engine.dtype), "other_dtype": dtype_name(other_dtype(engine.dtype)),
         "median_s": med, "tokens": tokens, "tok_per_s": {k: tokens[k] / med[k] for k in med}, "runs": times,
     }  # fmt: skip
+
+
+def bench_threads(alias: str, reps: int, max_new_tokens: int, counts: list[int]) -> dict:
+    engine = TransformersEngine(EngineSpec(model=alias, batch_size=8))
+    params = GenerationParams(max_new_tokens=max_new_tokens)
+
+    def run(n: int) -> int:
+        torch.set_num_threads(n)
+        return sum(g.completion_tokens for g in engine.generate(PROMPTS, params))
+
+    for n in counts:  # warm-up
+        run(n)
+    times: dict[int, list[float]] = {n: [] for n in counts}
+    tokens: dict[int, int] = {}
+    for rep in range(reps):
+        for n in counts if rep % 2 == 0 else counts[::-1]:
+            t0 = time.perf_counter()
+            tokens[n] = run(n)
+            times[n].append(time.perf_counter() - t0)
+    engine.close()
+    med = {n: statistics.median(v) for n, v in times.items()}
+    return {"model": alias, "dtype": dtype_name(engine.dtype), "median_s": med, "tokens": tokens,
+            "tok_per_s": {n: tokens[n] / med[n] for n in med}, "runs": times}  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------------
@@ -273,7 +300,7 @@ def machine() -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--only", choices=["generate", "loglik"], default=None)
+    ap.add_argument("--only", choices=["generate", "loglik", "threads"], default=None)
     ap.add_argument("--models", nargs="+", default=["smollm2-135m-instruct", "gemma3-270m"])
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--mem-reps", type=int, default=3)
@@ -293,6 +320,9 @@ def main() -> None:
 
     from rich.console import Console
     from rich.table import Table
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # "Loading weights" bars between the tables
 
     console = Console(width=max(Console().width, 120))
     console.print(f"[bold]machine[/]: {machine()}; clock: {args.clock}")
@@ -311,7 +341,7 @@ def main() -> None:
             report["generate"].append(r)
             tps = r["tok_per_s"]
             best = max(tps["bare"], tps["bare_other"])
-            auto, other = r["dtype"].removeprefix("torch."), r["other_dtype"].removeprefix("torch.")
+            auto, other = r["dtype"], r["other_dtype"]
             for variant, label, dtype in (("engine", "engine (dtype auto)", auto),
                                           ("fast", "engine, invariance off", auto),
                                           ("bare", "bare generate", auto),
@@ -326,6 +356,23 @@ def main() -> None:
                 f"[bold]{r['dtype_ratio']:.2f}x[/] the other ({r['other_dtype']}) on this machine "
                 "(below 1: auto picked the slower one)"
             )
+
+    if args.only == "threads":
+        counts = list(range(1, usable_cores()[0] + 1))
+        table = Table(title=f"(c) threads: engine generate, {len(PROMPTS)} prompts, batch 8, greedy, "
+                      f"max_new_tokens={args.max_new_tokens}, wall clock, median of {args.reps}")  # fmt: skip
+        for col in ("model", "dtype", "threads", "wall s", "tokens", "tok/s", "vs best"):
+            table.add_column(col, justify="right")
+        report["threads"] = []
+        for name in args.models:
+            r = bench_threads(f"zoo:{name}", args.reps, args.max_new_tokens, counts)
+            report["threads"].append(r)
+            best = max(r["tok_per_s"].values())
+            for n in counts:
+                table.add_row(name, r["dtype"], str(n), f"{r['median_s'][n]:.2f}",
+                              str(r["tokens"][n]), f"{r['tok_per_s'][n]:.1f}",
+                              f"{r['tok_per_s'][n] / best:.2f}x")  # fmt: skip
+        console.print(table)
 
     if args.only in (None, "loglik"):
         alias = f"zoo:{args.loglik_model}"

@@ -475,19 +475,34 @@ def status(config: Path = _CONFIG) -> None:
 @app.command()
 def demo(
     out: Path = typer.Option(Path("runs/demo"), "--dir", help="Demo run directory."),
-    prompts: int = typer.Option(
-        160, "--prompts", help="Demo prompts (half math with answers, half instructions)."
+    prompts: int | None = typer.Option(
+        None,
+        "--prompts",
+        help="Demo prompts, half math with answers, half instructions (default: sized for this machine).",
     ),
-    calibration: int = typer.Option(
-        48, "--calibration", help="Calibration prompts (every teacher answers them)."
+    calibration: int | None = typer.Option(
+        None, "--calibration", help="Calibration prompts, every teacher answers them (default: sized)."
     ),
-    max_new_tokens: int = typer.Option(96, "--max-new-tokens", help="Generation length of every teacher."),
+    max_new_tokens: int | None = typer.Option(
+        None, "--max-new-tokens", help="Generation length of every teacher (default: sized)."
+    ),
     force: bool = typer.Option(False, "--force", help="Start the demo afresh (deletes the demo directory)."),
 ) -> None:
     """Run the whole pipeline on the bundled demo prompts with three real zoo teachers
-    (Qwen2.5-Coder-0.5B, Gemma-3-270M, SmolLM2-135M), student SmolLM2-135M, on CPU."""
-    from persyn.pipeline import DemoSettingsError, write_demo
+    (Qwen2.5-Coder-0.5B, Gemma-3-270M, SmolLM2-135M), student SmolLM2-135M, on CPU. Its size
+    suits the machine: 160 prompts (48 calibration, 96 new tokens) where models run in bfloat16,
+    96 (32, 64) on a CPU without native bfloat16."""
+    from persyn.pipeline import DemoSettingsError, demo_size, write_demo
 
+    size = demo_size()
+    prompts = size.prompts if prompts is None else prompts
+    calibration = size.calibration if calibration is None else calibration
+    max_new_tokens = size.max_new_tokens if max_new_tokens is None else max_new_tokens
+    _err.print(
+        f"demo: {prompts} prompts, {calibration} calibration, {max_new_tokens} new tokens "
+        f"(sized for this machine: {size.why})",
+        soft_wrap=True,
+    )
     if force and out.exists():
         if any(out.iterdir()) and not (out / "persyn-demo.yaml").is_file():
             _fail(f"{out} is not a demo directory (no persyn-demo.yaml); not deleting it")
