@@ -102,6 +102,20 @@ def test_the_router_encoder_follows_the_same_rule(cpu_is, info, expected):
     assert next(forced.module.parameters()).dtype == torch.float32
 
 
+def test_a_remembered_fingerprint_is_per_resolved_dtype(cpu_is):
+    """A run moved to another kind of CPU must not key new rows by the fingerprint of the dtype the
+    old CPU used: the memo key of a spec with dtype auto names what auto resolves to."""
+    from persyn.engines.spec import EngineSpec
+    from persyn.stages.context import spec_digest
+
+    auto = EngineSpec(model="zoo:tiny-llama-s1")
+    pinned = EngineSpec(model="zoo:tiny-llama-s1", dtype="float32")
+    cpu_is(AMX)
+    on_amx = spec_digest(auto), spec_digest(pinned)
+    cpu_is(AVX2)
+    assert spec_digest(auto) != on_amx[0] and spec_digest(pinned) == on_amx[1]
+
+
 # --------------------------------------------------------------------------------------------------
 # threads
 
