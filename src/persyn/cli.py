@@ -461,7 +461,7 @@ def status(config: Path = _CONFIG) -> None:
         from persyn.stages.context import engine_line
 
         for info in store.get_state("engines", {}).values():
-            _out.print(f"  model {engine_line(info)}", markup=False)
+            _out.print(f"  model {engine_line(info)}", markup=False, soft_wrap=True)
         for r in store.response_counts():
             _out.print(
                 f"  {r['teacher']} [{r['gen_key']}]: {r['ok']} ok, {r['error']} failed, "

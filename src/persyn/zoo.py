@@ -413,19 +413,20 @@ def _convert_gguf(entry: ZooEntry, out: Path) -> None:
     from persyn.progress import quiet_libraries
 
     gguf = _verified_gguf(entry, out.parent)
+    # One persyn bar; transformers' own (loading, dequantising, "Writing model shards") stay quiet.
     with quiet_libraries(), _gguf_progress(entry.alias):
         tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         # float32: the dequantised Q4 weights are kept exactly; engines pick their own compute dtype.
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    # The dequantised model still carries the GGUF quantizer, which makes save_pretrained raise.
-    model.hf_quantizer = None
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    if not entry.keep_chat_template:
-        tok.chat_template = None
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
-    del model
+        # The dequantised model still carries the GGUF quantizer, which makes save_pretrained raise.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        if not entry.keep_chat_template:
+            tok.chat_template = None
+        model.save_pretrained(out)
+        tok.save_pretrained(out)
+        del model
     if gguf.parent == out.parent:  # the joined copy; drop it now rather than at the rename (disk)
         gguf.unlink()
 
