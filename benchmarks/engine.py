@@ -137,8 +137,9 @@ def bench_generate(alias: str, reps: int, max_new_tokens: int) -> dict:
     engine.close()
     fast.close()
     med = {k: statistics.median(v) for k, v in times.items()}
+    auto = engine.dtype
     return {
-        "model": alias, "dtype": dtype_name(engine.dtype), "other_dtype": dtype_name(other_dtype(engine.dtype)),
+        "model": alias, "dtype": dtype_name(auto), "other_dtype": dtype_name(other_dtype(auto)),
         "median_s": med, "tokens": tokens, "tok_per_s": {k: tokens[k] / med[k] for k in med}, "runs": times,
     }  # fmt: skip
 

@@ -90,6 +90,23 @@ def test_plan_before_any_model_runs(tmp_path):
     assert "Generate-then-Select" in res.stdout and "tokenizer" in res.stdout
 
 
+def test_doctor_says_what_dtype_auto_picks_and_why(monkeypatch):
+    import persyn.hardware as hw
+
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")  # shown as a limit in force
+    monkeypatch.setattr(hw, "cpu_info", lambda: hw.CpuInfo("AVX2", native_bf16=False))
+    monkeypatch.setattr(hw.torch.cuda, "is_available", lambda: False)
+    out = " ".join(cli(["doctor"]).stdout.split())
+    assert "CPU capability AVX2, native bfloat16: no" in out and "limits ATEN_CPU_CAPABILITY=avx2" in out
+    assert "dtype auto float32 (CPU has no native bfloat16 (AVX2)" in out and "torch threads" in out
+    facts = json.loads(cli(["doctor", "--json"]).stdout)
+    assert (facts["auto_dtype"], facts["native_bf16"]) == ("float32", False)
+    assert facts["torch_capability"] == "AVX2"
+    assert facts["threads"] >= 1 and facts["usable_cores"] >= 1 and facts["cpu"]
+    monkeypatch.setattr(hw, "cpu_info", lambda: hw.CpuInfo("AVX512", native_bf16=True))
+    assert "dtype auto bfloat16 (CPU computes bfloat16 natively" in " ".join(cli(["doctor"]).stdout.split())
+
+
 def test_plan_reports_prompts_over_a_models_context_as_ingest_does(tmp_path):
     from pipeline_fixtures import write_prompts
 
