@@ -37,7 +37,7 @@ from persyn.progress import Progress, quiet_libraries, stderr_console
 from persyn.stages.context import RunContext, StageError
 from persyn.store import RunStore
 
-__all__ = ["DemoSettingsError", "Pipeline", "RunSummary", "StageError", "write_demo"]
+__all__ = ["DemoSettingsError", "DemoSize", "Pipeline", "RunSummary", "StageError", "demo_size", "write_demo"]
 
 
 @dataclass
@@ -131,6 +131,7 @@ class Pipeline:
     def ctx(self) -> RunContext:
         """Open the run (prompts checked first, then the store) on first use."""
         if self._ctx is None:
+            from persyn.hardware import ensure_threads
             from persyn.stages.ingest import ingest, load_prompt_set
 
             # Read and check the prompt file before touching the run directory: a refused file
@@ -138,6 +139,8 @@ class Pipeline:
             prompt_set = load_prompt_set(self.config, skip_bad_rows=self.skip_bad_rows)
             store = RunStore.open(self.run_dir, self.config.manifest_dict(), force=self.force)
             try:
+                # One torch thread pool per process: sized once, before any model loads.
+                ensure_threads(self.config.executor.threads)
                 if self._executor is None:
                     self._executor = make_executor(self.config.executor, self.config.engine_roles())
                 ctx = RunContext(self.config, store, self._executor, self.ui, retry_failed=self.retry_failed)
@@ -314,6 +317,26 @@ router: {{encoder: zoo:minilm-l6-v2, alpha: 0.4}}
 output: {{dir: ., dataset_name: persyn-demo}}
 executor: {{batch_size: 16}}
 """
+
+
+@dataclass(frozen=True)
+class DemoSize:
+    prompts: int
+    calibration: int
+    max_new_tokens: int
+    why: str
+
+
+def demo_size() -> DemoSize:
+    """The demo's size for this machine. Where models run in bfloat16 or on a GPU, the full demo;
+    where `dtype: auto` falls back to float32 (a CPU without native bf16: float32 matmuls run at
+    about half the speed of native bf16 ones), fewer prompts and shorter answers, so that it still
+    ends in minutes on two cores. Every stage and the three teachers stay (docs/pipeline.md)."""
+    from persyn.hardware import cpu_info, resolve_device
+
+    if resolve_device("auto").type != "cpu" or cpu_info().native_bf16:
+        return DemoSize(160, 48, 96, "models run in bfloat16 or on a GPU here")
+    return DemoSize(96, 32, 64, "no native bfloat16 on this CPU: models run in float32, so a smaller demo")
 
 
 class DemoSettingsError(ValueError):

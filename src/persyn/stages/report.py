@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from persyn.stages.context import RunContext
+from persyn.stages.context import RunContext, engine_line
 from persyn.stages.export import build_records, ledger
 from persyn.stages.route import ROUTING_FILE, current_route_key
 from persyn.stages.train_router import METRICS_FILE, current_router
@@ -77,6 +77,8 @@ def report(ctx: RunContext) -> Path:
                 f"of {r.get('argmax_score', 0):.4g} unconstrained"
                 + (", optimal." if r.get("optimal") else f", gap {r.get('gap', 0):.3g}.")
             )
+    # The dtype each model actually ran in (it depends on the machine with `dtype: auto`).
+    notes += [f"Model {engine_line(info)}." for info in ctx.store.get_state("engines", {}).values()]
     led = [
         LedgerRow(e.teacher, e.stage, e.generations, e.prompt_tokens, e.completion_tokens, e.cost)
         for e in ledger(ctx, route_map)
