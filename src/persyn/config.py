@@ -259,6 +259,10 @@ class ExecutorConfig(_Section):
     # once). None: 1 when a GPU is present (free each model before the next), else 4. On Ray: pools
     # kept alive (None: 1 when a pool uses GPUs, else 4; fewer when the cluster cannot hold more).
     max_loaded_engines: int | None = Field(default=None, ge=1)
+    # torch threads of this process; its models run one at a time and share them. None: the
+    # OMP_NUM_THREADS variable, else the CPUs the process may use (affinity mask, cgroup quota).
+    # A Ray replica uses as many as the CPUs it reserves (num_cpus, at least 1).
+    threads: int | None = Field(default=None, ge=1)
     # Ray: each model is a pool of replica actors with these needs (per replica), overridden per
     # teacher name or role (student, judge, reward) in `pools`.
     replicas: int = Field(default=1, ge=1)

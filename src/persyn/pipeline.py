@@ -134,6 +134,7 @@ class Pipeline:
     def ctx(self) -> RunContext:
         """Open the run (prompts checked first, then the store) on first use."""
         if self._ctx is None:
+            from persyn.hardware import ensure_threads
             from persyn.stages.ingest import ingest, load_prompt_set
 
             # Read and check the prompt file before touching the run directory: a refused file
@@ -141,6 +142,8 @@ class Pipeline:
             prompt_set = load_prompt_set(self.config, skip_bad_rows=self.skip_bad_rows)
             store = RunStore.open(self.run_dir, self.config.manifest_dict(), force=self.force)
             try:
+                # One torch thread pool per process: sized once, before any model loads.
+                ensure_threads(self.config.executor.threads)
                 if self._executor is None:
                     self._executor = make_executor(self.config.executor, self.config.engine_roles())
                 ctx = RunContext(

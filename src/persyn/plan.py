@@ -12,6 +12,10 @@ Tokens per generation:
   directory holds some, else `max_new_tokens` (an upper bound). Also reported per teacher.
 Cost: tokens x the teacher's `cost_per_1k_tokens`, where given.
 
+Prompts over a model's context window (ingest's own check, `stages.ingest.length_check`: each
+model's template and tokenizer, room left for the response) are left out of the counts, as a run
+leaves them out, and listed.
+
 Nothing is written; the run directory, if present, is only read.
 """
 
@@ -24,6 +28,8 @@ from persyn.config import Config
 from persyn.store.keys import digest
 
 SAMPLE = 20_000
+#: Too-long prompts the plan shows (`--json` lists them all).
+SHOWN_TOO_LONG = 10
 
 
 @dataclass
@@ -87,6 +93,9 @@ class Plan:
     allocation: str  # "assumed even split" or "actual routes"
     teachers: list[TeacherPlan]
     notes: list[str] = field(default_factory=list)
+    # Prompts over a model's context (one entry per prompt and model), as ingest reports them.
+    too_long: list[dict[str, Any]] = field(default_factory=list)
+    unchecked: list[str] = field(default_factory=list)  # models without a local tokenizer
 
     @property
     def generations(self) -> int:
@@ -136,6 +145,8 @@ class Plan:
             },
             "gts_per_rtg_generation": self.saving,
             "teachers": [t.to_dict() for t in self.teachers],
+            "too_long": self.too_long,
+            "context_unchecked": self.unchecked,
             "notes": self.notes,
         }
 
@@ -148,12 +159,27 @@ def _sample(texts: list[str], seed: int) -> tuple[list[str], bool]:
 
 
 def make_plan(config: Config, *, skip_bad_rows: bool | None = None) -> Plan:
-    from persyn.stages.ingest import load_prompt_set, token_counter
+    from persyn.stages.ingest import length_check, length_check_key, load_prompt_set, token_counter
 
     ps = load_prompt_set(config, skip_bad_rows=skip_bad_rows)
-    texts = [p.text for p in ps.prompts]
     notes = [ps.report.summary()]
     run = _read_run(config)
+    cached = run.get("length_check") or {}
+    if cached.get("key") == length_check_key(config, ps.prompts):
+        length = cached["result"]  # the run directory checked this very prompt set already
+    else:
+        length = length_check(config, ps.prompts)
+    excluded = {t["id"] for t in length["too_long"]}
+    if excluded:
+        first = length["too_long"][0]
+        notes.append(
+            f"{len(excluded)} prompt(s) exceed a model's context window and are left out, as a run "
+            f"leaves them out; first: {first['source'] or first['id']} has {first['tokens']:,} tokens "
+            f"for {first['limit_name']} (at most {first['max_tokens']:,} with room for the response)"
+        )
+    if length["unchecked"]:
+        notes.append(f"context length not checked for {', '.join(length['unchecked'])} (no local tokenizer)")
+    texts = [p.text for p in ps.prompts if p.id not in excluded]
     n = len(run["working"]) if run.get("working") else len(texts)
     if run.get("working"):
         notes.append(f"prompt count from the run directory ({n} prompts fit every model's context)")
@@ -205,7 +231,7 @@ def make_plan(config: Config, *, skip_bad_rows: bool | None = None) -> Plan:
         notes.append(
             "routed generations split evenly across teachers until the router has routed the prompts"
         )
-    return Plan(n, c, allocation, plans, notes)
+    return Plan(n, c, allocation, plans, notes, length["too_long"], length["unchecked"])
 
 
 def _read_run(config: Config) -> dict[str, Any]:
@@ -221,7 +247,10 @@ def _read_run(config: Config) -> dict[str, Any]:
     if ctx is None:
         return {}
     with ctx.store as store:
-        out: dict[str, Any] = {"working": store.get_subset("prompts")}
+        out: dict[str, Any] = {
+            "working": store.get_subset("prompts"),
+            "length_check": store.get_state("length_check"),
+        }
         cal = store.get_subset("calibration") or []
         counts = {(r["teacher"], r["gen_key"]): r["ok"] for r in store.response_counts()}
         completion, done = {}, {}
@@ -311,4 +340,12 @@ def render_plan(plan: Plan, console) -> None:
             f"completion tokens by {t.completion_token_method}"
         )
     for note in plan.notes:
-        console.print(f"  note: {note}")
+        console.print(f"  note: {note}", markup=False)
+    for t in plan.too_long[:SHOWN_TOO_LONG]:
+        console.print(
+            f"  [yellow]too long[/] for {t['limit_name']}: {t['source'] or t['id']}, {t['tokens']:,} tokens "
+            f"(at most {t['max_tokens']:,})",
+            highlight=False,
+        )
+    if len(plan.too_long) > SHOWN_TOO_LONG:
+        console.print(f"  ... and {len(plan.too_long) - SHOWN_TOO_LONG} more (persyn plan --json lists all)")

@@ -117,9 +117,45 @@ def _root() -> None:
 @app.command()
 def zoo() -> None:
     """List the offline model zoo: each alias, whether its package is installed and converted."""
+    from persyn.hardware import describe_machine
     from persyn.zoo import print_zoo
 
     print_zoo()
+    m = describe_machine()
+    _out.print(
+        f"On this machine models load in [bold]{m['auto_dtype']}[/] with dtype auto "
+        f"({m['auto_dtype_reason']}), {m['threads']} torch threads; `persyn doctor` says more.",
+        soft_wrap=True,
+    )
+
+
+@app.command()
+def doctor(as_json: bool = typer.Option(False, "--json", help="Print the facts as JSON only.")) -> None:
+    """What this machine gives a model: the CPU and its flags, what torch makes of them, the dtype
+    `auto` picks and why, and the torch threads."""
+    from persyn.hardware import describe_machine
+
+    m = describe_machine()
+    if as_json:
+        print(json.dumps(m, indent=2))
+        return
+    yes = {True: "yes", False: "no"}
+    rows = [
+        ("CPU", f"{m['cpu']}, {m['cpu_count']} CPUs"),
+        ("CPU flags", " ".join(m["cpu_flags"]) or "(none of those that matter found)"),
+        ("torch", f"{m['torch']}, CPU capability {m['torch_capability']}, native bfloat16: "
+                  f"{yes[m['native_bf16']]}"),
+        ("limits", " ".join(f"{k}={v}" for k, v in m["limits"].items()) or "none set"),
+        ("usable cores", f"{m['usable_cores']} ({m['usable_cores_reason']})"),
+        ("torch threads", f"{m['threads']} ({m['threads_reason']}; executor.threads in a config overrides)"),
+        ("GPU", ", ".join(m["cuda_devices"]) or "none (models run on the CPU)"),
+        ("dtype auto", f"{m['auto_dtype']} ({m['auto_dtype_reason']})"),
+    ]  # fmt: skip
+    if m["device"] != "cpu":
+        rows.append(("dtype auto, CPU", f"{m['auto_dtype_cpu']} ({m['auto_dtype_cpu_reason']})"))
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        _out.print(f"{key:<{width}}  {value}", markup=False, soft_wrap=True)
 
 
 @app.command()
@@ -383,6 +419,10 @@ def status(config: Path = _CONFIG) -> None:
         _out.print(f"run {cfg.output.dir}")
         for k, v in store.stats().items():
             _out.print(f"  {k}: {v}")
+        from persyn.stages.context import engine_line
+
+        for info in store.get_state("engines", {}).values():
+            _out.print(f"  model {engine_line(info)}", markup=False, soft_wrap=True)
         for r in store.response_counts():
             _out.print(
                 f"  {r['teacher']} [{r['gen_key']}]: {r['ok']} ok, {r['error']} failed, "
@@ -396,19 +436,34 @@ def status(config: Path = _CONFIG) -> None:
 @app.command()
 def demo(
     out: Path = typer.Option(Path("runs/demo"), "--dir", help="Demo run directory."),
-    prompts: int = typer.Option(
-        160, "--prompts", help="Demo prompts (half math with answers, half instructions)."
+    prompts: int | None = typer.Option(
+        None,
+        "--prompts",
+        help="Demo prompts, half math with answers, half instructions (default: sized for this machine).",
     ),
-    calibration: int = typer.Option(
-        48, "--calibration", help="Calibration prompts (every teacher answers them)."
+    calibration: int | None = typer.Option(
+        None, "--calibration", help="Calibration prompts, every teacher answers them (default: sized)."
     ),
-    max_new_tokens: int = typer.Option(96, "--max-new-tokens", help="Generation length of every teacher."),
+    max_new_tokens: int | None = typer.Option(
+        None, "--max-new-tokens", help="Generation length of every teacher (default: sized)."
+    ),
     force: bool = typer.Option(False, "--force", help="Start the demo afresh (deletes the demo directory)."),
 ) -> None:
     """Run the whole pipeline on the bundled demo prompts with three real zoo teachers
-    (Qwen2.5-Coder-0.5B, Gemma-3-270M, SmolLM2-135M), student SmolLM2-135M, on CPU."""
-    from persyn.demo.project import DemoSettingsError, write_demo
+    (Qwen2.5-Coder-0.5B, Gemma-3-270M, SmolLM2-135M), student SmolLM2-135M, on CPU. Its size
+    suits the machine: 160 prompts (48 calibration, 96 new tokens) where models run in bfloat16,
+    96 (32, 64) on a CPU without native bfloat16."""
+    from persyn.demo.project import DemoSettingsError, demo_size, write_demo
 
+    size = demo_size()
+    prompts = size.prompts if prompts is None else prompts
+    calibration = size.calibration if calibration is None else calibration
+    max_new_tokens = size.max_new_tokens if max_new_tokens is None else max_new_tokens
+    _err.print(
+        f"demo: {prompts} prompts, {calibration} calibration, {max_new_tokens} new tokens "
+        f"(sized for this machine: {size.why})",
+        soft_wrap=True,
+    )
     if force and out.exists():
         if any(out.iterdir()) and not (out / "persyn-demo.yaml").is_file():
             _fail(f"{out} is not a demo directory (no persyn-demo.yaml); not deleting it")

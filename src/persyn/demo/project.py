@@ -6,6 +6,7 @@ zoo teachers on CPU, written into one folder.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from persyn.atomic import atomic_write
@@ -13,7 +14,7 @@ from persyn.demo import load_instructions, write_demo_prompts
 from persyn.errors import PersynError
 from persyn.store.store import RunStore
 
-__all__ = ["DEMO_CONFIG", "DemoSettingsError", "write_demo"]
+__all__ = ["DEMO_CONFIG", "DemoSettingsError", "DemoSize", "demo_size", "write_demo"]
 
 DEMO_CONFIG = """\
 # persyn demo: written by `persyn demo`; re-run with `persyn run {name}` (it resumes).
@@ -38,6 +39,26 @@ router: {{encoder: zoo:minilm-l6-v2, alpha: 0.4}}
 output: {{dir: ., dataset_name: persyn-demo}}
 executor: {{batch_size: 16}}
 """
+
+
+@dataclass(frozen=True)
+class DemoSize:
+    prompts: int
+    calibration: int
+    max_new_tokens: int
+    why: str
+
+
+def demo_size() -> DemoSize:
+    """The demo's size for this machine. Where models run in bfloat16 or on a GPU, the full demo;
+    where `dtype: auto` falls back to float32 (a CPU without native bf16: float32 matmuls run at
+    about half the speed of native bf16 ones), fewer prompts and shorter answers, so that it still
+    ends in minutes on two cores. Every stage and the three teachers stay (docs/pipeline.md)."""
+    from persyn.hardware import cpu_info, resolve_device
+
+    if resolve_device("auto").type != "cpu" or cpu_info().native_bf16:
+        return DemoSize(160, 48, 96, "models run in bfloat16 or on a GPU here")
+    return DemoSize(96, 32, 64, "no native bfloat16 on this CPU: models run in float32, so a smaller demo")
 
 
 class DemoSettingsError(PersynError, ValueError):

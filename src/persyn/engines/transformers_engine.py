@@ -52,11 +52,10 @@ from persyn.engines.logprobs import (
 )
 from persyn.engines.rendering import Renderer, fingerprint, row_seed
 from persyn.engines.spec import EngineSpec, resolve_model
+from persyn.hardware import dtype_name, dtype_reason, resolve_device, resolve_dtype
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
 
 def _is_oom(exc: BaseException) -> bool:
@@ -100,9 +99,7 @@ class TransformersEngine(LocalChecks):
         ``batch_invariant``, whose own default is on for CPU and off for GPU."""
         self.spec = spec
         self.path = resolve_model(spec.model)
-        self.device = torch.device(
-            ("cuda" if torch.cuda.is_available() else "cpu") if spec.device == "auto" else spec.device
-        )
+        self.device = resolve_device(spec.device)
         trust = spec.trust_remote_code
         config = AutoConfig.from_pretrained(self.path, trust_remote_code=trust)
         archs = getattr(config, "architectures", None) or []
@@ -112,12 +109,10 @@ class TransformersEngine(LocalChecks):
                 f"{spec.model}: a reward model must have one output; this one has {config.num_labels} "
                 f"labels ({archs[0]})"
             )
-        if spec.dtype != "auto":
-            dtype: Any = _DTYPES[spec.dtype]
-        elif self.device.type == "cpu":
-            dtype = torch.bfloat16  # 1.4-2.4x faster than float32 on CPUs with bf16 (docs/models.md)
-        else:
-            dtype = "auto"  # the checkpoint's own dtype
+        # `auto`: bf16 only on CPUs that compute it natively, else float32; the checkpoint's own
+        # dtype on GPU (persyn.hardware, the one rule for every model persyn loads).
+        dtype: Any = resolve_dtype(spec.dtype, self.device) or "auto"
+        self.dtype_reason = dtype_reason(spec.dtype, self.device)
         cls = AutoModelForSequenceClassification if self.kind == "reward" else AutoModelForCausalLM
         if batch_invariant is None:
             batch_invariant = spec.batch_invariant
@@ -181,6 +176,18 @@ class TransformersEngine(LocalChecks):
             dtype=str(self.dtype).removeprefix("torch."),
             judge_template=self.judge_template if self.kind == "causal" else None,
         )
+
+    def describe(self) -> dict[str, Any]:
+        """How this model actually runs (recorded in the run's state and report)."""
+        return {
+            "engine": "transformers",
+            "model": self.spec.model,
+            "fingerprint": self.fingerprint,
+            "dtype": dtype_name(self.dtype),
+            "dtype_reason": self.dtype_reason,
+            "device": str(self.device),
+            "threads": torch.get_num_threads() if self.device.type == "cpu" else None,
+        }
 
     def render(self, prompt: str) -> str:
         """The prompt exactly as the model sees it, ready for the response to follow."""

@@ -83,6 +83,17 @@ class VLLMEngine(LocalChecks):
             raise
         self.max_len: int = self.info["max_model_len"]
 
+    def describe(self) -> dict[str, Any]:
+        """How this model actually runs (recorded in the run's state and report)."""
+        return {
+            "engine": "vllm",
+            "model": self.spec.model,
+            "fingerprint": self.fingerprint,
+            "dtype": self.info.get("dtype"),
+            "dtype_reason": "set in the config" if self.spec.dtype != "auto" else "auto: vLLM's choice",
+            "tensor_parallel_size": self.spec.tensor_parallel_size,
+        }
+
     # ---------------------------------------------------------------------------------------------
     # verbs
 
@@ -222,7 +233,8 @@ def _worker_main(conn, spec_dict: dict, path: str, kind: str) -> None:
     os.setsid()
     try:
         worker = _Worker(EngineSpec(**spec_dict), path, kind)
-        conn.send(("ok", {"max_model_len": worker.max_model_len}))
+        dtype = str(getattr(worker.llm.llm_engine.model_config, "dtype", "")).removeprefix("torch.")
+        conn.send(("ok", {"max_model_len": worker.max_model_len, "dtype": dtype or None}))
     except BaseException as exc:  # report why start-up failed, then exit
         conn.send(("err", _portable(exc)))
         return

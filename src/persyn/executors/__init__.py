@@ -52,6 +52,7 @@ __all__ = [
     "Job",
     "Verb",
     "WorkItem",
+    "engine_description",
     "make_executor",
     "run_batch",
 ]
@@ -124,6 +125,10 @@ class Executor(ABC):
     def run(self, job: Job) -> Iterator[BatchResult]:
         """Yield the job's results batch by batch as they finish; every item exactly once."""
 
+    def describe(self, spec: EngineSpec) -> dict[str, Any]:
+        """How the engine of `spec` runs (`engine_description`). May load the engine."""
+        return {"engine": spec.engine, "model": spec.model, "fingerprint": self.fingerprint(spec)}
+
     def release(self, spec: EngineSpec | None = None) -> None:  # noqa: B027 - optional hook
         """Free the engine of `spec` (all engines when None)."""
 
@@ -153,6 +158,15 @@ def make_executor(config: ExecutorConfig, roles: Mapping[str, EngineSpec] | None
             raise ConfigError(f"executor.kind 'ray' needs Ray: `pip install 'persyn[ray]'` ({exc})") from exc
         return RayExecutor(config, roles)
     raise ValueError(f"unknown executor kind {config.kind!r}")
+
+
+def engine_description(engine: Engine, spec: EngineSpec) -> dict[str, Any]:
+    """The engine's own `describe()` (model, fingerprint, dtype and why, device, threads), or the
+    basics for an engine without one (an HTTP server keeps its dtype to itself)."""
+    describe = getattr(engine, "describe", None)
+    if describe is not None:
+        return dict(describe())
+    return {"engine": spec.engine, "model": spec.model, "fingerprint": engine.fingerprint}
 
 
 # ------------------------------------------------------------------------------------------------

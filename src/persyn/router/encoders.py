@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from persyn.errors import PersynError
+from persyn.hardware import resolve_device, resolve_dtype
 from persyn.store.keys import digest
 
 Pooling = Literal["auto", "mean", "last", "cls"]
@@ -59,8 +60,12 @@ class PromptEncoder:
 
     @property
     def key(self) -> str:
-        """Identity of everything that changes an embedding (the embedding-cache namespace)."""
+        """Identity of everything that changes an embedding (the embedding-cache namespace).
+        The dtype is named when it is not float32 (`dtype: auto` differs by machine)."""
         base = f"{self.name}|{self.kind}|{self.pooling}|{self.max_length}"
+        dtype = next(self.module.parameters()).dtype
+        if dtype != torch.float32:
+            base += "|" + str(dtype).removeprefix("torch.")
         return f"{base}|ft:{self.finetuned_digest}" if self.finetuned_digest else base
 
     @property
@@ -102,14 +107,18 @@ class SentenceTransformerEncoder(PromptEncoder):
 
     kind = "sentence-transformers"
 
-    def __init__(self, name: str, path: str, *, max_length: int = 256, device: str = "cpu"):
+    def __init__(
+        self, name: str, path: str, *, max_length: int = 256, device: str = "cpu", dtype: str = "auto"
+    ):
         from sentence_transformers import SentenceTransformer
 
         self.name = name
         self.pooling = "auto"
         self.max_length = max_length
+        torch_dtype = resolve_dtype(dtype, resolve_device(device))
+        kwargs = {"model_kwargs": {"dtype": torch_dtype}} if torch_dtype is not None else {}
         try:
-            self.model = SentenceTransformer(path, device=device)
+            self.model = SentenceTransformer(path, device=device, **kwargs)
         except Exception as exc:  # many loader errors; one clear message
             raise EncoderError(
                 f"cannot load sentence-transformers encoder {name} from {path}: {exc}"
@@ -159,7 +168,7 @@ class HFEncoder(PromptEncoder):
         pooling: Pooling = "auto",
         max_length: int = 256,
         device: str = "cpu",
-        dtype: torch.dtype = torch.float32,
+        dtype: str = "auto",
         trust_remote_code: bool = False,
     ):
         from transformers import AutoConfig, AutoModel, AutoTokenizer
@@ -171,9 +180,10 @@ class HFEncoder(PromptEncoder):
         try:
             config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
             self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-            self.model = AutoModel.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code).to(
-                device
-            )
+            torch_dtype = resolve_dtype(dtype, resolve_device(device)) or "auto"
+            self.model = AutoModel.from_pretrained(
+                path, dtype=torch_dtype, trust_remote_code=trust_remote_code
+            ).to(device)
         except Exception as exc:
             raise EncoderError(f"cannot load encoder {name} from {path}: {exc}") from exc
         if self.tokenizer.pad_token is None:
@@ -220,29 +230,38 @@ def load_encoder(
     device: str = "cpu",
     trust_remote_code: bool = False,
     path: str | None = None,
+    dtype: str = "auto",
 ) -> PromptEncoder:
     """Load an encoder by zoo alias, folder or hub id (memoised: one copy per process).
 
     A sentence-transformers folder with pooling 'auto' loads through sentence-transformers; any
     explicit pooling, or a plain model folder, loads through AutoModel. `path` overrides where the
-    weights come from (a fine-tuned copy) while `name` stays the recorded identity.
+    weights come from (a fine-tuned copy) while `name` stays the recorded identity. `dtype`: the
+    rule every model follows (persyn.hardware; `auto`: bf16 on CPUs with native bf16, else float32).
     """
-    return _load_encoder_cached(name, pooling, max_length, device, trust_remote_code, path)
+    return _load_encoder_cached(name, pooling, max_length, device, trust_remote_code, path, dtype)
 
 
 @functools.lru_cache(maxsize=4)
 def _load_encoder_cached(
-    name: str, pooling: str, max_length: int, device: str, trust_remote_code: bool, path: str | None
+    name: str,
+    pooling: str,
+    max_length: int,
+    device: str,
+    trust_remote_code: bool,
+    path: str | None,
+    dtype: str,
 ) -> PromptEncoder:
     where = path or resolve_encoder_path(name)
     if pooling == "auto" and _is_sentence_transformers_folder(where):
-        return SentenceTransformerEncoder(name, where, max_length=max_length, device=device)
+        return SentenceTransformerEncoder(name, where, max_length=max_length, device=device, dtype=dtype)
     return HFEncoder(
         name,
         where,
         pooling=pooling,  # type: ignore[arg-type]
         max_length=max_length,
         device=device,
+        dtype=dtype,
         trust_remote_code=trust_remote_code,
     )
 

@@ -113,10 +113,12 @@ def load_router(
     expected_teachers: Sequence[str] | None = None,
     device: str = "cpu",
     cache: EmbeddingCache | None = None,
+    dtype: str = "auto",
 ) -> BTRouter:
     """Load a router directory written by `save_router`.
 
     With `expected_teachers`, refuse a router whose teacher list differs (names or order).
+    `dtype`: the encoder's (`auto`: the machine's rule, persyn.hardware).
     """
     p = Path(path)
     cfg = read_router_config(p)
@@ -134,12 +136,13 @@ def load_router(
             max_length=enc_cfg["max_length"],
             device=device,
             path=str(weights),
+            dtype=dtype,
         )
         encoder.finetuned_digest = enc_cfg.get("finetuned_digest")
     else:
         pooling = "auto" if enc_cfg["kind"] == "sentence-transformers" else enc_cfg["pooling"]
         encoder = load_encoder(
-            enc_cfg["name"], pooling=pooling, max_length=enc_cfg["max_length"], device=device
+            enc_cfg["name"], pooling=pooling, max_length=enc_cfg["max_length"], device=device, dtype=dtype
         )
     if encoder.dim != enc_cfg["dim"]:
         raise RouterFileError(

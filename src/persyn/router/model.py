@@ -252,8 +252,10 @@ def train_router(
     if encoder is None or isinstance(encoder, str):
         encoder = load_encoder(encoder or DEFAULT_ENCODER)
     if cfg.finetune_encoder:
-        # Never mutate the shared (memoised) frozen encoder.
+        # Never mutate the shared (memoised) frozen encoder. Train float32 weights: in bf16 (what
+        # `dtype: auto` loads on some CPUs) AdamW's small updates round away.
         encoder = copy.deepcopy(encoder)
+        encoder.module.float()
 
     pairs = make_pairs(r)
     if len(pairs) == 0:

@@ -136,7 +136,7 @@ class RunContext:
     def fingerprint(self, spec: EngineSpec, *, verify: bool = False) -> str:
         """The engine fingerprint of `spec`: remembered in the store, else (or with `verify`)
         from the loaded engine."""
-        key = digest(spec.model_dump_json())
+        key = spec_digest(spec)
         known = self.store.get_state("fingerprints", {})
         if key in known and not verify:
             return known[key]
@@ -262,6 +262,7 @@ class RunContext:
                 counts.failed += sum(r.status == "error" for r in rows)
                 advance(len(rows))
         counts.seconds = time.perf_counter() - t0
+        self.record_engine(job.spec)
         self.log_done(stage, counts)
         if counts.failed:
             self.ui.say(
@@ -283,6 +284,7 @@ class RunContext:
                 counts.failed += sum(r.value is None for r in rows)
                 advance(len(rows))
         counts.seconds = time.perf_counter() - t0
+        self.record_engine(job.spec)
         self.log_done(stage, counts)
         return counts
 
@@ -290,6 +292,21 @@ class RunContext:
         if self.executor is None:
             raise StageError("this run context is read-only: it runs no model")
         return self.executor
+
+    # ------------------------------------------------------------------ how models ran
+
+    def record_engine(self, spec: EngineSpec) -> None:
+        """Remember how a model that just did work ran (dtype and why, device, threads) in the
+        run's state `engines`, by fingerprint (the key of the rows it wrote), and log a line when
+        that is new or changed; the report and `persyn status` show them."""
+        info = self._executor().describe(spec)
+        info["roles"] = [name for name, s in self.config.engine_roles().items() if s == spec]
+        engines = self.store.get_state("engines", {})
+        fp = info.get("fingerprint", spec.model)
+        if engines.get(fp) != info:
+            engines[fp] = info
+            self.store.set_state("engines", engines)
+            self.store.log_event("engines", "info", engine_line(info), fingerprint=fp)
 
 
 #: Score kinds (the `kind` column of the scores table).
@@ -304,6 +321,36 @@ def _stage_module(stage: str):
     if stage not in STAGES:
         raise StageError(f"unknown stage {stage!r}; stages are {', '.join(STAGES)}")
     return importlib.import_module(f"persyn.stages.{STAGES[stage]}")
+
+
+def spec_digest(spec: EngineSpec) -> str:
+    """The key under which a spec's engine fingerprint is remembered. A local model with `dtype:
+    auto` loads in a dtype that depends on the machine (and the fingerprint with it), so the key
+    names what `auto` resolves to here: a run moved to another kind of CPU loads the model again
+    to learn its fingerprint instead of keying new rows by the old one."""
+    key = digest(spec.model_dump_json())
+    if spec.engine == "transformers" and spec.dtype == "auto":
+        from persyn.hardware import dtype_name, resolve_device, resolve_dtype
+
+        key += ":" + dtype_name(resolve_dtype("auto", resolve_device(spec.device)))
+    return key
+
+
+def engine_line(info: dict[str, Any]) -> str:
+    """One line on how a model ran: "qwen (zoo:qwen...): float32 on cpu, 2 threads (auto: ...)"."""
+    who = ", ".join(info.get("roles") or []) or info.get("engine", "?")
+    line = f"{who} ({info.get('model')})"
+    if info.get("dtype"):
+        line += f": {info['dtype']} on {info.get('device', info.get('engine'))}"
+        if info.get("threads"):
+            line += f", {info['threads']} thread{'s' if info['threads'] > 1 else ''}"
+        if info.get("replicas"):
+            line += f", {info['replicas']} replica(s)"
+        if info.get("dtype_reason"):
+            line += f" ({info['dtype_reason']})"
+    else:
+        line += f": {info.get('engine')} engine (dtype: the server's)"
+    return line
 
 
 def _response_rows(batch: BatchResult, teacher: str, gk: str, params: dict) -> list[ResponseRow]:

@@ -25,7 +25,7 @@ from typing import Any
 
 from persyn.config import Config
 from persyn.engines.spec import EngineSpec, local_model_path
-from persyn.prompts import LengthCheck, PromptSet, TokenLimit, check_lengths, load_prompts
+from persyn.prompts import LengthCheck, Prompt, PromptSet, TokenLimit, check_lengths, load_prompts
 from persyn.stages.context import PROMPTS_DIR, RunContext, StageError
 from persyn.store.keys import content_key, digest
 
@@ -147,41 +147,50 @@ def _limits(config: Config) -> tuple[list[tuple[str, EngineSpec, int]], int]:
 # ------------------------------------------------------------------------------------------------
 
 
+def length_check_key(config: Config, prompts: Sequence[Prompt]) -> str:
+    """What a length check depends on: the prompt ids and each model's spec and reserve."""
+    limits, _ = _limits(config)
+    identity = [(name, spec.model_dump(mode="json"), r) for name, spec, r in limits]
+    return content_key("length-check", digest([p.id for p in prompts], spaced=True), identity)
+
+
+def length_check(config: Config, prompts: Sequence[Prompt]) -> dict[str, Any]:
+    """Which prompts fit every model's context, as that model renders and counts them (leaving
+    room for the response): `LengthCheck.to_dict()` plus `unchecked` (models without local
+    files) and `limits`. Ingest keeps the result in the run's state; `persyn plan` reports it."""
+    limits, _ = _limits(config)
+    token_limits, unchecked = [], []
+    seen: dict[str, TokenLimit] = {}
+    for name, spec, reserve in limits:
+        counter = token_counter(spec)
+        if counter is None:
+            unchecked.append(name)
+            continue
+        count, context = counter
+        tl = TokenLimit(name, count, context - reserve)
+        # Two roles on one model with the same reserve need one pass, not two.
+        ident = f"{spec.model_dump_json()}|{reserve}"
+        if ident not in seen:
+            seen[ident] = tl
+            token_limits.append(tl)
+    check = check_lengths(prompts, token_limits) if token_limits else LengthCheck(list(prompts), [])
+    return {
+        **check.to_dict(),
+        "unchecked": unchecked,
+        "limits": [{"name": t.name, "max_prompt_tokens": t.max_tokens} for t in token_limits],
+    }
+
+
 def ingest(ctx: RunContext, prompt_set: PromptSet) -> Ingested:
     store = ctx.store
     store.put_prompts(prompt_set.prompts)
     all_ids = [p.id for p in prompt_set.prompts]
-    limits, _ = _limits(ctx.config)
-    identity = [(name, spec.model_dump(mode="json"), r) for name, spec, r in limits]
-    key = content_key("length-check", digest(all_ids, spaced=True), identity)
+    key = length_check_key(ctx.config, prompt_set.prompts)
     cached = store.get_state("length_check")
     if cached and cached.get("key") == key:
         length = cached["result"]
     else:
-        token_limits, unchecked = [], []
-        seen: dict[str, TokenLimit] = {}
-        for name, spec, reserve in limits:
-            counter = token_counter(spec)
-            if counter is None:
-                unchecked.append(name)
-                continue
-            count, context = counter
-            tl = TokenLimit(name, count, context - reserve)
-            # Two roles on one model with the same reserve need one pass, not two.
-            ident = f"{spec.model_dump_json()}|{reserve}"
-            if ident not in seen:
-                seen[ident] = tl
-                token_limits.append(tl)
-        check = (
-            check_lengths(prompt_set.prompts, token_limits)
-            if token_limits
-            else LengthCheck(list(prompt_set.prompts), [])
-        )
-        length = {
-            **check.to_dict(),
-            "unchecked": unchecked,
-            "limits": [{"name": t.name, "max_prompt_tokens": t.max_tokens} for t in token_limits],
-        }
+        length = length_check(ctx.config, prompt_set.prompts)
         store.set_state("length_check", {"key": key, "result": length})
     excluded = {t["id"] for t in length["too_long"]}
     ids = [i for i in all_ids if i not in excluded]

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from persyn.stages.context import REPORT_DIR, ROUTING_FILE, RunContext
+from persyn.stages.context import REPORT_DIR, ROUTING_FILE, RunContext, engine_line
 from persyn.stages.costs import calibration_tokens, ledger, teacher_cost
 from persyn.stages.export_records import build_records
 
@@ -59,6 +59,8 @@ def run(ctx: RunContext) -> Path:
                 f"of {r.get('argmax_score', 0):.4g} unconstrained"
                 + (", optimal." if r.get("optimal") else f", gap {r.get('gap', 0):.3g}.")
             )
+    # The dtype each model actually ran in (it depends on the machine with `dtype: auto`).
+    notes += [f"Model {engine_line(info)}." for info in ctx.store.get_state("engines", {}).values()]
     led = [
         LedgerRow(e.teacher, e.stage, e.generations, e.prompt_tokens, e.completion_tokens, e.cost)
         for e in ledger(ctx, route_map)
