@@ -1,0 +1,75 @@
+"""A new answer checker re-checks the stored answers and nothing else: no model loads, no response
+and no judge or learnability score is recomputed, and each new row keeps its verdict's reason."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from pipeline_fixtures import (
+    GenerateSpy,
+    T,
+    base_run,
+    cli,
+    copy_run,
+    db,
+    responses,
+    scores,
+    subset,
+    tiny_config,
+)
+
+from persyn.config import load_config
+from persyn.scoring.answers import answers_key
+
+pytest.importorskip("persyn.engines.transformers_engine")
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    return base_run(tmp_path_factory)
+
+
+def test_a_new_checker_rescores_only_answer_rows(tmp_path, base, monkeypatch):
+    root = copy_run(base, tmp_path / "checker")
+    run = root / "run"
+    resp_before, before = responses(run), scores(run)
+    auto_rows = {k for k in before if k[:2] == ("quality", answers_key("auto"))}
+    assert auto_rows  # the base run checked answers with the default checker
+
+    cfg = tiny_config(root, extra={"prompts.answer_checker": "numeric"})
+    res = cli(["score", str(cfg)])
+    assert res.exit_code == 2 and "prompts" in res.stderr  # a changed verdict rule is a config change
+    spy = GenerateSpy(monkeypatch)
+    res = cli(["score", str(cfg), "--force"])
+    assert res.exit_code == 0, res.output
+
+    assert spy.loads == {}  # judge and learnability rows were reused: no model was even loaded
+    assert responses(run) == resp_before
+    after = scores(run)
+    assert {k: after[k] for k in before} == before  # every earlier row is still there, unchanged
+    new = {k: v for k, v in after.items() if k not in before}
+    assert {k[:2] for k in new} == {("quality", answers_key("numeric"))}
+    # exactly the calibration responses the old checker had checked, one row each
+    assert {k[2:] for k in new} == {k[2:] for k in auto_rows if k[4] in set(subset(run, "calibration"))}
+    assert len(new) % T == 0 and all(v in (0.0, 1.0) for v in new.values())
+
+    with db(run) as con:
+        metas = [
+            json.loads(m)
+            for (m,) in con.execute("SELECT meta FROM scores WHERE scorer_key = ?", (answers_key("numeric"),))
+        ]
+    assert len(metas) == len(new)
+    assert all(m["method"] in ("numeric", "none") and m["reason"] for m in metas)
+
+    # Running it again does nothing new.
+    res = cli(["score", str(cfg)])
+    assert res.exit_code == 0, res.output
+    assert scores(run) == after
+
+
+def test_the_time_limit_is_not_part_of_the_manifest(tmp_path):
+    a = tiny_config(tmp_path, name="a.yaml")
+    b = tiny_config(tmp_path, name="b.yaml", extra={"prompts.answer_timeout_s": 30})
+    c = tiny_config(tmp_path, name="c.yaml", extra={"prompts.answer_checker": "math"})
+    assert load_config(a).hash() == load_config(b).hash() != load_config(c).hash()
