@@ -255,3 +255,49 @@ def labels_for(ctx: RunContext, quality: np.ndarray, learnability: np.ndarray) -
 
     r = ctx.config.router
     return combine_labels(quality, learnability, alpha=r.alpha, normalisation=r.normalisation)
+
+
+def quality_summary(ctx: RunContext, prompt_ids: Sequence[str] | None = None) -> list[dict]:
+    """Per quality method on the calibration responses (or `prompt_ids`): how many labels it produced,
+    how many it could not score, their mean, answer-check timeouts, and for a judge or reward model
+    its measured pairwise accuracy (scoring/reliability.py), or how to measure it."""
+    from persyn.scoring.reliability import measured_accuracy
+
+    ids = list(prompt_ids) if prompt_ids is not None else ctx.calibration_ids()
+    gen_keys = ctx.gen_keys()
+    by_method: dict[str, list[str]] = {}
+    for pid, key in zip(ids, quality_keys(ctx, ctx.store.get_prompts(ids)), strict=True):
+        by_method.setdefault(key, []).append(pid)
+    answers = answers_scorer_key(ctx)
+    out = []
+    for key, pids in by_method.items():
+        want = [ResponseKey(p, t, gk) for t, gk in gen_keys.items() for p in pids]
+        rows = ctx.store.get_scores(QUALITY, key, want, include_errors=True).values()
+        values = [r.value for r in rows if r.value is not None]
+        entry: dict = {
+            "method": key.split(":", 1)[0],
+            "key": key,
+            "prompts": len(pids),
+            "labels": len(values),
+            "failed": sum(r.value is None for r in rows),
+            "mean": float(np.mean(values)) if values else None,
+        }
+        if key == answers:
+            entry["checker"] = ctx.config.prompts.answer_checker
+            entry["timeouts"] = sum(bool(r.error) and r.error.startswith("timeout") for r in rows)
+            entry["reliability"] = f"checked against the reference answers (checker: {entry['checker']})"
+        else:
+            spec = ctx.config.quality.engine  # set: only answers need no model
+            measured = measured_accuracy(spec) if spec is not None else None
+            if measured is None:
+                model = spec.model if spec is not None else "MODEL"
+                entry["reliability"] = f"not measured: run benchmarks/judge.py --judge {model}"
+            else:
+                lo, hi = measured["ci95"]
+                entry["accuracy"] = measured["accuracy"]
+                entry["reliability"] = (
+                    f"pairwise accuracy {measured['accuracy']:.2f} (95% CI {lo:.2f}-{hi:.2f}) on "
+                    f"{measured['n']} labelled pairs, template '{measured['template']}'"
+                )
+        out.append(entry)
+    return out

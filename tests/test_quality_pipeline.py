@@ -1,9 +1,11 @@
-"""A new answer checker re-checks the stored answers and nothing else: no model loads, no response
-and no judge or learnability score is recomputed, and each new row keeps its verdict's reason."""
+"""Quality labels in a run: a new answer checker re-checks the stored answers and nothing else (no
+model loads, no response and no judge or learnability score is recomputed, each new row keeps its
+verdict's reason), and the report counts the labels of each method and says how far to trust them."""
 
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from pipeline_fixtures import (
@@ -66,6 +68,21 @@ def test_a_new_checker_rescores_only_answer_rows(tmp_path, base, monkeypatch):
     res = cli(["score", str(cfg)])
     assert res.exit_code == 0, res.output
     assert scores(run) == after
+
+
+def test_the_report_counts_labels_per_method(base):
+    run = base / "run"
+    html = (run / "report" / "index.html").read_text()
+    section = re.sub(r">\s+<", "><", html[html.index('id="quality"') : html.index('id="router"')])
+    cal = set(subset(run, "calibration"))
+    got = scores(run)
+    for key in {k[1] for k in got if k[0] == "quality" and k[4] in cal}:
+        labels = sum(k[1] == key and k[4] in cal and v is not None for k, v in got.items())
+        row = section[section.index(f'title="{key}"') :].split("</tr>")[0]
+        assert f'<td class="num">{labels:,}</td>' in row, (key, row)
+    assert f'title="{answers_key("auto")}">answers<' in section
+    # The tiny judge was never measured: the report says so, and how to measure it.
+    assert "not measured: run benchmarks/judge.py --judge zoo:tiny-llama-s5" in section
 
 
 def test_the_time_limit_is_not_part_of_the_manifest(tmp_path):
