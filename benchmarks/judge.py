@@ -73,6 +73,18 @@ TEMPLATES = {
         "Answer:\n{response}\n\n"
         "Is the answer free of mistakes, and does it follow every instruction? Reply with Yes or No only."
     ),
+    # Few-shot, completion style (docs/router.md's earlier spot check found it the most decisive):
+    # four worked verdicts on items that are not in the set, then the one to judge.
+    "fewshot": (
+        "Decide whether each answer is correct and does what the question asks.\n\n"
+        "Question: What is 5 + 7?\nAnswer: 5 + 7 = 12.\nCorrect: Yes\n\n"
+        "Question: What is the capital of France?\nAnswer: Lyon.\nCorrect: No\n\n"
+        "Question: Write a Python expression for the number of items in the list xs.\nAnswer: len(xs)\n"
+        "Correct: Yes\n\n"
+        "Question: Answer with one word: which planet is known as the Red Planet?\n"
+        "Answer: The Red Planet is Mars.\nCorrect: No\n\n"
+        "Question: {prompt}\nAnswer: {response}\nCorrect:"
+    ),
 }
 PAIRWISE = (
     "Two answers to the same request follow.\n\n"
@@ -88,13 +100,15 @@ def _pair(a: str, b: str) -> str:
 
 
 def cpu_name() -> str:
+    """The CPU's model name, plus whether it computes bf16 natively (the dtype `auto` picks)."""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+        info = Path("/proc/cpuinfo").read_text()
     except OSError:
-        pass
-    return platform.processor() or platform.machine()
+        return platform.processor() or platform.machine()
+    name = next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("model name")), "?")
+    flags = set(next((ln.split(":", 1)[1].split() for ln in info.splitlines() if ln.startswith("flags")), []))
+    native = [f for f in ("amx_bf16", "avx512_bf16") if f in flags]
+    return f"{name} ({', '.join(native)})" if native else name
 
 
 def summarise(outcomes: np.ndarray, domains: list[str], baseline: np.ndarray | None) -> dict:
