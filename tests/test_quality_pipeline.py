@@ -90,3 +90,19 @@ def test_the_time_limit_is_not_part_of_the_manifest(tmp_path):
     b = tiny_config(tmp_path, name="b.yaml", extra={"prompts.answer_timeout_s": 30})
     c = tiny_config(tmp_path, name="c.yaml", extra={"prompts.answer_checker": "math"})
     assert load_config(a).hash() == load_config(b).hash() != load_config(c).hash()
+
+
+def test_a_measured_judge_shows_its_accuracy(base, monkeypatch):
+    from persyn import Pipeline
+    from persyn.stages import score as score_stage
+
+    measured = {"accuracy": 0.8, "ci95": [0.72, 0.87], "n": 120, "template": "default"}
+    monkeypatch.setattr("persyn.scoring.reliability.measured_accuracy", lambda spec: measured)
+    with Pipeline.from_config(base / "persyn.yaml") as pipe:
+        rows = {q["method"]: q for q in score_stage.quality_summary(pipe.ctx)}
+    assert rows["judge"]["accuracy"] == 0.8
+    assert rows["judge"]["reliability"] == (
+        "pairwise accuracy 0.80 (95% CI 0.72-0.87) on 120 labelled pairs, template 'default'"
+    )
+    assert rows["answers"]["checker"] == "auto" and rows["answers"]["timeouts"] == 0
+    assert rows["answers"]["labels"] + rows["answers"]["failed"] == rows["answers"]["prompts"] * T

@@ -93,8 +93,7 @@ _CLAUSE_END = re.compile(
     re.IGNORECASE,
 )
 # Left over once the numbers are taken out of a final answer, any of these means there is more
-# maths than one number: operators, brackets, powers, roots, pi, a LaTeX command, a variable glued
-# to a digit ("2x"), a minus between two operands.
+# maths than one number: operators, brackets, powers, roots, pi, a LaTeX command, a lone minus.
 _MATH_LEFT = re.compile(
     r"[\\^_{}\[\]()=<>\u2264\u2265\u221a\u03c0\u221e\u00b1\u00d7\u00f7*/+|]"
     r"|\b(?:sqrt|pi|infty|ln|log|sin|cos|tan|exp)\b"
@@ -102,41 +101,12 @@ _MATH_LEFT = re.compile(
 )
 # "2x", "3i" (not "5th", "1e3") and a factorial "10!".
 _GLUED_VARIABLE = re.compile(r"\d(?:\.\d+)?(?:[a-df-zA-DF-Z](?![a-zA-Z])|!)")
-# Math-verify's own extraction is used on the final answer only; these words mark prose.
-_MATH_WORDS = {
-    "sqrt",
-    "frac",
-    "dfrac",
-    "tfrac",
-    "pi",
-    "infty",
-    "cdot",
-    "times",
-    "sin",
-    "cos",
-    "tan",
-    "log",
-    "ln",
-    "exp",
-    "le",
-    "ge",
-    "leq",
-    "geq",
-    "neq",
-    "pm",
-    "mp",
-    "circ",
-    "text",
-    "mathrm",
-    "left",
-    "right",
-    "cup",
-    "cap",
-    "in",
-    "or",
-    "and",
-    "boxed",
-}
+# Words that still read as maths (LaTeX command names); any other word of 3+ letters makes a final
+# answer prose, which math-verify reads with its own extraction instead of as one formula.
+_MATH_WORDS = set(
+    "sqrt frac dfrac tfrac infty cdot times sin cos tan log exp leq geq neq circ text mathrm left "
+    "right cup cap and boxed".split()
+)
 _TEXT_ONLY = re.compile(r"^[^\d\\^_{}=<>+*/|\u221a\u03c0]*$")  # words and punctuation, no maths
 _WRAP = r"[\"'`\u201c\u201d\u2018\u2019()\[\]{}.,;:!?]+"
 _REL_TOL = 1e-6
