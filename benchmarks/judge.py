@@ -51,7 +51,8 @@ from persyn.scoring.reliability import (  # noqa: E402
 
 ZOO_JUDGES = ("zoo:qwen2.5-coder-0.5b-instruct", "zoo:smollm2-135m-instruct", "zoo:gemma3-270m")
 
-# Pointwise judging prompts tried; "default" is whatever the engines ship (engines/base.py).
+# Pointwise judging prompts tried; "default" is whatever the engines ship (engines/base.py). The
+# first measurement called today's default "correct" and measured "graded", the earlier default.
 TEMPLATES = {
     "default": DEFAULT_JUDGE_TEMPLATE,
     "graded": (
@@ -59,12 +60,6 @@ TEMPLATES = {
         "Request:\n{prompt}\n\n"
         "Answer:\n{response}\n\n"
         "Is the answer correct, helpful and complete? Reply with Yes or No only."
-    ),
-    "correct": (
-        "Question:\n{prompt}\n\n"
-        "Proposed answer:\n{response}\n\n"
-        "Is the proposed answer correct, and does it follow every instruction in the question? "
-        "Answer Yes or No."
     ),
     "strict": (
         "You are a strict grader. Check the answer below for factual mistakes, calculation errors, bugs "
@@ -200,6 +195,7 @@ def main() -> None:
                 judge_id=judge_id(spec),
                 seconds=round(time.perf_counter() - t0, 1),
                 mean_margin=float(np.nanmean(scores[:n] - scores[n:])),
+                outcomes=outcomes.tolist(),
             )
             results[f"{model} | {name}"] = s
             print(f"{model:36s} {name:10s} {fmt(s)}  ({s['seconds']:.0f} s)", flush=True)
@@ -213,10 +209,12 @@ def main() -> None:
             finally:
                 engine.close()
             good_first, bad_first = scores[:n], scores[n:]
-            s = summarise(pair_outcomes(good_first, bad_first), domains, baseline)
+            outcomes = pair_outcomes(good_first, bad_first)
+            s = summarise(outcomes, domains, baseline)
             s.update(
                 model=model,
                 template="pairwise",
+                outcomes=outcomes.tolist(),
                 seconds=round(time.perf_counter() - t0, 1),
                 good_first_says_A=float(np.mean(good_first > 0)),
                 bad_first_says_B=float(np.mean(bad_first < 0)),
@@ -227,6 +225,19 @@ def main() -> None:
                 f"{s['good_first_says_A']:.2f}, good as B {s['bad_first_says_B']:.2f})",
                 flush=True,
             )
+
+    if len(judges) > 1:
+        # Per triple, the judges' mean outcome; resampling triples keeps each triple's judges together.
+        names = list(dict.fromkeys(s["template"] for s in results.values()))
+        pooled = {
+            name: np.mean([results[f"{m} | {name}"]["outcomes"] for m in judges], axis=0)
+            for name in names
+            if all(f"{m} | {name}" in results for m in judges)
+        }
+        for name, per_triple in pooled.items():
+            s = summarise(per_triple, domains, pooled.get("default") if name != "default" else None)
+            results[f"all judges | {name}"] = s
+            print(f"{'all judges (mean per triple)':36s} {name:10s} {fmt(s)}", flush=True)
 
     meta = {
         "cpu": cpu_name(),
