@@ -84,9 +84,9 @@ def test_shipped_measurements_describe_this_set():
 @pytest.mark.slow
 def test_the_demo_judge_prefers_the_good_answer_more_often_than_chance(qwen_engine):
     """The demo's judge with the default judging prompt, on the whole set. Measured (docs/router.md):
-    0.625 in bf16 (95% CI 0.533-0.708) and FP32_NOTE. The bar, 0.55, is chance plus a margin
-    that still leaves room for the numerical differences between dtypes and CPUs; a judge that
-    ignores the answer, or a template that no longer reaches the model, scores about 0.5."""
+    0.625 in bf16 (95% CI 0.533-0.708). The bar, 0.55 (66 of 120), is chance plus a margin that
+    leaves 9 pairs for the numerical differences between dtypes and CPUs to flip; a judge that
+    ignores the answer, or a prompt that no longer reaches the model, scores about 0.5."""
     triples = load_triples()
     prompts = [t.prompt for t in triples]
     good = np.asarray(qwen_engine.score(prompts, [t.good for t in triples]))
