@@ -246,16 +246,15 @@ def _response_total(ctx: RunContext) -> int:
 
 def _score_answers(ctx: RunContext, assignment: list[tuple[str, str]]) -> None:
     """Answer-check the rows that have a reference answer (cheap, in the driver)."""
-    from persyn.scoring.answers import AnswerScorer
     from persyn.scoring.quality import has_reference
-    from persyn.stages.score import QUALITY, score_answer_rows
+    from persyn.stages.score import QUALITY, answers_scorer_key, score_answer_rows
     from persyn.store import ResponseKey
 
     gks = ctx.gen_keys()
     pids = [pid for pid, _ in assignment]
     prompts = {p.id: p for p in ctx.store.get_prompts(pids)} if pids else {}
     keys = [ResponseKey(pid, t, gks[t]) for pid, t in assignment if has_reference(prompts[pid].answer)]
-    todo = ctx.store.scores_todo(QUALITY, AnswerScorer.key, keys)
+    todo = ctx.store.scores_todo(QUALITY, answers_scorer_key(ctx), keys)
     if not todo:
         return
     by_teacher: dict[str, list] = {}
@@ -290,15 +289,13 @@ def _calibration_metrics(ctx, res: StrategyResult, assignment, cal_pos, q, lm, l
 
 
 def _accuracy(ctx: RunContext, res: StrategyResult, assignment) -> None:
-    from persyn.scoring.answers import AnswerScorer
-    from persyn.stages.score import QUALITY
+    from persyn.stages.score import QUALITY, answers_scorer_key
     from persyn.store import ResponseKey
 
     gks = ctx.gen_keys()
     keys = [ResponseKey(pid, t, gks[t]) for pid, t in assignment]
-    vals = [
-        r.value for r in ctx.store.get_scores(QUALITY, AnswerScorer.key, keys).values() if r.value is not None
-    ]
+    scores = ctx.store.get_scores(QUALITY, answers_scorer_key(ctx), keys)
+    vals = [r.value for r in scores.values() if r.value is not None]
     res.n_accuracy = len(vals)
     res.accuracy = float(np.mean(vals)) if vals else None
 

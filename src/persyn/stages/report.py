@@ -17,6 +17,7 @@ import numpy as np
 from persyn.stages.context import RunContext, engine_line
 from persyn.stages.export import build_records, ledger
 from persyn.stages.route import ROUTING_FILE, current_route_key
+from persyn.stages.score import quality_summary
 from persyn.stages.train_router import METRICS_FILE, current_router
 
 REPORT_DIR = "report"
@@ -112,6 +113,7 @@ def report(ctx: RunContext) -> Path:
         notes=notes,
         router_name="router",
         headline_stages=["calibration", "routed"],
+        quality=quality_summary(ctx),
     )
     out = write_report(data, ctx.store.path(REPORT_DIR))
     ctx.store.log_event("report", "done", f"report written to {out}")

@@ -2,9 +2,11 @@
 
 Quality: one method per prompt, for all of its teachers (`quality.method`; under `auto`, verifiable
 answers where the prompt has a reference, else the judge or reward model). Each score row is keyed
-by that method's own key (`answers:v1`, `judge:<fingerprint>`), so switching between `judge` and
-`auto` reuses the judge's rows. Answer matching runs in the driver; judge/reward scoring and the
-student's log-likelihoods run through the executor.
+by that method's own key (`answers:<checker>@<version>...`, `judge:<fingerprint>`), so switching
+between `judge` and `auto` reuses the judge's rows, and a new `prompts.answer_checker` re-checks the
+answers and nothing else. Answer checking runs in the driver (math-verify in its own worker
+processes); each row keeps the verdict's reason in `meta`, and a timeout's in `error` too.
+Judge/reward scoring and the student's log-likelihoods run through the executor.
 
 Learnability is keyed by the student's fingerprint (`loglik:<fingerprint>`): a new student
 re-scores only this, and nothing here loads a teacher.
@@ -61,9 +63,15 @@ def quality_engine_kind(ctx: RunContext) -> str | None:
     return "reward" if q.reward is not None else "judge"
 
 
+def answers_scorer_key(ctx: RunContext) -> str:
+    """Store key of answer-check scores under this config's `prompts.answer_checker`."""
+    from persyn.scoring.answers import answers_key
+
+    return answers_key(ctx.config.prompts.answer_checker)
+
+
 def quality_keys(ctx: RunContext, prompts: Sequence[Prompt]) -> list[str]:
     """The quality method key of each prompt (one method for all its teachers)."""
-    from persyn.scoring.answers import AnswerScorer
     from persyn.scoring.quality import EngineScorer, has_reference
 
     q = ctx.config.quality
@@ -76,11 +84,12 @@ def quality_keys(ctx: RunContext, prompts: Sequence[Prompt]) -> list[str]:
             engine_key = EngineScorer(_Named(fp, "reward" if kind == "reward" else "causal"), kind).key  # type: ignore[arg-type]
     keys = []
     missing_ref = []
+    answers = answers_scorer_key(ctx)
     for p in prompts:
         if q.method == "answers" or (q.method == "auto" and has_reference(p.answer)):
             if not has_reference(p.answer):
                 missing_ref.append(p)
-            keys.append(AnswerScorer.key)
+            keys.append(answers)
         elif engine_key is not None:
             keys.append(engine_key)
         else:
@@ -125,8 +134,7 @@ def score(ctx: RunContext, prompt_ids: Sequence[str] | None = None, *, stage: st
     for t in teachers:
         for pid, row in responses[t].items():
             by_method.setdefault(qkeys[pid], []).append((row.key, row))
-    from persyn.scoring.answers import AnswerScorer
-
+    answers = answers_scorer_key(ctx)
     for mkey, pairs in by_method.items():
         todo = set(ctx.store.scores_todo(QUALITY, mkey, [k for k, _ in pairs], retry_failed=ctx.retry_failed))
         unit = f"quality {mkey.split(':')[0]}"
@@ -134,7 +142,7 @@ def score(ctx: RunContext, prompt_ids: Sequence[str] | None = None, *, stage: st
         if not todo:
             continue
         work = [(k, r) for k, r in pairs if k in todo]
-        if mkey == AnswerScorer.key:
+        if mkey == answers:
             result_counts[unit] = score_answer_rows(ctx, stage, work, by_id)
         else:
             kind = quality_engine_kind(ctx)
@@ -162,24 +170,33 @@ def score(ctx: RunContext, prompt_ids: Sequence[str] | None = None, *, stage: st
 
 
 def score_answer_rows(ctx: RunContext, stage: str, work, by_id: dict[str, Prompt]) -> WorkCounts:
-    """Answer-check (response key, row) pairs in the driver and store the scores."""
+    """Answer-check (response key, row) pairs in the driver and store the scores, each with the
+    verdict's reason (a timeout scores 0 and names itself in `error`)."""
     from persyn.scoring.answers import AnswerScorer
 
-    scorer = AnswerScorer()
+    p = ctx.config.prompts
+    scorer = AnswerScorer(p.answer_checker, timeout_s=p.answer_timeout_s)
     counts = WorkCounts("quality answers", wanted=len(work))
     t0 = time.perf_counter()
     bs = max(ctx.batch_size, 256)  # answer matching is cheap: fewer, larger transactions
     for s in range(0, len(work), bs):
         chunk = work[s : s + bs]
-        vals = scorer.score(
-            [by_id[k.prompt_id].text for k, _ in chunk],
-            [r.text or "" for _, r in chunk],
-            [by_id[k.prompt_id].answer for k, _ in chunk],
+        verdicts = scorer.verdicts(
+            [r.text or "" for _, r in chunk], [by_id[k.prompt_id].answer for k, _ in chunk]
         )
         ctx.store.put_scores(
             [
-                ScoreRow(QUALITY, scorer.key, k.prompt_id, k.teacher, k.gen_key, v)
-                for (k, _), v in zip(chunk, vals, strict=True)
+                ScoreRow(
+                    QUALITY,
+                    scorer.key,
+                    k.prompt_id,
+                    k.teacher,
+                    k.gen_key,
+                    v.value,
+                    error=v.reason if v.timed_out else None,
+                    meta={"method": v.method, "reason": v.reason},
+                )
+                for (k, _), v in zip(chunk, verdicts, strict=True)
             ]
         )
         ctx.committed(stage)
@@ -238,3 +255,49 @@ def labels_for(ctx: RunContext, quality: np.ndarray, learnability: np.ndarray) -
 
     r = ctx.config.router
     return combine_labels(quality, learnability, alpha=r.alpha, normalisation=r.normalisation)
+
+
+def quality_summary(ctx: RunContext, prompt_ids: Sequence[str] | None = None) -> list[dict]:
+    """Per quality method on the calibration responses (or `prompt_ids`): how many labels it produced,
+    how many it could not score, their mean, answer-check timeouts, and for a judge or reward model
+    its measured pairwise accuracy (scoring/reliability.py), or how to measure it."""
+    from persyn.scoring.reliability import measured_accuracy
+
+    ids = list(prompt_ids) if prompt_ids is not None else ctx.calibration_ids()
+    gen_keys = ctx.gen_keys()
+    by_method: dict[str, list[str]] = {}
+    for pid, key in zip(ids, quality_keys(ctx, ctx.store.get_prompts(ids)), strict=True):
+        by_method.setdefault(key, []).append(pid)
+    answers = answers_scorer_key(ctx)
+    out = []
+    for key, pids in by_method.items():
+        want = [ResponseKey(p, t, gk) for t, gk in gen_keys.items() for p in pids]
+        rows = ctx.store.get_scores(QUALITY, key, want, include_errors=True).values()
+        values = [r.value for r in rows if r.value is not None]
+        entry: dict = {
+            "method": key.split(":", 1)[0],
+            "key": key,
+            "prompts": len(pids),
+            "labels": len(values),
+            "failed": sum(r.value is None for r in rows),
+            "mean": float(np.mean(values)) if values else None,
+        }
+        if key == answers:
+            entry["checker"] = ctx.config.prompts.answer_checker
+            entry["timeouts"] = sum(bool(r.error) and r.error.startswith("timeout") for r in rows)
+            entry["reliability"] = f"checked against the reference answers (checker: {entry['checker']})"
+        else:
+            spec = ctx.config.quality.engine  # set: only answers need no model
+            measured = measured_accuracy(spec) if spec is not None else None
+            if measured is None:
+                model = spec.model if spec is not None else "MODEL"
+                entry["reliability"] = f"not measured: run benchmarks/judge.py --judge {model}"
+            else:
+                lo, hi = measured["ci95"]
+                entry["accuracy"] = measured["accuracy"]
+                entry["reliability"] = (
+                    f"pairwise accuracy {measured['accuracy']:.2f} (95% CI {lo:.2f}-{hi:.2f}) on "
+                    f"{measured['n']} labelled pairs, template '{measured['template']}'"
+                )
+        out.append(entry)
+    return out
