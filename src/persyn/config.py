@@ -11,7 +11,8 @@ them stable once shipped. `persyn init` writes `templates/config.yaml`, which do
 
 The manifest hash covers what changes the data (prompts, student, teachers, generation, quality,
 calibration, router, routing, baselines, seed), not where or how the work runs (`output`,
-`executor`, `prompts.skip_bad_rows`): moving a run or changing the batch size never needs --force.
+`executor`, `prompts.skip_bad_rows`, `prompts.answer_timeout_s`): moving a run or changing the
+batch size never needs --force.
 """
 
 from __future__ import annotations
@@ -91,6 +92,11 @@ class PromptsConfig(_Section):
     # Refuse malformed rows (default) or skip them and list them in the run directory.
     skip_bad_rows: bool = False
     limit: int | None = Field(default=None, ge=1)
+    # How reference answers are checked (scoring/answers.py): auto (by the reference: plain numbers
+    # numerically, words as text, the rest symbolically) | numeric | math (math-verify) | exact.
+    answer_checker: Literal["auto", "numeric", "math", "exact"] = "auto"
+    # Seconds one answer check may take; an overrun scores 0 with the reason "timeout".
+    answer_timeout_s: float = Field(default=5.0, gt=0)
 
 
 class Cost(_Section):
@@ -438,6 +444,7 @@ class Config(_Section):
         d.pop("output", None)
         d.pop("executor", None)
         d["prompts"].pop("skip_bad_rows", None)
+        d["prompts"].pop("answer_timeout_s", None)  # a safety limit, not what a verdict means
         # Relative to the run directory: a project moved or copied whole keeps its identity.
         try:
             d["prompts"]["path"] = os.path.relpath(self.prompts.path, self.output.dir)

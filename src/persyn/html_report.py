@@ -5,6 +5,8 @@
 What it shows, each figure with a table of its numbers:
 - the headline: generations (and tokens, cost where priced) spent against Generate-then-Select;
 - teacher allocation: routed prompts per teacher and their share (allocation.png);
+- quality labels: per method (answer checks, judge, reward model) how many labels it produced, how
+  many it could not score, and how far they can be trusted (a judge's measured pairwise accuracy);
 - router quality against the baselines: Hit@1, Hit@3, oracle gain recovered (router_quality.png) and
   regret (router_regret.png), the router highlighted; a metric a baseline lacks shows as "—";
 - the cost ledger: generations and tokens per teacher and stage, stacked, against what
@@ -94,6 +96,8 @@ class ReportData:
     # Ledger stages the headline counts (default: all of them). A run that also generated baseline
     # datasets can count only ("calibration", "routed") to state what PerSyn itself cost.
     headline_stages: list[str] | None = None
+    # Per quality method: {method, key, prompts, labels, failed, mean, timeouts?, reliability}.
+    quality: list[dict[str, Any]] = field(default_factory=list)
 
 
 # ----------------------------------------------------------------------------- numbers
@@ -501,6 +505,19 @@ def _context(data: ReportData, figures: dict[str, str | None]) -> dict[str, Any]
             for n in names
         ],
         "ledger": ledger_rows,
+        "quality_rows": [
+            {
+                "method": q.get("method", ""),
+                "key": q.get("key", ""),
+                "prompts": _fmt_int(q.get("prompts")),
+                "labels": _fmt_int(q.get("labels")),
+                "failed": _fmt_int(q.get("failed")),
+                "mean": _fmt(q.get("mean")),
+                "timeouts": _fmt_int(q.get("timeouts")),
+                "reliability": q.get("reliability", ""),
+            }
+            for q in data.quality
+        ],
         "per_teacher": per_teacher,
         "strategy_cols": strategy_cols,
         "strategy_rows": [

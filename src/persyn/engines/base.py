@@ -26,11 +26,13 @@ DEFAULT_COMPLETION_TEMPLATE = "Question: {prompt}\nAnswer:"
 
 # The judging prompt used when a causal LM scores a response: score = log P("Yes") - log P("No")
 # for the next token after the rendered judging prompt. Users can override it in the config.
+# Chosen with benchmarks/judge.py: of the four prompts tried it ranked good above bad answers most
+# often for each zoo judge (docs/router.md, "How far the judge can be trusted").
 DEFAULT_JUDGE_TEMPLATE = (
-    "You are grading an answer to a user's request.\n\n"
-    "Request:\n{prompt}\n\n"
-    "Answer:\n{response}\n\n"
-    "Is the answer correct, helpful and complete? Reply with Yes or No only."
+    "Question:\n{prompt}\n\n"
+    "Proposed answer:\n{response}\n\n"
+    "Is the proposed answer correct, and does it follow every instruction in the question? "
+    "Answer Yes or No."
 )
 
 

@@ -19,7 +19,7 @@ from typing import Literal, Protocol, runtime_checkable
 import numpy as np
 
 from persyn.engines.base import Engine, scores_or_missing
-from persyn.scoring.answers import AnswerScorer
+from persyn.scoring.answers import AnswerScorer, Checker
 
 QualityKind = Literal["answers", "judge", "reward", "auto"]
 Reference = str | float | int | None
@@ -107,11 +107,16 @@ class AutoScorer:
 
 
 def build_quality_scorer(
-    kind: QualityKind, engine: Engine | None = None, *, engine_kind: Literal["judge", "reward"] | None = None
+    kind: QualityKind,
+    engine: Engine | None = None,
+    *,
+    engine_kind: Literal["judge", "reward"] | None = None,
+    checker: Checker = "auto",
 ) -> QualityScorer:
-    """The scorer a config names. `engine` is the judge or reward model (not needed for answers)."""
+    """The scorer a config names. `engine` is the judge or reward model (not needed for answers);
+    `checker` the answer checker (scoring/answers.py) for prompts with a reference."""
     if kind == "answers":
-        return AnswerScorer()
+        return AnswerScorer(checker)
     if kind in ("judge", "reward"):
         if engine is None:
             raise ValueError(f"quality {kind!r} needs an engine (the {kind} model)")
@@ -119,7 +124,7 @@ def build_quality_scorer(
     if kind == "auto":
         if engine is None:
             raise ValueError("quality 'auto' needs a judge or reward engine for prompts without answers")
-        return AutoScorer(EngineScorer(engine, engine_kind))
+        return AutoScorer(EngineScorer(engine, engine_kind), AnswerScorer(checker))
     raise ValueError(f"unknown quality scorer {kind!r}; expected answers, judge, reward or auto")
 
 

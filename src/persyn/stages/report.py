@@ -91,6 +91,7 @@ def run(ctx: RunContext) -> Path:
         notes=notes,
         router_name="router",
         headline_stages=["calibration", "routed"],
+        quality=ctx.result("score").summary(),
     )
     out = write_report(data, ctx.path(REPORT_DIR))
     ctx.store.log_event("report", "done", f"report written to {out}")

@@ -3,9 +3,11 @@ calibration response.
 
 Quality: one method per prompt, for all of its teachers (`quality.method`; under `auto`, verifiable
 answers where the prompt has a reference, else the judge or reward model). Each score row is keyed
-by that method's own key (`answers:v1`, `judge:<fingerprint>`), so switching between `judge` and
-`auto` reuses the judge's rows. Answer matching runs in the driver; judge/reward scoring and the
-student's log-likelihoods run through the executor.
+by that method's own key (`answers:<checker>@<version>...`, `judge:<fingerprint>`), so switching
+between `judge` and `auto` reuses the judge's rows, and a new `prompts.answer_checker` re-checks the
+answers and nothing else. Answer checking runs in the driver (math-verify in its own worker
+processes); each row keeps the verdict's reason in `meta`, and a timeout's in `error` too.
+Judge/reward scoring and the student's log-likelihoods run through the executor.
 
 Learnability is keyed by the student's fingerprint (`loglik:<fingerprint>`): a new student
 re-scores only this, and nothing here loads a teacher.
@@ -14,7 +16,8 @@ A failed generation has no score (the teacher is absent from that prompt's label
 response or one over a model's context is stored as a failed score, i.e. missing, never 0.
 
 `result(ctx)` is a `Scores` reader: the keys these rows are stored under, the quality and
-learnability matrices of any prompts, and the combined labels (the router's targets).
+learnability matrices of any prompts, the combined labels (the router's targets), answer checks of
+any rows, and a summary per quality method (for the report).
 """
 
 from __future__ import annotations
@@ -58,9 +61,14 @@ class Scores:
             return None
         return "reward" if q.reward is not None else "judge"
 
+    def answers_key(self) -> str:
+        """Store key of answer-check scores under this config's `prompts.answer_checker`."""
+        from persyn.scoring.answers import answers_key
+
+        return answers_key(self.ctx.config.prompts.answer_checker)
+
     def quality_keys(self, prompts: Sequence[Prompt]) -> list[str]:
         """The quality method key of each prompt (one method for all its teachers)."""
-        from persyn.scoring.answers import AnswerScorer
         from persyn.scoring.quality import engine_scorer_key, has_reference
 
         q = self.ctx.config.quality
@@ -71,11 +79,12 @@ class Scores:
                 engine_key = engine_scorer_key(kind, self.ctx.fingerprint(q.engine))  # type: ignore[arg-type]
         keys = []
         missing_ref = []
+        answers = self.answers_key()
         for p in prompts:
             if q.method == "answers" or (q.method == "auto" and has_reference(p.answer)):
                 if not has_reference(p.answer):
                     missing_ref.append(p)
-                keys.append(AnswerScorer.key)
+                keys.append(answers)
             elif engine_key is not None:
                 keys.append(engine_key)
             else:
@@ -136,14 +145,13 @@ class Scores:
     def check_answers(self, pairs: Sequence[tuple[str, str]], *, stage: str) -> None:
         """Answer-check the responses of (prompt id, teacher) pairs whose prompt has a reference
         answer and that hold no answer score yet (cheap: in the driver, no model)."""
-        from persyn.scoring.answers import AnswerScorer
         from persyn.scoring.quality import has_reference
 
         ctx = self.ctx
         gks = ctx.gen_keys()
         prompts = {p.id: p for p in ctx.store.get_prompts([pid for pid, _ in pairs])} if pairs else {}
         keys = [ResponseKey(pid, t, gks[t]) for pid, t in pairs if has_reference(prompts[pid].answer)]
-        todo = ctx.store.scores_todo(QUALITY, AnswerScorer.key, keys)
+        todo = ctx.store.scores_todo(QUALITY, self.answers_key(), keys)
         by_teacher: dict[str, list[ResponseKey]] = {}
         for k in todo:
             by_teacher.setdefault(k.teacher, []).append(k)
@@ -160,6 +168,10 @@ class Scores:
 
         r = self.ctx.config.router
         return combine_labels(quality, learnability, alpha=r.alpha, normalisation=r.normalisation)
+
+    def summary(self, prompt_ids: Sequence[str] | None = None) -> list[dict]:
+        """`quality_summary` of this run (the report shows it)."""
+        return quality_summary(self.ctx, prompt_ids)
 
 
 def result(ctx: RunContext) -> Scores:
@@ -181,8 +193,7 @@ def run(ctx: RunContext, prompt_ids: Sequence[str] | None = None, *, stage: str 
     result_counts: dict[str, WorkCounts] = {}
 
     # ---- quality, grouped by method key
-    from persyn.scoring.answers import AnswerScorer
-
+    answers = scores.answers_key()
     by_method: dict[str, list[tuple[ResponseKey, ResponseRow]]] = {}
     for t in teachers:
         for pid, row in responses[t].items():
@@ -194,7 +205,7 @@ def run(ctx: RunContext, prompt_ids: Sequence[str] | None = None, *, stage: str 
         if not todo:
             continue
         work = [(k, r) for k, r in pairs if k in todo]
-        if mkey == AnswerScorer.key:
+        if mkey == answers:
             result_counts[unit] = score_answer_rows(ctx, stage, work, by_id)
         else:
             kind = scores.quality_engine_kind()
@@ -220,24 +231,33 @@ def run(ctx: RunContext, prompt_ids: Sequence[str] | None = None, *, stage: str 
 
 
 def score_answer_rows(ctx: RunContext, stage: str, work, by_id: dict[str, Prompt]) -> WorkCounts:
-    """Answer-check (response key, row) pairs in the driver and store the scores."""
+    """Answer-check (response key, row) pairs in the driver and store the scores, each with the
+    verdict's reason (a timeout scores 0 and names itself in `error`)."""
     from persyn.scoring.answers import AnswerScorer
 
-    scorer = AnswerScorer()
+    p = ctx.config.prompts
+    scorer = AnswerScorer(p.answer_checker, timeout_s=p.answer_timeout_s)
     counts = WorkCounts("quality answers", wanted=len(work))
     t0 = time.perf_counter()
     bs = max(ctx.batch_size, 256)  # answer matching is cheap: fewer, larger transactions
     for s in range(0, len(work), bs):
         chunk = work[s : s + bs]
-        vals = scorer.score(
-            [by_id[k.prompt_id].text for k, _ in chunk],
-            [r.text or "" for _, r in chunk],
-            [by_id[k.prompt_id].answer for k, _ in chunk],
+        verdicts = scorer.verdicts(
+            [r.text or "" for _, r in chunk], [by_id[k.prompt_id].answer for k, _ in chunk]
         )
         ctx.store.put_scores(
             [
-                ScoreRow(QUALITY, scorer.key, k.prompt_id, k.teacher, k.gen_key, v)
-                for (k, _), v in zip(chunk, vals, strict=True)
+                ScoreRow(
+                    QUALITY,
+                    scorer.key,
+                    k.prompt_id,
+                    k.teacher,
+                    k.gen_key,
+                    v.value,
+                    error=v.reason if v.timed_out else None,
+                    meta={"method": v.method, "reason": v.reason},
+                )
+                for (k, _), v in zip(chunk, verdicts, strict=True)
             ]
         )
         ctx.committed(stage)
@@ -245,6 +265,53 @@ def score_answer_rows(ctx: RunContext, stage: str, work, by_id: dict[str, Prompt
     counts.seconds = time.perf_counter() - t0
     ctx.log_done(stage, counts)
     return counts
+
+
+def quality_summary(ctx: RunContext, prompt_ids: Sequence[str] | None = None) -> list[dict]:
+    """Per quality method on the calibration responses (or `prompt_ids`): how many labels it produced,
+    how many it could not score, their mean, answer-check timeouts, and for a judge or reward model
+    its measured pairwise accuracy (scoring/reliability.py), or how to measure it."""
+    from persyn.scoring.reliability import measured_accuracy
+
+    scores = Scores(ctx)
+    ids = list(prompt_ids) if prompt_ids is not None else ctx.calibration_ids()
+    gen_keys = ctx.gen_keys()
+    by_method: dict[str, list[str]] = {}
+    for pid, key in zip(ids, scores.quality_keys(ctx.store.get_prompts(ids)), strict=True):
+        by_method.setdefault(key, []).append(pid)
+    answers = scores.answers_key()
+    out = []
+    for key, pids in by_method.items():
+        want = [ResponseKey(p, t, gk) for t, gk in gen_keys.items() for p in pids]
+        rows = ctx.store.get_scores(QUALITY, key, want, include_errors=True).values()
+        values = [r.value for r in rows if r.value is not None]
+        entry: dict = {
+            "method": key.split(":", 1)[0],
+            "key": key,
+            "prompts": len(pids),
+            "labels": len(values),
+            "failed": sum(r.value is None for r in rows),
+            "mean": float(np.mean(values)) if values else None,
+        }
+        if key == answers:
+            entry["checker"] = ctx.config.prompts.answer_checker
+            entry["timeouts"] = sum(bool(r.error) and r.error.startswith("timeout") for r in rows)
+            entry["reliability"] = f"checked against the reference answers (checker: {entry['checker']})"
+        else:
+            spec = ctx.config.quality.engine  # set: only answers need no model
+            measured = measured_accuracy(spec) if spec is not None else None
+            if measured is None:
+                model = spec.model if spec is not None else "MODEL"
+                entry["reliability"] = f"not measured: run benchmarks/judge.py --judge {model}"
+            else:
+                lo, hi = measured["ci95"]
+                entry["accuracy"] = measured["accuracy"]
+                entry["reliability"] = (
+                    f"pairwise accuracy {measured['accuracy']:.2f} (95% CI {lo:.2f}-{hi:.2f}) on "
+                    f"{measured['n']} labelled pairs, template '{measured['template']}'"
+                )
+        out.append(entry)
+    return out
 
 
 def _check_calibrated(ctx: RunContext, ids: list[str], gen_keys: dict[str, str]) -> None:

@@ -296,13 +296,10 @@ def _calibration_metrics(ctx, res: StrategyResult, assignment, cal_pos, q, lm, l
 
 
 def _accuracy(ctx: RunContext, res: StrategyResult, assignment) -> None:
-    from persyn.scoring.answers import AnswerScorer
-
     gks = ctx.gen_keys()
     keys = [ResponseKey(pid, t, gks[t]) for pid, t in assignment]
-    vals = [
-        r.value for r in ctx.store.get_scores(QUALITY, AnswerScorer.key, keys).values() if r.value is not None
-    ]
+    scores = ctx.store.get_scores(QUALITY, ctx.result("score").answers_key(), keys)
+    vals = [r.value for r in scores.values() if r.value is not None]
     res.n_accuracy = len(vals)
     res.accuracy = float(np.mean(vals)) if vals else None
 
