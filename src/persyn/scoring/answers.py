@@ -23,8 +23,8 @@ scores held-out prompts the same way, so a wrong verdict poisons both. Checking 
      ``math`` otherwise; a reference of words (``Paris``, ``B``) uses ``exact``; anything else
      ``math``.
 
-``math-verify`` runs in a pool of worker processes (pebble), one item per task with a time limit
-(`timeout_s`, default 5 s): a worker that overruns is killed and replaced, and the item scores 0
+``math-verify`` runs in a pool of worker processes (pebble, `math_pool.py`), one item per task with a
+time limit (`timeout_s`, default 5 s): a worker that overruns is killed and replaced, and the item scores 0
 with the reason "timeout". A process is the one limit that holds everywhere: math-verify's own
 limit is ``signal.alarm``, which raises in any thread but the main one (executor threads, threaded
 Ray actors), takes whole seconds, and cannot stop a Python big-integer operation that never
@@ -40,19 +40,16 @@ guard. Inside a daemonic process, which may not start children, math-verify's ow
 
 from __future__ import annotations
 
-import atexit
 import logging
 import math
-import multiprocessing
-import os
 import re
-import threading
 import unicodedata
 from collections.abc import Sequence
-from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from importlib.metadata import version
 from typing import Literal, get_args
+
+from persyn.scoring.math_pool import run_math
 
 Checker = Literal["auto", "numeric", "math", "exact"]
 CHECKERS: tuple[str, ...] = get_args(Checker)
@@ -392,96 +389,6 @@ class _Plan:
         self.verdict, self.gold, self.answer, self.shown = verdict, gold, answer, shown
 
 
-# ------------------------------------------------------------------------------- math-verify pool
-
-
-def _verify_in_worker(gold: str, answer: str) -> str:
-    """Runs in a pool worker: 'equal', 'not equal', 'answer unparsed' or 'reference unparsed'.
-    math-verify's own alarms are off (the pool enforces the limit by killing the worker)."""
-    from math_verify import parse, verify
-
-    logging.getLogger("math_verify").setLevel(logging.ERROR)
-    return _verify(parse, verify, gold, answer, None)
-
-
-def _verify(parse, verify, gold: str, answer: str, limit: int | None) -> str:
-    g = parse(gold, parsing_timeout=limit, raise_on_error=limit is not None)
-    if not g:
-        return "reference unparsed"
-    p = parse(answer, parsing_timeout=limit, raise_on_error=limit is not None)
-    if not p:
-        return "answer unparsed"
-    return "equal" if verify(g, p, timeout_seconds=limit, raise_on_error=limit is not None) else "not equal"
-
-
-def _verify_here(gold: str, answer: str, timeout_s: float) -> str:
-    """In this process, with math-verify's own SIGALRM limit (for daemonic processes only)."""
-    from math_verify import parse, verify
-    from math_verify.errors import TimeoutException
-
-    if threading.current_thread() is not threading.main_thread():
-        raise RuntimeError(
-            "math answer checks need a time limit: run them from a non-daemonic process (which can "
-            "start the checking pool) or from a daemonic process's main thread"
-        )
-    logging.getLogger("math_verify").setLevel(logging.ERROR)
-    try:
-        return _verify(parse, verify, gold, answer, max(1, math.ceil(timeout_s)))
-    except TimeoutException:
-        return "timeout"
-    except Exception as exc:  # math-verify raising on an input it cannot handle
-        return f"error: {type(exc).__name__}"
-
-
-class _Pool:
-    """One pebble ProcessPool per process, started on first use, stopped at exit."""
-
-    lock = threading.Lock()
-    pool = None
-    pid = -1
-
-    @classmethod
-    def get(cls):
-        from pebble import ProcessPool
-
-        with cls.lock:
-            if cls.pool is None or cls.pid != os.getpid():  # a forked child cannot use its parent's
-                workers = max(1, min(4, os.cpu_count() or 1))
-                cls.pool = ProcessPool(max_workers=workers, context=multiprocessing.get_context("spawn"))
-                cls.pid = os.getpid()
-            return cls.pool
-
-    @classmethod
-    def stop(cls) -> None:
-        with cls.lock:
-            if cls.pool is not None and cls.pid == os.getpid():
-                cls.pool.stop()
-                cls.pool.join()
-            cls.pool = None
-
-
-atexit.register(_Pool.stop)
-
-
-def _run_math(items: list[tuple[str, str]], timeout_s: float) -> list[str]:
-    """math-verify on (gold, answer) pairs, each under its own time limit: results in order."""
-    if not items:
-        return []
-    if multiprocessing.current_process().daemon:
-        return [_verify_here(g, a, timeout_s) for g, a in items]
-    pool = _Pool.get()
-    futures = [pool.schedule(_verify_in_worker, args=item, timeout=timeout_s) for item in items]
-    out = []
-    for f in futures:
-        try:
-            out.append(f.result())
-        except FutureTimeout:
-            out.append("timeout")
-        except Exception as exc:  # an input math-verify chokes on, or a worker that died
-            out.append(f"error: {type(exc).__name__}")
-    return out
-
-
 # ------------------------------------------------------------------------------- the checker
 
 
@@ -513,9 +420,7 @@ class AnswerChecker:
             raise ValueError(f"{len(responses)} responses but {len(references)} references")
         plans = [self._plan(r or "", ref) for r, ref in zip(responses, references, strict=True)]
         todo = [p for p in plans if p.verdict is None]
-        for p, status in zip(
-            todo, _run_math([(p.gold, p.answer) for p in todo], self.timeout_s), strict=True
-        ):
+        for p, status in zip(todo, run_math([(p.gold, p.answer) for p in todo], self.timeout_s), strict=True):
             p.verdict = _math_verdict(status, p.shown, self.timeout_s)
         return [p.verdict for p in plans]  # type: ignore[misc]
 
