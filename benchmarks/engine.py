@@ -5,14 +5,22 @@
 
 (a) generate: engine.generate against a bare ``model.generate`` loop on the same prompts, batches
     (the engine's: sorted by length, batch_size rows), greedy, same max_new_tokens and stop tokens.
-    Throughput = completion tokens per second; ratio = engine / bare (goal >= 0.95). The engine runs
-    as shipped (batch-invariant attention on CPU) and with ``batch_invariant=False``; both drop
-    finished rows from the batch (engines/decoding.py), which ``model.generate`` does not, so the
-    gap grows with ``--max-new-tokens`` when answers end at different lengths.
+    The engine runs with ``dtype: auto`` (persyn.hardware: bfloat16 where the CPU computes it
+    natively, else float32), as shipped (batch-invariant attention on CPU) and with
+    ``batch_invariant=False``; the bare loop runs in both dtypes, so a wrong default shows up as a
+    ratio. Throughput = completion tokens per second; goal: engine >= 0.95x the faster bare dtype.
+    The engine drops finished rows from the batch (engines/decoding.py), which ``model.generate``
+    does not, so the gap grows with ``--max-new-tokens`` when answers end at different lengths.
+    To see the AVX2 branch on a CPU with native bf16: ``ATEN_CPU_CAPABILITY=avx2
+    ONEDNN_MAX_CPU_ISA=AVX2`` (the header prints what torch then reports).
 (b) loglik on Gemma-3-270M (262K vocabulary), 8 sequences x 200 tokens: engine.loglik against
     the naive computation (full logits, full float32 log_softmax, gather) and against the bare
     forward pass producing the logits (the floor). Goals: time <= 1.3x the floor; peak memory above
     the weights >= 5x lower than naive.
+
+(c) threads (``--only threads``): engine generation (dtype auto) with 1, 2, ... torch threads up to
+    the cores persyn counts for this process (persyn.hardware.usable_cores), alternating within each
+    repetition, wall clock (threads only change elapsed time). Ratio = tok/s against the best count.
 
 Timing: variants alternate within each repetition (ABC, CBA, ...), medians reported. ``--clock
 wall`` (default) is elapsed time with torch's threads; on a shared machine other processes inflate
@@ -30,7 +38,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -46,6 +53,7 @@ import torch  # noqa: E402
 
 from persyn.engines import EngineSpec, GenerationParams  # noqa: E402
 from persyn.engines.transformers_engine import TransformersEngine, _pad  # noqa: E402
+from persyn.hardware import describe_machine, dtype_name, ensure_threads, usable_cores  # noqa: E402
 
 PROMPTS = [
     "What is the capital of France?",
@@ -72,12 +80,12 @@ LOGLIK_PROMPT_TOKENS, LOGLIK_TOTAL_TOKENS, LOGLIK_BATCH = 50, 200, 8
 # (a) generation
 
 
-def bare_generate_factory(engine: TransformersEngine, params: GenerationParams):
+def bare_generate_factory(engine: TransformersEngine, params: GenerationParams, dtype: torch.dtype):
     """A bare model.generate loop over exactly the engine's batches (same order, padding, stops),
-    on the model loaded as transformers loads it by default (its default attention)."""
+    on the model loaded in `dtype` as transformers loads it by default (its default attention)."""
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(engine.path, dtype=engine.dtype).eval()
+    model = AutoModelForCausalLM.from_pretrained(engine.path, dtype=dtype).eval()
     ids = sorted((engine.prompt_ids(p) for p in PROMPTS), key=len)
     batches = [ids[i : i + engine.batch_size] for i in range(0, len(ids), engine.batch_size)]
     stop = sorted(engine.stop_ids)
@@ -102,15 +110,19 @@ def bare_generate_factory(engine: TransformersEngine, params: GenerationParams):
 CLOCK = time.perf_counter
 
 
+def other_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float32 if dtype == torch.bfloat16 else torch.bfloat16
+
+
 def bench_generate(alias: str, reps: int, max_new_tokens: int) -> dict:
-    engine = TransformersEngine(EngineSpec(model=alias, batch_size=8))
+    engine = TransformersEngine(EngineSpec(model=alias, batch_size=8))  # dtype auto
     fast = TransformersEngine(EngineSpec(model=alias, batch_size=8), batch_invariant=False)
     params = GenerationParams(max_new_tokens=max_new_tokens)
-    bare = bare_generate_factory(engine, params)
     variants = {
         "engine": lambda: sum(g.completion_tokens for g in engine.generate(PROMPTS, params)),
         "fast": lambda: sum(g.completion_tokens for g in fast.generate(PROMPTS, params)),
-        "bare": bare,
+        "bare": bare_generate_factory(engine, params, engine.dtype),
+        "bare_other": bare_generate_factory(engine, params, other_dtype(engine.dtype)),
     }
     for run in variants.values():  # warm-up
         run()
@@ -125,10 +137,34 @@ def bench_generate(alias: str, reps: int, max_new_tokens: int) -> dict:
     engine.close()
     fast.close()
     med = {k: statistics.median(v) for k, v in times.items()}
+    auto = engine.dtype
     return {
-        "model": alias, "median_s": med, "tokens": tokens, "tok_per_s": {k: tokens[k] / med[k] for k in med},
-        "runs": times,
+        "model": alias, "dtype": dtype_name(auto), "other_dtype": dtype_name(other_dtype(auto)),
+        "median_s": med, "tokens": tokens, "tok_per_s": {k: tokens[k] / med[k] for k in med}, "runs": times,
     }  # fmt: skip
+
+
+def bench_threads(alias: str, reps: int, max_new_tokens: int, counts: list[int]) -> dict:
+    engine = TransformersEngine(EngineSpec(model=alias, batch_size=8))
+    params = GenerationParams(max_new_tokens=max_new_tokens)
+
+    def run(n: int) -> int:
+        torch.set_num_threads(n)
+        return sum(g.completion_tokens for g in engine.generate(PROMPTS, params))
+
+    for n in counts:  # warm-up
+        run(n)
+    times: dict[int, list[float]] = {n: [] for n in counts}
+    tokens: dict[int, int] = {}
+    for rep in range(reps):
+        for n in counts if rep % 2 == 0 else counts[::-1]:
+            t0 = time.perf_counter()
+            tokens[n] = run(n)
+            times[n].append(time.perf_counter() - t0)
+    engine.close()
+    med = {n: statistics.median(v) for n, v in times.items()}
+    return {"model": alias, "dtype": dtype_name(engine.dtype), "median_s": med, "tokens": tokens,
+            "tok_per_s": {n: tokens[n] / med[n] for n in med}, "runs": times}  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------------
@@ -253,28 +289,26 @@ def bench_loglik_memory(alias: str, reps: int) -> dict:
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    m = describe_machine()
+    limits = " ".join(f"{k}={v}" for k, v in m["limits"].items()) or "none"
     return (
-        f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), "
+        f"{m['cpu']}, {m['cpu_count']} CPUs, torch {m['torch']}, CPU capability {m['torch_capability']}, "
+        f"native bf16 {'yes' if m['native_bf16'] else 'no'} (limits: {limits}), {torch.get_num_threads()} "
+        f"threads; dtype auto = {m['auto_dtype']} ({m['auto_dtype_reason']}); "
         f"load average {os.getloadavg()[0]:.1f}"
     )
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--only", choices=["generate", "loglik"], default=None)
+    ap.add_argument("--only", choices=["generate", "loglik", "threads"], default=None)
     ap.add_argument("--models", nargs="+", default=["smollm2-135m-instruct", "gemma3-270m"])
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--mem-reps", type=int, default=3)
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--loglik-model", default="gemma3-270m")
     ap.add_argument("--clock", choices=["wall", "cpu"], default="wall")
-    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: persyn's choice)")
     ap.add_argument("--json", help="also write the figures to this file")
     ap.add_argument("--memory-child", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -282,12 +316,14 @@ def main() -> None:
         memory_child(*args.memory_child)
         return
     global CLOCK
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    ensure_threads(args.threads)  # as the pipeline would (None: persyn's default for this machine)
     CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
 
     from rich.console import Console
     from rich.table import Table
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # "Loading weights" bars between the tables
 
     console = Console(width=max(Console().width, 120))
     console.print(f"[bold]machine[/]: {machine()}; clock: {args.clock}")
@@ -296,17 +332,47 @@ def main() -> None:
     if args.only in (None, "generate"):
         table = Table(title=f"(a) generate: {len(PROMPTS)} prompts, batch 8, greedy, "
                       f"max_new_tokens={args.max_new_tokens}, median of {args.reps}")  # fmt: skip
-        for col in ("model", "variant", f"{args.clock} s", "tokens", "tok/s", "vs bare (goal >= 0.95)"):
+        cols = ("model", "variant", "dtype", f"{args.clock} s", "tokens", "tok/s",
+                "vs the faster bare dtype (goal >= 0.95)")  # fmt: skip
+        for col in cols:
             table.add_column(col, justify="right")
         report["generate"] = []
         for name in args.models:
             r = bench_generate(f"zoo:{name}", args.reps, args.max_new_tokens)
             report["generate"].append(r)
             tps = r["tok_per_s"]
-            for variant, label in (("engine", "engine"), ("fast", "engine, invariance off"),
-                                   ("bare", "bare generate")):  # fmt: skip
-                table.add_row(name, label, f"{r['median_s'][variant]:.2f}", str(r["tokens"][variant]),
-                              f"{tps[variant]:.1f}", f"{tps[variant] / tps['bare']:.2f}x")  # fmt: skip
+            best = max(tps["bare"], tps["bare_other"])
+            auto, other = r["dtype"], r["other_dtype"]
+            for variant, label, dtype in (("engine", "engine (dtype auto)", auto),
+                                          ("fast", "engine, invariance off", auto),
+                                          ("bare", "bare generate", auto),
+                                          ("bare_other", "bare generate", other)):  # fmt: skip
+                table.add_row(name, label, dtype, f"{r['median_s'][variant]:.2f}", str(r["tokens"][variant]),
+                              f"{tps[variant]:.1f}", f"{tps[variant] / best:.2f}x")  # fmt: skip
+            r["dtype_ratio"] = tps["bare"] / tps["bare_other"]
+        console.print(table)
+        for r in report["generate"]:
+            console.print(
+                f"{r['model']}: bare generate in the dtype auto picks ({r['dtype']}) runs "
+                f"[bold]{r['dtype_ratio']:.2f}x[/] the other ({r['other_dtype']}) on this machine "
+                "(below 1: auto picked the slower one)"
+            )
+
+    if args.only == "threads":
+        counts = list(range(1, usable_cores()[0] + 1))
+        table = Table(title=f"(c) threads: engine generate, {len(PROMPTS)} prompts, batch 8, greedy, "
+                      f"max_new_tokens={args.max_new_tokens}, wall clock, median of {args.reps}")  # fmt: skip
+        for col in ("model", "dtype", "threads", "wall s", "tokens", "tok/s", "vs best"):
+            table.add_column(col, justify="right")
+        report["threads"] = []
+        for name in args.models:
+            r = bench_threads(f"zoo:{name}", args.reps, args.max_new_tokens, counts)
+            report["threads"].append(r)
+            best = max(r["tok_per_s"].values())
+            for n in counts:
+                table.add_row(name, r["dtype"], str(n), f"{r['median_s'][n]:.2f}",
+                              str(r["tokens"][n]), f"{r['tok_per_s'][n]:.1f}",
+                              f"{r['tok_per_s'][n] / best:.2f}x")  # fmt: skip
         console.print(table)
 
     if args.only in (None, "loglik"):

@@ -43,7 +43,7 @@ def _store_benchmark():
 
 def _arm(root: Path, name: str, n: int, calibration: int, max_new_tokens: int, gts: bool) -> dict:
     from persyn import Pipeline
-    from persyn.pipeline import write_demo
+    from persyn.demo.project import write_demo
 
     cfg_path = write_demo(
         root / name, n_prompts=n, calibration=n if gts else calibration, max_new_tokens=max_new_tokens
@@ -62,10 +62,8 @@ def _arm(root: Path, name: str, n: int, calibration: int, max_new_tokens: int, g
         sc = timed("score")
         if gts:
             # Select: the best combined label per prompt among every teacher's response.
-            from persyn.stages.score import labels_for
-
             t = time.perf_counter()
-            labels = labels_for(pipe.ctx, sc.quality, sc.learnability)
+            labels = pipe.ctx.result("score").labels(sc.quality, sc.learnability)
             import numpy as np
 
             chosen = np.argmax(np.where(np.isnan(labels), -np.inf, labels), axis=1)

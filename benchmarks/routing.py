@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 
-from persyn.routing import TeacherCap, route_prompts
+from persyn.assignment import TeacherCap, route_prompts
 
 
 def _full_lp(S: np.ndarray, caps: np.ndarray) -> float:

@@ -49,7 +49,8 @@ def tiny_engine(tiny_engine_factory):
 
 @pytest.fixture(scope="session")
 def smollm_engine():
-    """SmolLM2-135M-Instruct, default spec (bf16 on CPU): the usual student."""
+    """SmolLM2-135M-Instruct, default spec (dtype auto: bf16 on CPUs with native bf16, else float32):
+    the usual student."""
     engine = make_engine("zoo:smollm2-135m-instruct")
     yield engine
     engine.close()
@@ -57,7 +58,7 @@ def smollm_engine():
 
 @pytest.fixture(scope="session")
 def gemma_engine():
-    """Gemma-3-270M base (completion template), default spec (bf16 on CPU): a teacher."""
+    """Gemma-3-270M base (completion template), default spec (dtype auto): a teacher."""
     engine = make_engine("zoo:gemma3-270m")
     yield engine
     engine.close()
@@ -65,7 +66,7 @@ def gemma_engine():
 
 @pytest.fixture(scope="session")
 def qwen_engine():
-    """Qwen2.5-Coder-0.5B-Instruct, default spec (bf16 on CPU): the strongest teacher and LM judge."""
+    """Qwen2.5-Coder-0.5B-Instruct, default spec (dtype auto): the strongest teacher and LM judge."""
     engine = make_engine("zoo:qwen2.5-coder-0.5b-instruct")
     yield engine
     engine.close()

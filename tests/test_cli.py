@@ -90,6 +90,45 @@ def test_plan_before_any_model_runs(tmp_path):
     assert "Generate-then-Select" in res.stdout and "tokenizer" in res.stdout
 
 
+def test_doctor_says_what_dtype_auto_picks_and_why(monkeypatch):
+    import persyn.hardware as hw
+
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")  # shown as a limit in force
+    monkeypatch.setattr(hw, "cpu_info", lambda: hw.CpuInfo("AVX2", native_bf16=False))
+    monkeypatch.setattr(hw.torch.cuda, "is_available", lambda: False)
+    out = " ".join(cli(["doctor"]).stdout.split())
+    assert "CPU capability AVX2, native bfloat16: no" in out and "limits ATEN_CPU_CAPABILITY=avx2" in out
+    assert "dtype auto float32 (CPU has no native bfloat16 (AVX2)" in out and "torch threads" in out
+    facts = json.loads(cli(["doctor", "--json"]).stdout)
+    assert (facts["auto_dtype"], facts["native_bf16"]) == ("float32", False)
+    assert facts["torch_capability"] == "AVX2"
+    assert facts["threads"] >= 1 and facts["usable_cores"] >= 1 and facts["cpu"]
+    monkeypatch.setattr(hw, "cpu_info", lambda: hw.CpuInfo("AVX512", native_bf16=True))
+    assert "dtype auto bfloat16 (CPU computes bfloat16 natively" in " ".join(cli(["doctor"]).stdout.split())
+
+
+def test_plan_reports_prompts_over_a_models_context_as_ingest_does(tmp_path):
+    from pipeline_fixtures import write_prompts
+
+    path = write_prompts(tmp_path / "prompts.jsonl")
+    huge = " ".join(["word"] * 60_000)
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps({"id": "huge", "prompt": f"Summarise: {huge}"}) + "\n")
+    cfg = tiny_config(tmp_path)
+    plan = json.loads(cli(["plan", str(cfg), "--json"]).stdout)
+    assert plan["n_prompts"] == N  # left out of the counts, as a run leaves it out
+    assert plan["generate_then_select"]["generations"] == N * T
+    too_long = plan["too_long"]
+    assert {t["limit_name"] for t in too_long} == {"teacher t1", "teacher t2", "teacher t3", "student"}
+    assert all(t["id"] == "huge" and t["source"].endswith(f"prompts.jsonl:{N + 1}") for t in too_long)
+    assert all(t["tokens"] > 60_000 and t["max_tokens"] == 2048 - 8 for t in too_long)
+    res = cli(["plan", str(cfg)])
+    assert res.exit_code == 0, res.output
+    text = " ".join(res.stdout.split())
+    assert "1 prompt(s) exceed a model's context window and are left out" in text
+    assert f"too long for teacher t1: {path}:{N + 1}" in text
+
+
 def test_plan_after_a_run_uses_routes_and_observed_lengths(tmp_path_factory, tmp_path):
     root = copy_run(base_run(tmp_path_factory), tmp_path / "planned")
     res = cli(["plan", str(root / "persyn.yaml"), "--json"])

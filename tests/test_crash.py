@@ -2,8 +2,9 @@
 the middle of `generate`, then run again, ends with exactly the rows a clean run produces, none
 written twice, and its events show that the rows finished before each crash were not recomputed.
 
-The kill is deterministic: PERSYN_TEST_KILL_AFTER=STAGE:N makes the process SIGKILL itself right
-after its N-th committed batch in STAGE (batches of 4 rows here).
+The kill is deterministic: PERSYN_TEST_KILL_AFTER=STAGE:N makes the process (tests/crash_cli.py,
+the CLI with the pipeline's `on_commit` hook set) SIGKILL itself right after its N-th committed
+batch in STAGE (batches of 4 rows here).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from pipeline_fixtures import C, N, T, cli, events, responses, routes, scores, tiny_config, write_prompts
@@ -19,6 +21,7 @@ from pipeline_fixtures import C, N, T, cli, events, responses, routes, scores, t
 pytest.importorskip("persyn.engines.transformers_engine")
 
 BATCH = 4
+CRASH_CLI = Path(__file__).parent / "crash_cli.py"
 
 
 def persyn(args: list[str], kill_after: str | None = None) -> subprocess.CompletedProcess:
@@ -26,7 +29,7 @@ def persyn(args: list[str], kill_after: str | None = None) -> subprocess.Complet
     if kill_after:
         env["PERSYN_TEST_KILL_AFTER"] = kill_after
     return subprocess.run(
-        [sys.executable, "-m", "persyn.cli", *args], env=env, capture_output=True, text=True, timeout=600
+        [sys.executable, str(CRASH_CLI), *args], env=env, capture_output=True, text=True, timeout=600
     )
 
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-import persyn.export as export_mod
-from persyn.export import FORMATS, DataCard, ExportError, ExportRecord, export_dataset, scrub_secrets
+import persyn.dataset.formats as export_mod
+from persyn.dataset import FORMATS, DataCard, ExportError, ExportRecord, export_dataset, scrub_secrets
 
 datasets = pytest.importorskip("datasets")
 

@@ -100,6 +100,27 @@ def test_summary_names_paths_and_counts(tmp_path_factory, base):
     )
 
 
+def test_the_dtype_each_model_ran_in_is_recorded(base):
+    """The run's state, its events, the report and `persyn status` say how each model ran (the
+    dtype depends on the machine with `dtype: auto`; these configs pin float32)."""
+    import torch
+
+    run = base / "run"
+    engines = state(run, "engines")
+    roles = sorted(r for info in engines.values() for r in info["roles"])
+    assert roles == sorted([*TEACHERS, "judge", "student"])
+    for fp, info in engines.items():
+        assert info["fingerprint"] == fp and fp in set(state(run, "fingerprints").values())
+        assert info["dtype"] == "float32" and info["dtype_reason"] == "set in the config"
+        assert info["device"] == "cpu" and info["threads"] == torch.get_num_threads()
+    lines = [e["message"] for e in events(run, "engines")]
+    assert any(m.startswith("t1 (zoo:tiny-llama-s1): float32 on cpu") for m in lines)
+    html = (run / "report" / "index.html").read_text()
+    assert "Model t1 (zoo:tiny-llama-s1): float32 on cpu" in html
+    out = cli(["status", str(base / "persyn.yaml")]).stdout
+    assert "model judge (zoo:tiny-llama-s5): float32 on cpu" in out
+
+
 def test_resume_events_and_second_run_does_nothing(tmp_path, base, monkeypatch):
     root = copy_run(base, tmp_path / "again")
     before = responses(root / "run")

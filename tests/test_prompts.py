@@ -221,6 +221,67 @@ def test_same_text_different_ids_merged(tmp_path):
     assert ps.report.duplicates[0].duplicate_ids == ("y",)
 
 
+def test_same_prompt_with_and_without_answer_is_merged_keeping_the_answer(tmp_path):
+    rows = [
+        {"prompt": "What is 6 x 7?"},
+        {"prompt": "Other"},
+        {"prompt": " What is 6 x 7? ", "answer": "42"},  # the later copy has the answer
+        {"prompt": "Name a colour.", "answer": "red"},
+        {"prompt": "Name a colour."},  # the earlier copy has it
+    ]
+    ps = load_prompts(write_jsonl(tmp_path / "p.jsonl", rows), answer_field="answer")
+    assert [(x.text, x.answer) for x in ps.prompts] == [
+        ("What is 6 x 7?", "42"),
+        ("Other", None),
+        ("Name a colour.", "red"),
+    ]
+    assert ps.prompts[0].source.endswith(":1")  # the first occurrence stays the prompt's origin
+    assert [(g.kept_line, g.duplicate_lines, g.answer_line) for g in ps.report.duplicates] == [
+        (1, (3,), 3),
+        (4, (5,), 4),
+    ]
+    assert ps.report.n_with_answer == 2 and ps.report.to_dict()["answers_merged"] == 2
+    assert "2 duplicate rows merged (2 keeping the answer only some copies had)" in ps.report.summary()
+
+
+def test_a_row_id_on_two_prompts_is_refused_naming_both_lines(tmp_path):
+    """Without id_field, ids come from the text, but a row's own `id` is still its provenance."""
+    rows = [
+        {"id": "q1", "prompt": "What is 6 x 7?"},
+        {"id": "q2", "prompt": "Other"},
+        {"id": "q1", "prompt": "What is 7 x 8?"},  # q1 again, another prompt
+        {"id": "q2", "prompt": "Other"},  # q2 again, same prompt: a duplicate
+        {"id": 3, "prompt": "Third"},
+    ]
+    p = write_jsonl(tmp_path / "p.jsonl", rows)
+    with pytest.raises(PromptSetError) as err:
+        load_prompts(p)
+    assert "line 3: id 'q1' (field 'id') is already used at line 1 for another text" in str(err.value)
+    ps = load_prompts(p, skip_bad_rows=True)
+    assert [x.text for x in ps.prompts] == ["What is 6 x 7?", "Other", "Third"]
+    assert [(b.line, b.kind) for b in ps.report.bad_rows] == [(3, "id_conflict")]
+    assert ps.report.duplicates[0].duplicate_lines == (4,)
+    assert ps.prompts[0].id == text_id("What is 6 x 7?") and ps.prompts[0].meta == {"id": "q1"}
+
+
+def test_windows_files_with_byte_order_mark_and_crlf(tmp_path):
+    """What Notepad and Excel write: a UTF-8 byte-order mark, CRLF line ends."""
+    rows = ['{"prompt": "caf\u00e9 au lait?", "answer": "1"}', "", '{"prompt": "Second"}']
+    p = tmp_path / "win.jsonl"
+    p.write_bytes(b"\xef\xbb\xbf" + "\r\n".join(rows).encode("utf-8") + b"\r\n")
+    ps = load_prompts(p, answer_field="answer")
+    assert [x.text for x in ps.prompts] == ["caf\u00e9 au lait?", "Second"]
+    assert ps.prompts[1].source.endswith(":3") and ps.report.blank_lines == 1
+    c = tmp_path / "win.csv"
+    c.write_bytes(b"\xef\xbb\xbfprompt,answer\r\n\"Line one\r\nline two\",7\r\nNext,\r\n")
+    ps = load_prompts(c, answer_field="answer")
+    assert [(x.text, x.answer) for x in ps.prompts] == [("Line one\r\nline two", "7"), ("Next", None)]
+    assert ps.prompts[1].source.endswith(":4")
+    gz = tmp_path / "win.jsonl.gz"
+    gz.write_bytes(gzip.compress(p.read_bytes()))
+    assert len(load_prompts(gz)) == 2
+
+
 # ----------------------------------------------------------------------------- files and formats
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from persyn.scoring.answers import AnswerScorer
+from persyn.scoring.answers import AnswerScorer, answers_key
 from persyn.scoring.quality import (
     AutoScorer,
     EngineScorer,
@@ -42,9 +42,12 @@ def test_keys_are_stable_and_name_the_method():
     assert EngineScorer(eng, "judge").key == "judge:recording-engine@1"
     assert EngineScorer(eng, "reward").key == "reward:recording-engine@1"
     auto = AutoScorer(EngineScorer(eng, "judge"))
-    assert auto.key == "auto(answers:v1|judge:recording-engine@1)"
+    assert auto.key == f"auto({answers_key('auto')}|judge:recording-engine@1)"
     assert build_quality_scorer("auto", eng).key == auto.key
-    assert build_quality_scorer("answers").key == AnswerScorer.key
+    assert build_quality_scorer("answers").key == AnswerScorer().key
+    assert (
+        build_quality_scorer("answers", checker="numeric").key == answers_key("numeric") != auto.answers.key
+    )
     with pytest.raises(ValueError, match="needs an engine"):
         build_quality_scorer("judge")
     with pytest.raises(ValueError, match="unknown"):
@@ -62,7 +65,7 @@ def test_auto_scores_each_prompt_with_one_method_for_all_teachers():
         "c": ["\\boxed{4}", None, "It is 100."],
     }
     q, methods = score_quality_matrix(auto, prompts, responses, refs)
-    assert methods == ["answers:v1", "judge:recording-engine@1", "answers:v1"]
+    assert methods == [answers_key("auto"), "judge:recording-engine@1", answers_key("auto")]
     expected = np.array(
         [
             [1.0, 0.0, 1.0],  # answers: 0/1 for every teacher

@@ -201,6 +201,16 @@ def test_a_replica_lost_for_good_hands_its_batches_to_the_other(ray_cluster, mon
     assert out == want
 
 
+def test_a_replica_runs_as_many_torch_threads_as_cpus_it_reserves(ray_cluster):
+    """Replicas sharing a node do not oversubscribe it, whatever OMP_NUM_THREADS the driver has."""
+    spec = EngineSpec(model="zoo:tiny-llama-s1", dtype="float32")
+    for cpus, threads in ((2, 2), (0.5, 1)):
+        with RayExecutor(ExecutorConfig(kind="ray", num_cpus_per_replica=cpus)) as ex:
+            about = ex.describe(spec)
+        assert (about["threads"], about["dtype"], about["replicas"]) == (threads, "float32", 1)
+        assert about["fingerprint"].startswith("transformers:zoo:tiny-llama-s1:")
+
+
 def test_a_model_that_cannot_load_is_a_clear_error(ray_cluster):
     from persyn.engines.base import EngineError
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from persyn.export import ExportRecord
-from persyn.report import LedgerRow, ReportData, headline, write_report
+from persyn.dataset import ExportRecord
+from persyn.html_report import LedgerRow, ReportData, headline, write_report
 
 HOSTILE = "<script>alert('pwned')</script>"
 TEACHERS = ["qwen", "gemma", "smol"]
@@ -172,3 +172,40 @@ def test_priced_runs_get_a_cost_headline(tmp_path):
     assert "15 generations instead of 40 (37.5% of Generate-then-Select)" in html
     assert "cost 2.00 instead of ~8.00 (25.0%)" in html
     assert_valid_png(tmp_path / "cost.png")
+
+
+def test_quality_section_shows_labels_and_reliability(tmp_path):
+    quality = [
+        {
+            "method": "answers",
+            "key": "answers:auto@2",
+            "prompts": 40,
+            "labels": 117,
+            "failed": 3,
+            "mean": 0.5,
+            "timeouts": 2,
+            "reliability": "verified answers",
+        },
+        {
+            "method": "judge",
+            "key": "judge:abc",
+            "prompts": 60,
+            "labels": 180,
+            "failed": 0,
+            "mean": -0.25,
+            "reliability": "pairwise accuracy 0.80 (95% CI 0.72-0.87) on 120 labelled pairs",
+        },
+    ]
+    html = write_report(make_data(quality=quality), tmp_path).read_text(encoding="utf-8")
+    section = re.sub(r">\s+<", "><", html[html.index('id="quality"') : html.index('id="router"')])
+    assert (
+        '<td class="num">117</td><td class="num">3</td><td class="num">0.500</td><td class="num">2</td>'
+        in section
+    )
+    assert (
+        '<td class="num">180</td><td class="num">0</td><td class="num">-0.250</td><td class="num">—</td>'
+        in section
+    )
+    assert "pairwise accuracy 0.80 (95% CI 0.72-0.87)" in section
+    empty = write_report(make_data(), tmp_path / "empty").read_text(encoding="utf-8")
+    assert "No quality scores recorded." in empty

@@ -12,6 +12,7 @@ from persyn.engines.base import GenerationParams
 from persyn.router.encoders import load_encoder
 from persyn.router.io import load_router, save_router
 from persyn.router.model import TrainConfig, train_router
+from persyn.scoring.answers import answers_key
 from persyn.scoring.labels import combine_labels, make_pairs
 from persyn.scoring.learnability import Learnability, learnability_matrix
 from persyn.scoring.quality import build_quality_scorer, score_quality_matrix
@@ -133,7 +134,7 @@ def test_end_to_end_calibrate_score_route_reload(student, qwen, gemma, tmp_path)
     # One method per prompt: answers where a reference exists (0/1), the judge elsewhere.
     for i, ref in enumerate(refs):
         if ref is not None:
-            assert methods[i] == "answers:v1"
+            assert methods[i] == answers_key("auto")
             assert set(quality[i][~np.isnan(quality[i])]) <= {0.0, 1.0}
         else:
             assert methods[i].startswith("judge:")

@@ -10,8 +10,8 @@ import pytest
 import scipy.sparse as sp
 from scipy.optimize import linprog
 
-from persyn import routing
-from persyn.routing import RoutingInfeasibleError, TeacherCap, cost_per_prompt, route_prompts
+from persyn.assignment import RoutingInfeasibleError, TeacherCap, cost_per_prompt, route_prompts
+from persyn.assignment import capped as routing
 
 
 def names(T: int) -> list[str]:

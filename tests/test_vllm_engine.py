@@ -116,6 +116,13 @@ else:
                 )
         assert same >= len(PROMPTS) - 1, f"only {same}/{len(PROMPTS)} greedy texts identical"
 
+    def test_describe_reports_the_dtype_vllm_runs(vllm_engine, reference):
+        about = vllm_engine.describe()
+        assert (about["engine"], about["dtype"]) == ("vllm", "float32")
+        assert about["dtype_reason"] == "set in the config"
+        assert about["fingerprint"] == vllm_engine.fingerprint
+        assert reference.describe()["dtype"] == "float32"
+
     def test_loglik_matches_transformers(vllm_engine, reference, reference_greedy):
         prompts = [*PROMPTS, "Say hi."]
         responses = [g.text for g in reference_greedy] + ["\n\nHi!"]

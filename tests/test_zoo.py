@@ -266,6 +266,22 @@ def test_converted_folders_are_clean_transformers_models():
     assert not (Path(resolve_model("zoo:gemma3-270m")) / "chat_template.jinja").exists()
 
 
+@pytest.mark.zoo
+@pytest.mark.slow
+def test_a_first_conversion_shows_one_persyn_bar_and_no_library_bars(tmp_cache, capfd):
+    """A fresh cache converts SmolLM2 (~20 s): transformers' own tqdm bars (dequantising, writing
+    the shards) do not leak; one persyn bar shows the dequantisation instead."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.enable_progress_bar()  # as a Python user has it: the conversion quiets it itself
+    path = Path(resolve_model("zoo:smollm2-135m-instruct"))
+    assert path.is_relative_to(tmp_cache) and zoo.is_ready(path, zoo.GGUF_RECIPE)
+    err = capfd.readouterr().err
+    assert "Converting and de-quantizing" not in err and "Writing model shards" not in err
+    assert "zoo:smollm2-135m-instruct · dequantising" in err and "ready in" in err
+    assert hf_logging.is_progress_bar_enabled()  # restored after
+
+
 def test_print_zoo_lists_every_alias(capsys, monkeypatch):
     monkeypatch.setenv("COLUMNS", "250")
     zoo.print_zoo()

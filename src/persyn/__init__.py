@@ -9,32 +9,19 @@ Names are imported lazily so that `import persyn` (and the CLI's start) stays ch
 
 from __future__ import annotations
 
-import importlib
+from persyn.lazy import lazy_exports
 
 __version__ = "0.1.0"
 
-_EXPORTS = {
-    "Pipeline": "persyn.pipeline",
-    "RunSummary": "persyn.pipeline",
-    "StageError": "persyn.stages.context",
-    "Config": "persyn.config",
-    "ConfigError": "persyn.config",
-    "load_config": "persyn.config",
-    "Plan": "persyn.plan",
-    "make_plan": "persyn.plan",
-    "STRATEGIES": "persyn.strategies",
-    "RunStore": "persyn.store",
-}
-
-__all__ = ["__version__", *sorted(_EXPORTS)]
-
-
-def __getattr__(name: str):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'persyn' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
-
-
-def __dir__() -> list[str]:
-    return __all__
+__all__, __getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        "persyn.pipeline": ["Pipeline", "RunSummary"],
+        "persyn.stages.context": ["StageError"],
+        "persyn.config": ["Config", "ConfigError", "load_config"],
+        "persyn.plan": ["Plan", "make_plan"],
+        "persyn.stages.strategies": ["STRATEGIES"],
+        "persyn.store": ["RunStore"],
+    },
+    "__version__",
+)

@@ -11,13 +11,12 @@ them stable once shipped. `persyn init` writes `templates/config.yaml`, which do
 
 The manifest hash covers what changes the data (prompts, student, teachers, generation, quality,
 calibration, router, routing, baselines, seed), not where or how the work runs (`output`,
-`executor`, `prompts.skip_bad_rows`): moving a run or changing the batch size never needs --force.
+`executor`, `prompts.skip_bad_rows`, `prompts.answer_timeout_s`): moving a run or changing the
+batch size never needs --force.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,8 +25,11 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from persyn.config_errors import KeyedProblems, format_validation_error
 from persyn.engines.base import GenerationParams
 from persyn.engines.spec import EngineSpec
+from persyn.errors import PersynError
+from persyn.store.keys import config_hash
 
 __all__ = [
     "BaselinesConfig",
@@ -54,16 +56,8 @@ __all__ = [
 EXPORT_FORMATS = ("messages", "prompt_completion", "sharegpt", "parquet", "hf")
 
 
-class ConfigError(ValueError):
+class ConfigError(PersynError, ValueError):
     """A config that cannot be used. The message names the file, the key and, where known, the line."""
-
-
-class _KeyedProblems(ValueError):
-    """Cross-section problems, each with the key path it is about (so errors can show its line)."""
-
-    def __init__(self, problems: list[tuple[tuple, str]]):
-        self.problems = problems
-        super().__init__("; ".join(f"{_dotted(loc)}: {msg}" for loc, msg in problems))
 
 
 class _Section(BaseModel):
@@ -98,6 +92,11 @@ class PromptsConfig(_Section):
     # Refuse malformed rows (default) or skip them and list them in the run directory.
     skip_bad_rows: bool = False
     limit: int | None = Field(default=None, ge=1)
+    # How reference answers are checked (scoring/answers.py): auto (by the reference: plain numbers
+    # numerically, words as text, the rest symbolically) | numeric | math (math-verify) | exact.
+    answer_checker: Literal["auto", "numeric", "math", "exact"] = "auto"
+    # Seconds one answer check may take; an overrun scores 0 with the reason "timeout".
+    answer_timeout_s: float = Field(default=5.0, gt=0)
 
 
 class Cost(_Section):
@@ -135,7 +134,7 @@ class StudentConfig(EngineSpec):
 
 
 class QualityConfig(_Section):
-    """How response quality r_q is measured (PAPER.md step 2).
+    """How response quality r_q is measured (the method's step 2, docs/method.md).
 
     `auto`: verifiable answers where a prompt has a reference answer, else the judge (or reward
     model). Every teacher's response to one prompt is scored by the same method.
@@ -155,7 +154,7 @@ class QualityConfig(_Section):
         if self.judge is not None and self.reward is not None:
             problems.append((("reward",), "set quality.judge or quality.reward, not both"))
         if problems:
-            raise _KeyedProblems(problems)
+            raise KeyedProblems(problems)
         return self
 
     @property
@@ -176,7 +175,7 @@ class CalibrationConfig(_Section):
 
 
 class RouterConfig(_Section):
-    """Combined label (PAPER.md Eq. 2) and the Bradley-Terry router (Eq. 3)."""
+    """Combined label (docs/method.md, Eq. 2) and the Bradley-Terry router (Eq. 3)."""
 
     alpha: float = Field(default=0.4, ge=0.0, le=1.0)
     normalisation: Literal["zscore", "minmax"] = "zscore"
@@ -215,7 +214,7 @@ class RoutingConfig(_Section):
 
     caps: dict[str, TeacherCap] = Field(default_factory=dict)
     budget: float | None = Field(default=None, ge=0.0)
-    # Calibration prompts: `router` (PAPER.md step 6: route every prompt by the router) or `best`
+    # Calibration prompts: `router` (the method's step 6: route every prompt by the router) or `best`
     # (the teacher with the best combined label; their responses are already paid for).
     calibration_prompts: Literal["router", "best"] = "router"
 
@@ -266,6 +265,10 @@ class ExecutorConfig(_Section):
     # once). None: 1 when a GPU is present (free each model before the next), else 4. On Ray: pools
     # kept alive (None: 1 when a pool uses GPUs, else 4; fewer when the cluster cannot hold more).
     max_loaded_engines: int | None = Field(default=None, ge=1)
+    # torch threads of this process; its models run one at a time and share them. None: the
+    # OMP_NUM_THREADS variable, else the CPUs the process may use (affinity mask, cgroup quota).
+    # A Ray replica uses as many as the CPUs it reserves (num_cpus, at least 1).
+    threads: int | None = Field(default=None, ge=1)
     # Ray: each model is a pool of replica actors with these needs (per replica), overridden per
     # teacher name or role (student, judge, reward) in `pools`.
     replicas: int = Field(default=1, ge=1)
@@ -360,7 +363,7 @@ class Config(_Section):
                 )
         problems += self._pool_problems()
         if problems:
-            raise _KeyedProblems(problems)
+            raise KeyedProblems(problems)
         return self
 
     def _pool_problems(self) -> list[tuple[tuple, str]]:
@@ -426,6 +429,11 @@ class Config(_Section):
     def generation_for(self, name: str) -> GenerationConfig:
         return self.teacher(name).generation or self.generation
 
+    def family_teachers(self) -> list[str]:
+        """The teachers of the student's family (`student.family`), for the Family-Strong baseline."""
+        fam = self.student.family
+        return [] if fam is None else [t.name for t in self.teachers if t.family == fam]
+
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
 
@@ -436,6 +444,7 @@ class Config(_Section):
         d.pop("output", None)
         d.pop("executor", None)
         d["prompts"].pop("skip_bad_rows", None)
+        d["prompts"].pop("answer_timeout_s", None)  # a safety limit, not what a verdict means
         # Relative to the run directory: a project moved or copied whole keeps its identity.
         try:
             d["prompts"]["path"] = os.path.relpath(self.prompts.path, self.output.dir)
@@ -444,9 +453,8 @@ class Config(_Section):
         return d
 
     def hash(self) -> str:
-        """A stable hash of the manifest part of the config."""
-        blob = json.dumps(self.manifest_dict(), sort_keys=True)
-        return hashlib.sha256(blob.encode()).hexdigest()
+        """The hash the run directory's manifest records for this config (`config_hash`)."""
+        return config_hash(self.manifest_dict())
 
 
 def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
@@ -469,10 +477,9 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Co
     path = Path(path)
     try:
         text = path.read_text()
+        data = yaml.safe_load(text)
     except OSError as e:
         raise ConfigError(f"{path}: cannot read config: {e.strerror or e}") from e
-    try:
-        data = yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from e
     if not isinstance(data, dict):
@@ -485,7 +492,7 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Co
     try:
         config = Config.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(_format_validation_error(path, text, e)) from None
+        raise ConfigError(format_validation_error(path, text, e, Config)) from None
     base = path.parent
     if not config.prompts.path.is_absolute():
         config.prompts.path = (base / config.prompts.path).resolve()
@@ -507,107 +514,3 @@ def _set_dotted(data: dict, key: str, value: Any) -> None:
         node[int(last)] = value
     else:
         node[last] = value
-
-
-def _format_validation_error(path: Path, text: str, error: ValidationError) -> str:
-    lines = _key_lines(text)
-    problems: list[tuple[tuple, str]] = []
-    for err in error.errors():
-        loc = tuple(err["loc"])
-        cause = (err.get("ctx") or {}).get("error")
-        if isinstance(cause, _KeyedProblems):
-            # A cross-section check: its problems carry their own key paths (relative to `loc`).
-            problems += [(loc + sub, msg) for sub, msg in cause.problems]
-            continue
-        key = _dotted(loc)
-        if err["type"] == "extra_forbidden":
-            msg = f"unknown key {key!r}" + _suggest(loc)
-        elif err["type"] == "missing":
-            msg = f"missing required key {key!r}"
-        else:
-            msg = f"{key}: {err['msg']}" if key else err["msg"]
-        problems.append((loc, msg))
-    out = [f"{path}: invalid config ({len(problems)} problem{'s' if len(problems) > 1 else ''})"]
-    for loc, msg in problems:
-        line = _nearest_line(lines, loc)
-        where = f"line {line}: " if line else ""
-        key = _dotted(loc)
-        if key and not msg.startswith((key, "unknown key", "missing required")):
-            msg = f"{key}: {msg}"
-        out.append(f"  {where}{msg}")
-    return "\n".join(out)
-
-
-def _suggest(loc: tuple) -> str:
-    """A hint for a misspelt key: the closest known key of that section."""
-    import difflib
-
-    section: Any = Config
-    for part in loc[:-1]:
-        if isinstance(part, int):
-            continue
-        field = getattr(section, "model_fields", {}).get(part)
-        if field is None:
-            return ""
-        ann = field.annotation
-        for cand in (ann, *getattr(ann, "__args__", ())):
-            if isinstance(cand, type) and issubclass(cand, BaseModel):
-                section = cand
-                break
-            inner = getattr(cand, "__args__", ())
-            models = [a for a in inner if isinstance(a, type) and issubclass(a, BaseModel)]
-            if models:
-                section = models[0]
-                break
-        else:
-            return ""
-    known = list(getattr(section, "model_fields", {}))
-    close = difflib.get_close_matches(str(loc[-1]), known, n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
-def _dotted(loc: tuple) -> str:
-    parts: list[str] = []
-    for p in loc:
-        if isinstance(p, int):
-            parts[-1:] = [f"{parts[-1]}[{p}]"] if parts else [f"[{p}]"]
-        else:
-            parts.append(str(p))
-    return ".".join(parts)
-
-
-def _key_lines(text: str) -> dict[tuple, int]:
-    """Map each key path in the YAML document to its 1-based line, for error messages."""
-    try:
-        root = yaml.compose(text)
-    except yaml.YAMLError:
-        return {}
-    found: dict[tuple, int] = {}
-
-    def walk(node: yaml.Node, loc: tuple) -> None:
-        found[loc] = node.start_mark.line + 1
-        if isinstance(node, yaml.MappingNode):
-            for k, v in node.value:
-                found[loc + (k.value,)] = k.start_mark.line + 1
-                walk_child(v, loc + (k.value,))
-        elif isinstance(node, yaml.SequenceNode):
-            for i, v in enumerate(node.value):
-                walk_child(v, loc + (i,))
-
-    def walk_child(node: yaml.Node, loc: tuple) -> None:
-        line = found.get(loc)
-        walk(node, loc)
-        if line is not None:
-            found[loc] = line  # keep the key's own line, not its value's
-
-    if root is not None:
-        walk(root, ())
-    return found
-
-
-def _nearest_line(lines: dict[tuple, int], loc: tuple) -> int | None:
-    # A missing key has no line: point at its parent section instead.
-    for end in range(len(loc), 0, -1):
-        if loc[:end] in lines:
-            return lines[loc[:end]]
-    return None

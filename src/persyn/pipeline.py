@@ -25,6 +25,7 @@ prompts whose new teacher had not answered them yet).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,7 @@ from persyn.progress import Progress, quiet_libraries, stderr_console
 from persyn.stages.context import RunContext, StageError
 from persyn.store import RunStore
 
-__all__ = ["DemoSettingsError", "Pipeline", "RunSummary", "StageError", "write_demo"]
+__all__ = ["Pipeline", "RunSummary", "StageError"]
 
 
 @dataclass
@@ -93,6 +94,7 @@ class Pipeline:
         executor: Executor | None = None,
         console: Console | None = None,
         progress: bool = True,
+        on_commit: Callable[[str, int], None] | None = None,
     ):
         self.config = config
         self.force = force
@@ -102,6 +104,7 @@ class Pipeline:
         self._own_executor = executor is None
         self.console = console if console is not None else (stderr_console() if progress else None)
         self.ui = Progress(self.console if progress else None)
+        self.on_commit = on_commit  # called after each committed batch (tests crash the run there)
         self._ctx: RunContext | None = None
         self.ingested = None
 
@@ -131,6 +134,7 @@ class Pipeline:
     def ctx(self) -> RunContext:
         """Open the run (prompts checked first, then the store) on first use."""
         if self._ctx is None:
+            from persyn.hardware import ensure_threads
             from persyn.stages.ingest import ingest, load_prompt_set
 
             # Read and check the prompt file before touching the run directory: a refused file
@@ -138,9 +142,18 @@ class Pipeline:
             prompt_set = load_prompt_set(self.config, skip_bad_rows=self.skip_bad_rows)
             store = RunStore.open(self.run_dir, self.config.manifest_dict(), force=self.force)
             try:
+                # One torch thread pool per process: sized once, before any model loads.
+                ensure_threads(self.config.executor.threads)
                 if self._executor is None:
                     self._executor = make_executor(self.config.executor, self.config.engine_roles())
-                ctx = RunContext(self.config, store, self._executor, self.ui, retry_failed=self.retry_failed)
+                ctx = RunContext(
+                    self.config,
+                    store,
+                    self._executor,
+                    self.ui,
+                    retry_failed=self.retry_failed,
+                    on_commit=self.on_commit,
+                )
                 self.ingested = ingest(ctx, prompt_set)
                 self.ui.say(f"[dim]prompts[/] {self.ingested.summary()}")
                 if self.ingested.unchecked:
@@ -174,66 +187,45 @@ class Pipeline:
 
     # ------------------------------------------------------------------ stages
 
+    def _stage(self, name: str, *, datasets: bool = False, **options: Any):
+        # datasets: the stages that write datasets also silence the datasets library's bars.
+        with quiet_libraries(datasets=datasets):
+            return self.ctx.run_stage(name, **options)
+
     def calibrate(self):
         """Choose the calibration subset and have every teacher answer it -> CalibrationResult."""
-        from persyn.stages.calibrate import calibrate
-
-        with quiet_libraries():
-            return calibrate(self.ctx)
+        return self._stage("calibrate")
 
     def score(self):
         """Quality and learnability of every calibration response -> ScoreResult (matrices)."""
-        from persyn.stages.score import score
-
-        with quiet_libraries():
-            return score(self.ctx)
+        return self._stage("score")
 
     def train_router(self):
         """Train (or reuse) the router; metrics against the baselines -> RouterResult."""
-        from persyn.stages.train_router import train_router_stage
-
-        with quiet_libraries():
-            return train_router_stage(self.ctx)
+        return self._stage("train-router")
 
     def route(self):
-        """Route every prompt -> RouteResult (`.routing` is persyn.routing.RoutingResult)."""
-        from persyn.stages.route import route
-
-        with quiet_libraries():
-            return route(self.ctx)
+        """Route every prompt -> RouteResult (`.routing` is persyn.assignment.RoutingResult)."""
+        return self._stage("route")
 
     def generate(self):
         """Each teacher answers its routed prompts -> GenerateResult."""
-        from persyn.stages.generate import generate
-
-        with quiet_libraries():
-            return generate(self.ctx)
+        return self._stage("generate")
 
     def export(self):
         """Write the dataset into <run>/dataset -> ExportResult (`.files`: format -> path)."""
-        from persyn.stages.export import export
-
-        with quiet_libraries(datasets=True):
-            return export(self.ctx)
+        return self._stage("export", datasets=True)
 
     def report(self) -> Path:
         """Write <run>/report/index.html; returns its path."""
-        from persyn.stages.report import report
-
-        return report(self.ctx)
+        return self.ctx.run_stage("report")
 
     def strategies(
         self, names: list[str] | str = ("persyn", "strong", "random", "mix", "car"), *, oracle: bool = False
     ):
         """Baseline datasets from this run -> {name: StrategyResult}; refreshes the report."""
-        from persyn.stages.report import report
-        from persyn.strategies import build_strategies
-
-        with quiet_libraries(datasets=True):
-            results = build_strategies(
-                self.ctx, list(names) if not isinstance(names, str) else names, oracle=oracle
-            )
-            report(self.ctx)
+        results = self._stage("strategies", datasets=True, names=names, oracle=oracle)
+        self.report()
         return results
 
     def plan(self):
@@ -286,67 +278,3 @@ class Pipeline:
 
 def _responses(ctx: RunContext) -> int:
     return sum(r["ok"] + r["error"] for r in ctx.store.response_counts())
-
-
-# ------------------------------------------------------------------------------------------------
-# the demo (`persyn demo`, `make demo`)
-
-DEMO_CONFIG = """\
-# persyn demo: written by `persyn demo`; re-run with `persyn run {name}` (it resumes).
-# Three real zoo teachers on CPU; student SmolLM2-135M. Quality: exact answers on the math
-# prompts, the Qwen judge on the instructions (quality.method auto).
-seed: 0
-prompts: {{path: prompts.jsonl, id_field: id, answer_field: answer}}
-student: {{model: zoo:smollm2-135m-instruct, family: smollm}}
-teachers:
-  - {{name: qwen, model: zoo:qwen2.5-coder-0.5b-instruct, family: qwen}}
-  - name: gemma
-    model: zoo:gemma3-270m
-    template: completion                  # a base model: "Question: ...\\nAnswer:"
-    family: gemma
-    # stop: it would go on to write the next question itself
-    generation: {{max_new_tokens: {max_new_tokens}, stop: ["\\nQuestion:"]}}
-  - {{name: smollm, model: zoo:smollm2-135m-instruct, family: smollm}}
-generation: {{max_new_tokens: {max_new_tokens}}}
-quality: {{method: auto, judge: {{model: zoo:qwen2.5-coder-0.5b-instruct}}}}
-calibration: {{size: {calibration}, selection: diverse}}
-router: {{encoder: zoo:minilm-l6-v2, alpha: 0.4}}
-output: {{dir: ., dataset_name: persyn-demo}}
-executor: {{batch_size: 16}}
-"""
-
-
-class DemoSettingsError(ValueError):
-    """The demo directory holds a run made with other demo settings."""
-
-
-def write_demo(
-    out: str | Path, *, n_prompts: int = 160, calibration: int = 48, max_new_tokens: int = 96
-) -> Path:
-    """Write the bundled demo prompts (half math with exact answers, half instructions) and a demo
-    config into `out`; returns the config path. An existing demo with other settings is refused."""
-    from persyn.demo import load_instructions, write_demo_prompts
-
-    if n_prompts < 8:
-        raise ValueError("the demo needs at least 8 prompts")
-    if not 4 <= calibration <= n_prompts:
-        raise ValueError(f"calibration must be between 4 and the number of prompts ({n_prompts})")
-    n_instr = min(n_prompts // 2, len(load_instructions()))
-    n_math = n_prompts - n_instr
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    cfg_path = out / "persyn-demo.yaml"
-    text = DEMO_CONFIG.format(name=cfg_path, calibration=calibration, max_new_tokens=max_new_tokens)
-    text = text.replace(
-        "prompts: {path: prompts.jsonl", f"prompts: {{path: prompts-{n_math}m{n_instr}i.jsonl"
-    )
-    if cfg_path.exists() and cfg_path.read_text() != text and (out / "store.sqlite").exists():
-        raise DemoSettingsError(
-            f"{out} holds a demo run made with other settings; pass --force to start afresh, "
-            "or --dir for a new one"
-        )
-    write_demo_prompts(
-        out / f"prompts-{n_math}m{n_instr}i.jsonl", n_math=n_math, n_instructions=n_instr, seed=0
-    )
-    cfg_path.write_text(text)
-    return cfg_path

@@ -12,18 +12,24 @@ Tokens per generation:
   directory holds some, else `max_new_tokens` (an upper bound). Also reported per teacher.
 Cost: tokens x the teacher's `cost_per_1k_tokens`, where given.
 
+Prompts over a model's context window (ingest's own check, `stages.ingest.length_check`: each
+model's template and tokenizer, room left for the response) are left out of the counts, as a run
+leaves them out, and listed.
+
 Nothing is written; the run directory, if present, is only read.
 """
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from persyn.config import Config
+from persyn.store.keys import digest
 
 SAMPLE = 20_000
+#: Too-long prompts the plan shows (`--json` lists them all).
+SHOWN_TOO_LONG = 10
 
 
 @dataclass
@@ -87,6 +93,9 @@ class Plan:
     allocation: str  # "assumed even split" or "actual routes"
     teachers: list[TeacherPlan]
     notes: list[str] = field(default_factory=list)
+    # Prompts over a model's context (one entry per prompt and model), as ingest reports them.
+    too_long: list[dict[str, Any]] = field(default_factory=list)
+    unchecked: list[str] = field(default_factory=list)  # models without a local tokenizer
 
     @property
     def generations(self) -> int:
@@ -136,6 +145,8 @@ class Plan:
             },
             "gts_per_rtg_generation": self.saving,
             "teachers": [t.to_dict() for t in self.teachers],
+            "too_long": self.too_long,
+            "context_unchecked": self.unchecked,
             "notes": self.notes,
         }
 
@@ -143,17 +154,32 @@ class Plan:
 def _sample(texts: list[str], seed: int) -> tuple[list[str], bool]:
     if len(texts) <= SAMPLE:
         return texts, False
-    order = sorted(range(len(texts)), key=lambda i: hashlib.sha256(f"plan:{seed}:{i}".encode()).digest())
+    order = sorted(range(len(texts)), key=lambda i: digest(f"plan:{seed}:{i}", None))
     return [texts[i] for i in order[:SAMPLE]], True
 
 
 def make_plan(config: Config, *, skip_bad_rows: bool | None = None) -> Plan:
-    from persyn.stages.ingest import load_prompt_set, token_counter
+    from persyn.stages.ingest import length_check, length_check_key, load_prompt_set, token_counter
 
     ps = load_prompt_set(config, skip_bad_rows=skip_bad_rows)
-    texts = [p.text for p in ps.prompts]
     notes = [ps.report.summary()]
     run = _read_run(config)
+    cached = run.get("length_check") or {}
+    if cached.get("key") == length_check_key(config, ps.prompts):
+        length = cached["result"]  # the run directory checked this very prompt set already
+    else:
+        length = length_check(config, ps.prompts)
+    excluded = {t["id"] for t in length["too_long"]}
+    if excluded:
+        first = length["too_long"][0]
+        notes.append(
+            f"{len(excluded)} prompt(s) exceed a model's context window and are left out, as a run "
+            f"leaves them out; first: {first['source'] or first['id']} has {first['tokens']:,} tokens "
+            f"for {first['limit_name']} (at most {first['max_tokens']:,} with room for the response)"
+        )
+    if length["unchecked"]:
+        notes.append(f"context length not checked for {', '.join(length['unchecked'])} (no local tokenizer)")
+    texts = [p.text for p in ps.prompts if p.id not in excluded]
     n = len(run["working"]) if run.get("working") else len(texts)
     if run.get("working"):
         notes.append(f"prompt count from the run directory ({n} prompts fit every model's context)")
@@ -205,54 +231,52 @@ def make_plan(config: Config, *, skip_bad_rows: bool | None = None) -> Plan:
         notes.append(
             "routed generations split evenly across teachers until the router has routed the prompts"
         )
-    return Plan(n, c, allocation, plans, notes)
+    return Plan(n, c, allocation, plans, notes, length["too_long"], length["unchecked"])
 
 
 def _read_run(config: Config) -> dict[str, Any]:
-    """What an existing run directory tells the plan (read-only; empty dict when there is none)."""
-    from persyn.store import RunStore, StoreError, make_gen_key
+    """What an existing run directory tells the plan, read through a read-only run context (its
+    keys are the ones the run remembered; nothing is loaded or written). Empty when there is none."""
+    from persyn.stages.context import RunContext, StageError
+    from persyn.store import StoreError
 
-    run_dir = config.output.dir
-    if not (run_dir / "store.sqlite").is_file():
-        return {}
     try:
-        store = RunStore.open(run_dir, readonly=True)
+        ctx = RunContext.read_only(config)
     except StoreError:
         return {}
-    try:
-        out: dict[str, Any] = {"working": store.get_subset("prompts")}
+    if ctx is None:
+        return {}
+    with ctx.store as store:
+        out: dict[str, Any] = {
+            "working": store.get_subset("prompts"),
+            "length_check": store.get_state("length_check"),
+        }
         cal = store.get_subset("calibration") or []
-        fps = store.get_state("fingerprints", {})
-        from persyn.stages.context import spec_digest
-
-        completion, done, gks = {}, {}, {}
-        for t in config.teachers:
-            fp = fps.get(spec_digest(t.engine_spec()))
-            if fp is None:
+        counts = {(r["teacher"], r["gen_key"]): r["ok"] for r in store.response_counts()}
+        completion, done = {}, {}
+        for t in config.teacher_names:
+            try:
+                gk = ctx.teacher_gen_key(t)
+            except StageError:  # this teacher configuration has not run here
                 continue
-            gk = gks[t.name] = make_gen_key(fp, config.generation_for(t.name).params().key())
-            rows = store.get_responses(t.name, gk, cal) if cal else {}
+            rows = store.get_responses(t, gk, cal) if cal else {}
             toks = [r.completion_tokens for r in rows.values() if r.completion_tokens is not None]
             if toks:
-                completion[t.name] = (sum(toks) / len(toks), len(toks))
-            done[t.name] = sum(
-                r["ok"] for r in store.response_counts() if r["teacher"] == t.name and r["gen_key"] == gk
-            )
+                completion[t] = (sum(toks) / len(toks), len(toks))
+            done[t] = counts.get((t, gk), 0)
         out["completion"] = completion
         out["done"] = done
-        key = store.get_state("route", {}).get("router_key")
-        if key and cal and out["working"]:
-            calset = set(cal)
-            outside = [i for i in out["working"] if i not in calset]
-            routes = store.get_routes(key, outside)
-            if routes is not None and len(routes) == len(outside):
-                counts: dict[str, int] = {}
-                for t in routes.assigned:
-                    counts[t] = counts.get(t, 0) + 1
-                out["routed"] = counts
+        try:
+            routes = ctx.result("route").routes
+        except StageError:
+            return out
+        calset = set(cal)
+        routed: dict[str, int] = {}
+        for pid, t in zip(routes.prompt_ids, routes.assigned, strict=True):
+            if pid not in calset:
+                routed[t] = routed.get(t, 0) + 1
+        out["routed"] = routed
         return out
-    finally:
-        store.close()
 
 
 def render_plan(plan: Plan, console) -> None:
@@ -316,4 +340,12 @@ def render_plan(plan: Plan, console) -> None:
             f"completion tokens by {t.completion_token_method}"
         )
     for note in plan.notes:
-        console.print(f"  note: {note}")
+        console.print(f"  note: {note}", markup=False)
+    for t in plan.too_long[:SHOWN_TOO_LONG]:
+        console.print(
+            f"  [yellow]too long[/] for {t['limit_name']}: {t['source'] or t['id']}, {t['tokens']:,} tokens "
+            f"(at most {t['max_tokens']:,})",
+            highlight=False,
+        )
+    if len(plan.too_long) > SHOWN_TOO_LONG:
+        console.print(f"  ... and {len(plan.too_long) - SHOWN_TOO_LONG} more (persyn plan --json lists all)")

@@ -86,25 +86,40 @@ class Progress:
             yield lambda n=1: bar.advance(tid, n)
 
 
-@contextlib.contextmanager
-def quiet_libraries(*, datasets: bool = False) -> Iterator[None]:
-    """Silence transformers' (and with `datasets`, the datasets library's) own progress bars for
-    the duration, restoring their state after: our bars cover that work. `datasets` is opt-in
-    because importing it costs a second; only the stages that write datasets need it."""
-    restore: list[Callable[[], None]] = []
+def silence_libraries(*, datasets: bool = False, warnings: bool = False) -> Callable[[], None]:
+    """Turn off transformers' (and with `datasets`, the datasets library's) own progress bars, and
+    with `warnings` transformers' warnings: our bars cover that work, theirs would garble ours.
+    Returns the function that puts back what was changed. `datasets` is opt-in because importing
+    it costs a second; only the stages that write datasets need it."""
     from transformers.utils import logging as hf_logging
 
+    restore: list[Callable[[], None]] = []
     if hf_logging.is_progress_bar_enabled():
         hf_logging.disable_progress_bar()
         restore.append(hf_logging.enable_progress_bar)
+    if warnings:
+        level = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()
+        restore.append(lambda: hf_logging.set_verbosity(level))
     if datasets:
         import datasets as ds
 
         if ds.is_progress_bar_enabled():
             ds.disable_progress_bars()
             restore.append(ds.enable_progress_bars)
+
+    def undo() -> None:
+        for step in reversed(restore):
+            step()
+
+    return undo
+
+
+@contextlib.contextmanager
+def quiet_libraries(*, datasets: bool = False) -> Iterator[None]:
+    """`silence_libraries` for the duration of the block."""
+    undo = silence_libraries(datasets=datasets)
     try:
         yield
     finally:
-        for undo in restore:
-            undo()
+        undo()

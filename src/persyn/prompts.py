@@ -9,12 +9,16 @@ Rules (the same for every format):
   `messages` list, from which the first user turn is taken.
 - Ids are the id field's value when `id_field` is set, else a stable hash of the normalised text
   (`text_id`), so the same prompt gets the same id in every run and every file.
+- Text files are read as UTF-8, with or without a byte-order mark (Windows editors write one),
+  with any line ends.
 - Malformed rows (bad JSON, missing / empty / non-string prompt, bad id, an id reused for another
   text, one prompt with two different answers...) raise `PromptSetError` listing every one with its
   line; with `skip_bad_rows=True` they are skipped and listed in `report.bad_rows` instead.
-  Nothing is dropped silently.
-- Exact duplicates (same normalised text, same answer) are merged into the first occurrence and
-  listed in `report.duplicates`.
+  Nothing is dropped silently. Without `id_field`, a row's own `id` field is still provenance: two
+  rows whose `id` is the same but whose prompts differ are refused too.
+- Duplicates (same normalised text) are merged into the first occurrence and listed in
+  `report.duplicates`: copies with the same answer, or where only some copies have one (the
+  merged prompt keeps that answer; `answer_line` says where it came from).
 
 `check_lengths` drops prompts that do not fit a model's context; the pipeline calls it with the
 student's and teachers' tokenizers.
@@ -24,15 +28,17 @@ from __future__ import annotations
 
 import csv
 import gzip
-import hashlib
 import io
 import json
 import math
-import unicodedata
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
+
+from persyn.errors import PersynError
+from persyn.store.keys import digest
+from persyn.store.records import Prompt, normalise_text
 
 __all__ = [
     "BadRow",
@@ -59,28 +65,10 @@ SHOWN_BAD_ROWS = 20
 # ----------------------------------------------------------------------------- the data types
 
 
-@dataclass(frozen=True)
-class Prompt:
-    """One prompt. `source` is where it came from (`path:line`); `meta` holds the row's other
-    fields (JSON-safe), which travel to the exported dataset as provenance."""
-
-    id: str
-    text: str
-    answer: str | None = None
-    source: str | None = None
-    meta: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
-
-
-def normalise_text(text: str) -> str:
-    """The form used for ids and duplicate detection: Unicode NFC, `\\r\\n` -> `\\n`, outer
-    whitespace stripped. Inner whitespace is kept: in code prompts, indentation is meaning."""
-    return unicodedata.normalize("NFC", text).replace("\r\n", "\n").replace("\r", "\n").strip()
-
-
 def text_id(text: str) -> str:
     """A stable id for a prompt without one: 16 hex digits of SHA-256 of the normalised text
     (64 bits: a collision among 1M prompts has odds of about 3e-8)."""
-    return hashlib.sha256(normalise_text(text).encode("utf-8")).hexdigest()[:16]
+    return digest(normalise_text(text))
 
 
 @dataclass(frozen=True)
@@ -111,6 +99,8 @@ class DuplicateGroup:
     duplicate_lines: tuple[int, ...]
     # Ids the duplicates carried (differ from `id` only when ids come from an id field).
     duplicate_ids: tuple[str, ...]
+    # When only some copies had a reference answer: the line whose answer the prompt keeps.
+    answer_line: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -118,6 +108,7 @@ class DuplicateGroup:
             "kept_line": self.kept_line,
             "duplicate_lines": list(self.duplicate_lines),
             "duplicate_ids": list(self.duplicate_ids),
+            "answer_line": self.answer_line,
         }
 
 
@@ -146,6 +137,11 @@ class LoadReport:
         return sum(len(g.duplicate_lines) for g in self.duplicates)
 
     @property
+    def n_answers_merged(self) -> int:
+        """Duplicate groups where only some copies had the answer (the prompt kept it)."""
+        return sum(g.answer_line is not None for g in self.duplicates)
+
+    @property
     def empty_prompts(self) -> list[BadRow]:
         return [b for b in self.bad_rows if b.kind == "empty_prompt"]
 
@@ -154,7 +150,10 @@ class LoadReport:
         if self.n_with_answer:
             parts.append(f"{self.n_with_answer} with answers")
         if self.n_duplicate_rows:
-            parts.append(f"{self.n_duplicate_rows} duplicate rows merged")
+            merged = f"{self.n_duplicate_rows} duplicate rows merged"
+            if self.n_answers_merged:
+                merged += f" ({self.n_answers_merged} keeping the answer only some copies had)"
+            parts.append(merged)
         if self.bad_rows:
             parts.append(f"{self.n_bad} bad rows skipped ({len(self.empty_prompts)} empty)")
         if self.stopped_at_limit:
@@ -171,6 +170,7 @@ class LoadReport:
             "prompts": self.n_prompts,
             "with_answer": self.n_with_answer,
             "duplicate_rows": self.n_duplicate_rows,
+            "answers_merged": self.n_answers_merged,
             "bad_rows": [b.to_dict() for b in self.bad_rows],
             "duplicates": [g.to_dict() for g in self.duplicates],
             "stopped_at_limit": self.stopped_at_limit,
@@ -186,7 +186,7 @@ class PromptSet:
         return len(self.prompts)
 
 
-class PromptSetError(ValueError):
+class PromptSetError(PersynError, ValueError):
     """A prompt file cannot be used as it is. `bad_rows` holds every problem found."""
 
     def __init__(self, path: str, message: str, bad_rows: Sequence[BadRow] = (), unit: str = "line"):
@@ -289,9 +289,10 @@ def _excerpt(raw: Any, limit: int = 80) -> str:
 
 
 def _open_text(path: Path) -> io.TextIOBase:
+    # utf-8-sig: a byte-order mark (what Windows editors write first) is skipped, not read as text.
     if path.suffix == ".gz":
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", newline="")
-    return open(path, encoding="utf-8", newline="")  # closed by the caller
+        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8-sig", newline="")
+    return open(path, encoding="utf-8-sig", newline="")  # closed by the caller
 
 
 def _detect_format(path: Path) -> str:
@@ -402,6 +403,9 @@ def load_prompts(
     by_id: dict[str, tuple[int, int]] = {}
     by_text: dict[str, int] = {}
     dups: dict[int, tuple[list[int], list[str]]] = {}
+    answer_lines: dict[int, int] = {}  # index -> line of the answer kept, when copies disagreed
+    # Without id_field: a row's own "id" value -> (normalised text, line), to refuse one id on two texts.
+    row_ids: dict[str, tuple[str, int]] = {}
 
     try:
         for line, row, raw in readers[fmt](p):
@@ -421,21 +425,38 @@ def load_prompts(
                     raise _Bad(
                         "id_conflict", f"id {pid!r} is already used at {unit} {seen[1]} for another text"
                     )
+                row_id = None if id_field else _row_id(row)
+                if row_id is not None and row_id in row_ids and row_ids[row_id][0] != norm:
+                    raise _Bad(
+                        "id_conflict",
+                        f"id {row_id!r} (field 'id') is already used at {unit} {row_ids[row_id][1]} for "
+                        "another text; ids are provenance: give each prompt its own",
+                    )
                 first = seen[0] if seen is not None else by_text.get(norm)
                 if first is not None:
-                    if prompts[first].answer != answer:
-                        raise _Bad(
-                            "answer_conflict",
-                            f"same prompt as {unit} {_line_of(prompts[first])} with a different answer "
-                            f"({answer!r} vs {prompts[first].answer!r})",
-                        )
+                    kept = prompts[first]
+                    if kept.answer != answer:
+                        if kept.answer is not None and answer is not None:
+                            raise _Bad(
+                                "answer_conflict",
+                                f"same prompt as {unit} {_line_of(kept)} with a different answer "
+                                f"({answer!r} vs {kept.answer!r})",
+                            )
+                        # One copy has a reference answer, the other none: one prompt, with it.
+                        if answer is not None:
+                            prompts[first] = replace(kept, answer=answer)
+                        answer_lines.setdefault(first, line if answer is not None else _line_of(kept))
                     lines, ids = dups.setdefault(first, ([], []))
                     lines.append(line)
                     ids.append(pid)
+                    if row_id is not None:
+                        row_ids.setdefault(row_id, (norm, line))
                     continue
             except _Bad as bad:
                 report.bad_rows.append(BadRow(line, bad.kind, bad.reason, _excerpt(raw)))
                 continue
+            if row_id is not None:
+                row_ids.setdefault(row_id, (norm, line))
             meta = {k: v for k, v in row.items() if k not in own_fields}
             by_id[pid] = (len(prompts), line)
             by_text[norm] = len(prompts)
@@ -450,7 +471,9 @@ def load_prompts(
 
     for idx, (lines, ids) in dups.items():
         pr = prompts[idx]
-        report.duplicates.append(DuplicateGroup(pr.id, _line_of(pr), tuple(lines), tuple(ids)))
+        report.duplicates.append(
+            DuplicateGroup(pr.id, _line_of(pr), tuple(lines), tuple(ids), answer_lines.get(idx))
+        )
     report.n_prompts = len(prompts)
     report.n_with_answer = sum(pr.answer is not None for pr in prompts)
 
@@ -469,6 +492,14 @@ def load_prompts(
         )
         raise PromptSetError(shown, reason + hint, report.bad_rows, unit)
     return PromptSet(prompts, report)
+
+
+def _row_id(row: dict) -> str | None:
+    """A row's own `id` field (provenance, when no id_field is set), if it holds a usable one."""
+    value = row.get("id")
+    if isinstance(value, bool) or not isinstance(value, (str, int)) or not str(value).strip():
+        return None
+    return str(value).strip()
 
 
 def _line_of(prompt: Prompt) -> int:

@@ -2,7 +2,7 @@
 
 A zoo alias (``zoo:gemma3-270m``) resolves to a normal transformers folder in the cache. GGUF models
 are converted on first use (join the chunks, check the sha256, dequantise with transformers, save);
-later loads take under a second. See MODELS.md for where each model comes from.
+later loads take under a second. docs/models.md says where each model comes from.
 
 Cache layout, under ``$PERSYN_CACHE`` (default: the platform's user cache dir, ``persyn``)::
 
@@ -17,6 +17,7 @@ any point leaves nothing that resolves or loads.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import json
@@ -26,12 +27,14 @@ import shutil
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from filelock import FileLock, Timeout
+
+from persyn.errors import PersynError
 
 ZOO_PREFIX = "zoo:"
 MARKER = "persyn_zoo.json"
@@ -43,7 +46,7 @@ _TINY_RE = re.compile(r"^tiny-llama-s(-?\d+)$")
 _BLOCK = 8 * 1024 * 1024
 
 
-class ZooError(RuntimeError):
+class ZooError(PersynError, RuntimeError):
     """A zoo model is unknown, not installed, or its files are missing or corrupted."""
 
 
@@ -409,21 +412,50 @@ def _convert_gguf(entry: ZooEntry, out: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from persyn.progress import quiet_libraries
+
     gguf = _verified_gguf(entry, out.parent)
-    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    # float32: the dequantised Q4 weights are kept exactly; engines pick their own compute dtype.
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    # The dequantised model still carries the GGUF quantizer, which makes save_pretrained raise.
-    model.hf_quantizer = None
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    if not entry.keep_chat_template:
-        tok.chat_template = None
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
-    del model
+    # One persyn bar; transformers' own (loading, dequantising, "Writing model shards") stay quiet.
+    with quiet_libraries(), _gguf_progress(entry.alias):
+        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        # float32: the dequantised Q4 weights are kept exactly; engines pick their own compute dtype.
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        # The dequantised model still carries the GGUF quantizer, which makes save_pretrained raise.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        if not entry.keep_chat_template:
+            tok.chat_template = None
+        model.save_pretrained(out)
+        tok.save_pretrained(out)
+        del model
     if gguf.parent == out.parent:  # the joined copy; drop it now rather than at the rename (disk)
         gguf.unlink()
+
+
+@contextlib.contextmanager
+def _gguf_progress(label: str) -> Iterator[None]:
+    """Show transformers' GGUF dequantisation as one persyn bar (count, rate, ETA) instead of its
+    own tqdm bar, which it draws whatever its progress-bar setting says."""
+    import transformers.modeling_gguf_pytorch_utils as gguf_utils
+
+    from persyn.progress import Progress, stderr_console
+
+    ui = Progress(stderr_console())
+
+    def bar(iterable, *args, **kwargs):
+        items = list(iterable)
+        with ui.task(f"{label} · dequantising GGUF tensors", total=len(items)) as advance:
+            for item in items:
+                yield item
+                advance(1)
+
+    original = gguf_utils.tqdm
+    gguf_utils.tqdm = bar
+    try:
+        yield
+    finally:
+        gguf_utils.tqdm = original
 
 
 def _ensure_tiny_tokenizer() -> Path:

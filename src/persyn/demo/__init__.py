@@ -18,6 +18,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from persyn.atomic import atomic_write
 from persyn.demo.math_problems import MathProblem, format_number, generate_math_problems
 
 __all__ = [
@@ -73,11 +74,5 @@ def demo_prompts(n_math: int = 200, n_instructions: int = 100, seed: int = 0) ->
 
 def write_demo_prompts(path: str | Path, n_math: int = 200, n_instructions: int = 100, seed: int = 0) -> Path:
     """Write `demo_prompts(...)` as JSONL (one object per line); returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for row in demo_prompts(n_math, n_instructions, seed):
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    tmp.replace(path)
-    return path
+    lines = (json.dumps(row, ensure_ascii=False) + "\n" for row in demo_prompts(n_math, n_instructions, seed))
+    return atomic_write(path, lines)

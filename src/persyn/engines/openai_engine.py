@@ -33,8 +33,6 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
-import hashlib
-import json
 import logging
 import math
 import os
@@ -47,10 +45,10 @@ from typing import Any, TypeVar
 
 import httpx
 
-from persyn.engines.base import ContextLengthError, EngineError, Generation, GenerationParams
+from persyn.engines.base import ContextLengthError, EngineError, Generation, GenerationParams, check_pairs
 from persyn.engines.ratelimit import TokenBucket
-from persyn.engines.rendering import Renderer, check_template, model_kind, row_seed
-from persyn.engines.spec import EngineSpec
+from persyn.engines.rendering import Renderer, check_template, fingerprint, model_kind, row_seed
+from persyn.engines.spec import EngineSpec, local_model_path, model_identity
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -163,7 +161,7 @@ class OpenAIEngine:
         self._renderer_error: str | None = None
         self._served_name = spec.served_model_name
         self._logprob_route = "prompt_logprobs"  # falls back to "echo" if the server refuses it
-        self._local_path = self._local_model_path(spec)
+        self._local_path = local_model_path(spec.model)
         if self._local_path is not None:
             self._renderer = Renderer.from_path(spec, self._local_path)
             self.kind = model_kind(self._local_path)
@@ -190,41 +188,20 @@ class OpenAIEngine:
             )
         return key
 
-    @staticmethod
-    def _local_model_path(spec: EngineSpec) -> str | None:
-        """A local folder to read the tokenizer and config from: a zoo alias or an existing path."""
-        from persyn.zoo import is_zoo_alias, resolve_model
-
-        if is_zoo_alias(spec.model):
-            return resolve_model(spec.model)
-        return spec.model if os.path.isdir(spec.model) else None
-
     def _fingerprint(self) -> str:
-        from persyn.zoo import is_zoo_alias
-
-        spec = self.spec
-        ident = spec.model
-        if not is_zoo_alias(spec.model) and os.path.isdir(spec.model):
-            ident = os.path.abspath(spec.model)
-        r = self._renderer
-        chat_template = getattr(r.tokenizer, "chat_template", None) if r else None
+        spec, r = self.spec, self._renderer
         mode = r.mode if r else ("completion" if spec.template == "completion" else "chat")
-        blob = {
-            "engine": "openai",
-            "model": ident,
-            "served_model_name": spec.served_model_name,
-            "base_url": self.base_url,
-            "kind": self.kind,
-            "template": mode,
-            "completion_template": spec.completion_template if mode == "completion" else None,
-            "chat_template": hashlib.sha256(chat_template.encode()).hexdigest()[:16]
-            if isinstance(chat_template, str) and mode == "chat"
-            else None,
-            "system_prompt": spec.system_prompt,
-            "judge_template": (spec.judge_template if self.kind == "causal" else None),
-        }
-        digest = hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
-        return f"openai:{spec.served_model_name or ident}@{self.base_url}:{digest}"
+        return fingerprint(
+            "openai",
+            spec,
+            kind=self.kind,
+            mode=mode,
+            chat_template=getattr(r.tokenizer, "chat_template", None) if r else None,
+            label=f"{spec.served_model_name or model_identity(spec.model)}@{self.base_url}",
+            served_model_name=spec.served_model_name,
+            base_url=self.base_url,
+            judge_template=spec.judge_template if self.kind == "causal" else None,
+        )
 
     @property
     def template_mode(self) -> str:
@@ -378,7 +355,7 @@ class OpenAIEngine:
     # loglik
 
     async def _loglik(self, prompts: list[str], responses: list[str], return_exceptions: bool):
-        _same_length(prompts, responses)
+        check_pairs(prompts, responses)
         self._need("causal", "loglik")
         r = self.renderer()
         name = await self._model_name()
@@ -455,7 +432,7 @@ class OpenAIEngine:
     # score
 
     async def _score(self, prompts: list[str], responses: list[str], return_exceptions: bool):
-        _same_length(prompts, responses)
+        check_pairs(prompts, responses)
         r = self.renderer()
         name = await self._model_name()
         if self.kind == "reward":
@@ -615,8 +592,3 @@ class OpenAIEngine:
                     )
                 raise EngineError(f"{verb}: {len(errors)} of {n} items failed; first: {first}")
         return results  # type: ignore[return-value]
-
-
-def _same_length(prompts: Sequence[str], responses: Sequence[str]) -> None:
-    if len(prompts) != len(responses):
-        raise EngineError(f"got {len(prompts)} prompts but {len(responses)} responses")

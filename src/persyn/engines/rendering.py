@@ -14,14 +14,14 @@ Only the tokenizer (and config.json, to tell a reward model from a causal LM) is
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Sequence
 from typing import Any
 
-from persyn.engines.base import DEFAULT_JUDGE_TEMPLATE, EngineError
-from persyn.engines.spec import EngineSpec
+from persyn.engines.base import DEFAULT_JUDGE_TEMPLATE, EngineError, check_pairs
+from persyn.engines.spec import EngineSpec, model_identity
+from persyn.store.keys import digest
 
 # End-of-turn tokens of common chat formats; generation stops on any that the vocabulary has.
 END_OF_TURN = ("<|im_end|>", "<end_of_turn>", "<|eot_id|>", "<|end|>", "<|endoftext|>")
@@ -32,8 +32,35 @@ NO = ("No", "no", "NO")
 def row_seed(seed: int, prompt: str) -> int:
     """The sampling seed of one prompt (as the transformers engine derives it): the same (seed,
     prompt) gives the same text in any batch, and different prompts draw independent streams."""
-    digest = hashlib.sha256(f"{seed}\x1f{prompt}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+    return int.from_bytes(bytes.fromhex(digest(f"{seed}\x1f{prompt}")), "little") & (2**63 - 1)
+
+
+def fingerprint(
+    engine: str,
+    spec: EngineSpec,
+    *,
+    kind: str,
+    mode: str,
+    chat_template: Any,
+    label: str | None = None,
+    **extra: Any,
+) -> str:
+    """The engine fingerprint, built alike by every back end: `<engine>:<model>:<digest>` over what
+    changes the model's outputs: the model (`model_identity`), its kind, its prompt format (template
+    mode, completion or chat template, system prompt) and what the back end adds in `extra` (dtype,
+    judge template, server). `label` replaces the model in the readable part."""
+    ident = model_identity(spec.model)
+    blob = {
+        "engine": engine,
+        "model": ident,
+        "kind": kind,
+        "template": mode,
+        "completion_template": spec.completion_template if mode == "completion" else None,
+        "chat_template": digest(chat_template) if mode == "chat" and isinstance(chat_template, str) else None,
+        "system_prompt": spec.system_prompt,
+        **extra,
+    }
+    return f"{engine}:{label or ident}:{digest(blob, spaced=True)}"
 
 
 def check_template(template: str, fields: tuple[str, ...], name: str) -> None:
@@ -117,6 +144,13 @@ class Renderer:
         if not p_ids:
             raise EngineError(f"loglik: prompt {i} renders to zero tokens; nothing to condition on")
         return p_ids, r_ids
+
+    def loglik_pairs(
+        self, prompts: Sequence[str], responses: Sequence[str]
+    ) -> list[tuple[list[int], list[int]]]:
+        """(prompt ids, response ids) of each pair, as every engine scores them."""
+        check_pairs(prompts, responses)
+        return [self.loglik_pair(i, p, r) for i, (p, r) in enumerate(zip(prompts, responses, strict=True))]
 
     def judge_ids(self, prompt: str, response: str) -> list[int]:
         return self.prompt_ids(self.judge_template.format(prompt=prompt, response=response))

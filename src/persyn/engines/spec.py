@@ -1,7 +1,17 @@
-"""How a model is named and loaded: the part of the config an engine needs, and nothing else."""
+"""How a model is named and loaded: the part of the config an engine needs, and where a model
+name's files are.
+
+A model name is a local folder, a hub id, or `scheme:name` for a model source registered under
+the `persyn.models` entry points (pyproject.toml); persyn registers its offline zoo as `zoo:`. Engines
+call `resolve_model` and so never import a source: the packaging wires them together.
+"""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
+from functools import cache
+from importlib.metadata import entry_points
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -48,3 +58,33 @@ class EngineSpec(BaseModel):
     # Further keyword arguments for `vllm.LLM` (e.g. enforce_eager, kv_cache_memory_bytes,
     # max_num_seqs, quantization); the fields above win where both name the same setting.
     vllm_args: dict[str, Any] = Field(default_factory=dict)
+
+
+@cache
+def _sources() -> dict[str, Callable[[str], str]]:
+    return {ep.name: ep.load() for ep in entry_points(group="persyn.models")}
+
+
+def _source(name: str) -> Callable[[str], str] | None:
+    scheme, sep, _ = name.partition(":")
+    return _sources().get(scheme) if sep else None
+
+
+def resolve_model(name: str) -> str:
+    """What to load for a model name: a `scheme:name` goes to its source (the zoo converts its
+    models on first use), anything else (a folder, a hub id) is itself."""
+    source = _source(name)
+    return str(source(name)) if source is not None else name
+
+
+def local_model_path(name: str) -> str | None:
+    """A folder holding the model's files (tokenizer, config) on this machine, or None (a hub id)."""
+    if _source(name) is not None:
+        return resolve_model(name)
+    return name if os.path.isdir(name) else None
+
+
+def model_identity(name: str) -> str:
+    """How store keys name a model: a local folder by its absolute path; a source's name (whose
+    folder differs per machine) or a hub id as written."""
+    return os.path.abspath(name) if _source(name) is None and os.path.isdir(name) else name

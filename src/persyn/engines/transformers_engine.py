@@ -8,7 +8,7 @@ Design notes (details in docs/engines.md):
   with them (so base models such as Gemma get their ``<bos>``).
 * ``loglik``: prompt ids = the rendered prompt with the generation prompt; response ids =
   ``tokenizer(response, add_special_tokens=False)``; scored = the response ids only, each given
-  everything before it; no end-of-turn token. Mean of their log-probabilities (PAPER.md Eq. 1).
+  everything before it; no end-of-turn token. Mean of their log-probabilities (docs/method.md, Eq. 1).
   The LM head runs only at response positions, in chunks (``logprobs.py``).
 * ``generate``: left-padded batches decoded greedily; sampling adds per-row Gumbel noise seeded
   by (seed, prompt) to the temperature/top-p warped logits, so that a (seed, prompt) pair gives
@@ -23,10 +23,7 @@ Design notes (details in docs/engines.md):
 from __future__ import annotations
 
 import gc
-import hashlib
-import json
 import logging
-import os
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -44,7 +41,7 @@ from transformers import (
 
 from persyn.engines.attention import keep_freed_memory
 from persyn.engines.attention import register as register_exact_attention
-from persyn.engines.base import ContextLengthError, EngineError, Generation, GenerationParams, check_fits
+from persyn.engines.base import EngineError, Generation, GenerationParams, LocalChecks, check_pairs
 from persyn.engines.decoding import decode
 from persyn.engines.logprobs import (
     DEFAULT_CHUNK_BYTES,
@@ -53,14 +50,12 @@ from persyn.engines.logprobs import (
     softcap_logits,
     target_logits,
 )
-from persyn.engines.rendering import Renderer, row_seed
-from persyn.engines.spec import EngineSpec
-from persyn.zoo import is_zoo_alias, resolve_model
+from persyn.engines.rendering import Renderer, fingerprint, row_seed
+from persyn.engines.spec import EngineSpec, resolve_model
+from persyn.hardware import dtype_name, dtype_reason, resolve_device, resolve_dtype
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
 
 def _is_oom(exc: BaseException) -> bool:
@@ -93,7 +88,7 @@ class SeededGumbelNoise(LogitsProcessor):
         self.generators = [self.generators[i] for i in rows]
 
 
-class TransformersEngine:
+class TransformersEngine(LocalChecks):
     """A transformers model behind the engine protocol (see module docstring)."""
 
     def __init__(self, spec: EngineSpec, batch_invariant: bool | None = None):
@@ -104,9 +99,7 @@ class TransformersEngine:
         ``batch_invariant``, whose own default is on for CPU and off for GPU."""
         self.spec = spec
         self.path = resolve_model(spec.model)
-        self.device = torch.device(
-            ("cuda" if torch.cuda.is_available() else "cpu") if spec.device == "auto" else spec.device
-        )
+        self.device = resolve_device(spec.device)
         trust = spec.trust_remote_code
         config = AutoConfig.from_pretrained(self.path, trust_remote_code=trust)
         archs = getattr(config, "architectures", None) or []
@@ -116,12 +109,10 @@ class TransformersEngine:
                 f"{spec.model}: a reward model must have one output; this one has {config.num_labels} "
                 f"labels ({archs[0]})"
             )
-        if spec.dtype != "auto":
-            dtype: Any = _DTYPES[spec.dtype]
-        elif self.device.type == "cpu":
-            dtype = torch.bfloat16  # 1.4-2.4x faster than float32 on CPUs with bf16 (MODELS.md)
-        else:
-            dtype = "auto"  # the checkpoint's own dtype
+        # `auto`: bf16 only on CPUs that compute it natively, else float32; the checkpoint's own
+        # dtype on GPU (persyn.hardware, the one rule for every model persyn loads).
+        dtype: Any = resolve_dtype(spec.dtype, self.device) or "auto"
+        self.dtype_reason = dtype_reason(spec.dtype, self.device)
         cls = AutoModelForSequenceClassification if self.kind == "reward" else AutoModelForCausalLM
         if batch_invariant is None:
             batch_invariant = spec.batch_invariant
@@ -175,27 +166,28 @@ class TransformersEngine:
     # identity and rendering
 
     def _fingerprint(self) -> str:
-        spec = self.spec
-        if is_zoo_alias(spec.model) or not os.path.exists(spec.model):
-            ident = spec.model  # zoo alias (its cache path differs per machine) or hub id
-        else:
-            ident = os.path.abspath(spec.model)
         chat_template = getattr(self.tokenizer, "chat_template", None)
-        blob = {
+        return fingerprint(
+            "transformers",
+            self.spec,
+            kind=self.kind,
+            mode=self.template_mode,
+            chat_template=chat_template,
+            dtype=str(self.dtype).removeprefix("torch."),
+            judge_template=self.judge_template if self.kind == "causal" else None,
+        )
+
+    def describe(self) -> dict[str, Any]:
+        """How this model actually runs (recorded in the run's state and report)."""
+        return {
             "engine": "transformers",
-            "model": ident,
-            "kind": self.kind,
-            "template": self.template_mode,
-            "completion_template": spec.completion_template if self.template_mode == "completion" else None,
-            "chat_template": hashlib.sha256(chat_template.encode()).hexdigest()[:16]
-            if self.template_mode == "chat" and isinstance(chat_template, str)
-            else None,
-            "system_prompt": spec.system_prompt,
-            "dtype": str(self.dtype).removeprefix("torch."),
-            "judge_template": self.judge_template if self.kind == "causal" else None,
+            "model": self.spec.model,
+            "fingerprint": self.fingerprint,
+            "dtype": dtype_name(self.dtype),
+            "dtype_reason": self.dtype_reason,
+            "device": str(self.device),
+            "threads": torch.get_num_threads() if self.device.type == "cpu" else None,
         }
-        digest = hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
-        return f"transformers:{ident}:{digest}"
 
     def render(self, prompt: str) -> str:
         """The prompt exactly as the model sees it, ready for the response to follow."""
@@ -215,15 +207,7 @@ class TransformersEngine:
         if params.max_new_tokens < 1:
             raise EngineError(f"max_new_tokens must be >= 1, got {params.max_new_tokens}")
         ids = [self.prompt_ids(p) for p in prompts]
-        over = [i for i, x in enumerate(ids) if len(x) + params.max_new_tokens > self.max_len]
-        if over:
-            i = over[0]
-            raise ContextLengthError(
-                f"{self.spec.model}: {len(over)} prompt(s) do not fit the context window of {self.max_len} "
-                f"tokens with max_new_tokens={params.max_new_tokens}; first: prompt {i} has "
-                f"{len(ids[i])} tokens ({len(ids[i]) + params.max_new_tokens} > {self.max_len})",
-                indices=over,
-            )
+        self._check_prompts_fit(ids, params.max_new_tokens)
         order = sorted(range(len(prompts)), key=lambda i: len(ids[i]))
         return self._batched(
             order, lambda idx: self._generate_batch([ids[i] for i in idx], [prompts[i] for i in idx], params)
@@ -302,11 +286,7 @@ class TransformersEngine:
 
     def loglik(self, prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
         self._need("causal", "loglik")
-        _same_length(prompts, responses)
-        pairs = [
-            self.renderer.loglik_pair(i, p, r)
-            for i, (p, r) in enumerate(zip(prompts, responses, strict=True))
-        ]
+        pairs = self.renderer.loglik_pairs(prompts, responses)
         self._check_fits([len(p) + len(r) for p, r in pairs], "loglik", "prompt+response")
         order = sorted(range(len(pairs)), key=lambda i: len(pairs[i][0]) + len(pairs[i][1]))
         return self._batched(order, lambda idx: self._loglik_batch([pairs[i] for i in idx]))
@@ -377,7 +357,7 @@ class TransformersEngine:
 
     def score(self, prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
         self._need(self.kind, "score")
-        _same_length(prompts, responses)
+        check_pairs(prompts, responses)
         if self.kind == "causal" and not (self._yes_ids and self._no_ids):
             raise EngineError(f"{self.spec.model}: no single-token 'Yes'/'No' in its vocabulary to judge")
         if self.kind == "reward":
@@ -425,14 +405,8 @@ class TransformersEngine:
     # ---------------------------------------------------------------------------------------------
     # plumbing
 
-    def _need(self, kind: str, verb: str) -> None:
-        if getattr(self, "model", None) is None:
-            raise EngineError(f"{self.spec.model}: engine is closed")
-        if self.kind != kind:
-            raise EngineError(f"{self.spec.model} is a {self.kind} model; {verb} needs a {kind} model")
-
-    def _check_fits(self, lengths: list[int], verb: str, what: str) -> None:
-        check_fits(self.spec.model, self.max_len, lengths, verb, what)
+    def _closed(self) -> bool:
+        return getattr(self, "model", None) is None
 
     def _batched(self, order: list[int], run: Callable[[list[int]], list[T]]) -> list[T]:
         """Run ``run`` over ``order`` in batches; results back in input order. On a memory error,
@@ -493,11 +467,6 @@ def _pad(seqs: list[list[int]], pad_id: int, left: bool, device: torch.device):
 def _first_stop(text: str, stops: Sequence[str]) -> tuple[int, str] | None:
     hits = [(text.find(s), s) for s in stops if s and s in text]
     return min(hits) if hits else None
-
-
-def _same_length(prompts: Sequence[str], responses: Sequence[str]) -> None:
-    if len(prompts) != len(responses):
-        raise EngineError(f"got {len(prompts)} prompts but {len(responses)} responses")
 
 
 def _context_length(config: Any, tokenizer: Any) -> int:

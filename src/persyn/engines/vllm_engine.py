@@ -21,9 +21,7 @@ vLLM is imported only inside the worker; without it, building the engine says ho
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
-import json
 import math
 import multiprocessing as mp
 import os
@@ -32,9 +30,9 @@ import traceback
 from collections.abc import Sequence
 from typing import Any
 
-from persyn.engines.base import ContextLengthError, EngineError, Generation, GenerationParams, check_fits
-from persyn.engines.rendering import Renderer, model_kind, row_seed
-from persyn.engines.spec import EngineSpec
+from persyn.engines.base import EngineError, Generation, GenerationParams, LocalChecks, check_pairs
+from persyn.engines.rendering import Renderer, fingerprint, model_kind, row_seed
+from persyn.engines.spec import EngineSpec, resolve_model
 
 INSTALL_HINT = "pip install 'persyn[vllm]'"
 
@@ -44,7 +42,7 @@ def _logsumexp(values: Sequence[float]) -> float:
     return top + math.log(sum(math.exp(v - top) for v in values))
 
 
-class VLLMEngine:
+class VLLMEngine(LocalChecks):
     """A model in a vLLM worker process behind the engine protocol (see the module docstring)."""
 
     def __init__(self, spec: EngineSpec, *, startup_timeout_s: float = 1800.0):
@@ -52,18 +50,20 @@ class VLLMEngine:
             raise EngineError(
                 f"{spec.model}: engine 'vllm' needs vLLM, which is not installed: {INSTALL_HINT}"
             )
-        from persyn.zoo import is_zoo_alias, resolve_model
-
         self.spec = spec
         self.path = resolve_model(spec.model)
         self.kind = model_kind(self.path) if os.path.isdir(self.path) else "causal"
         self.renderer = Renderer.from_path(spec, self.path)
-        ident = (
-            spec.model
-            if is_zoo_alias(spec.model) or not os.path.isdir(spec.model)
-            else os.path.abspath(spec.model)
+        r = self.renderer
+        self.fingerprint = fingerprint(
+            "vllm",
+            spec,
+            kind=self.kind,
+            mode=r.mode,
+            chat_template=getattr(r.tokenizer, "chat_template", None),
+            dtype=spec.dtype,
+            judge_template=r.judge_template if self.kind == "causal" else None,
         )
-        self.fingerprint = self._fingerprint(ident)
         ctx = mp.get_context("spawn")
         self._conn, child = ctx.Pipe()
         # Not a daemon: vLLM starts processes of its own, which daemonic processes may not.
@@ -83,24 +83,16 @@ class VLLMEngine:
             raise
         self.max_len: int = self.info["max_model_len"]
 
-    def _fingerprint(self, ident: str) -> str:
-        spec, r = self.spec, self.renderer
-        chat_template = getattr(r.tokenizer, "chat_template", None)
-        blob = {
+    def describe(self) -> dict[str, Any]:
+        """How this model actually runs (recorded in the run's state and report)."""
+        return {
             "engine": "vllm",
-            "model": ident,
-            "kind": self.kind,
-            "template": r.mode,
-            "completion_template": spec.completion_template if r.mode == "completion" else None,
-            "chat_template": hashlib.sha256(chat_template.encode()).hexdigest()[:16]
-            if r.mode == "chat" and isinstance(chat_template, str)
-            else None,
-            "system_prompt": spec.system_prompt,
-            "dtype": spec.dtype,
-            "judge_template": r.judge_template if self.kind == "causal" else None,
+            "model": self.spec.model,
+            "fingerprint": self.fingerprint,
+            "dtype": self.info.get("dtype"),
+            "dtype_reason": "set in the config" if self.spec.dtype != "auto" else "auto: vLLM's choice",
+            "tensor_parallel_size": self.spec.tensor_parallel_size,
         }
-        digest = hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
-        return f"vllm:{ident}:{digest}"
 
     # ---------------------------------------------------------------------------------------------
     # verbs
@@ -110,32 +102,20 @@ class VLLMEngine:
         if params.max_new_tokens < 1:
             raise EngineError(f"max_new_tokens must be >= 1, got {params.max_new_tokens}")
         ids = [self.renderer.prompt_ids(p) for p in prompts]
-        over = [i for i, x in enumerate(ids) if len(x) + params.max_new_tokens > self.max_len]
-        if over:
-            i = over[0]
-            raise ContextLengthError(
-                f"{self.spec.model}: {len(over)} prompt(s) do not fit the context window of "
-                f"{self.max_len} tokens with max_new_tokens={params.max_new_tokens}; first: prompt {i} "
-                f"has {len(ids[i])} tokens",
-                indices=over,
-            )
+        self._check_prompts_fit(ids, params.max_new_tokens)
         seeds = [row_seed(params.seed, p) for p in prompts]
         rows = self._call("generate", ids, seeds, _params_dict(params), self.renderer.stop_token_ids())
         return [Generation(**row) for row in rows]
 
     def loglik(self, prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
         self._need("causal", "loglik")
-        _same_length(prompts, responses)
-        pairs = [
-            self.renderer.loglik_pair(i, p, r)
-            for i, (p, r) in enumerate(zip(prompts, responses, strict=True))
-        ]
+        pairs = self.renderer.loglik_pairs(prompts, responses)
         self._check_fits([len(p) + len(r) for p, r in pairs], "loglik", "prompt+response")
         rows = self._call("prompt_logprobs", [p + r for p, r in pairs])
         return [sum(row[len(p) :]) / len(r) for row, (p, r) in zip(rows, pairs, strict=True)]
 
     def score(self, prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
-        _same_length(prompts, responses)
+        check_pairs(prompts, responses)
         r = self.renderer
         if self.kind == "reward":
             seqs = [r.reward_ids(p, x) for p, x in zip(prompts, responses, strict=True)]
@@ -202,14 +182,8 @@ class VLLMEngine:
                 break
         self._conn.close()
 
-    def _need(self, kind: str, verb: str) -> None:
-        if self._proc is None:
-            raise EngineError(f"{self.spec.model}: engine is closed")
-        if self.kind != kind:
-            raise EngineError(f"{self.spec.model} is a {self.kind} model; {verb} needs a {kind} model")
-
-    def _check_fits(self, lengths: list[int], verb: str, what: str) -> None:
-        check_fits(self.spec.model, self.max_len, lengths, verb, what)
+    def _closed(self) -> bool:
+        return self._proc is None
 
     def _call(self, op: str, *args: Any) -> Any:
         if self._proc is None:
@@ -249,11 +223,6 @@ def _params_dict(params: GenerationParams) -> dict:
     }
 
 
-def _same_length(prompts: Sequence[str], responses: Sequence[str]) -> None:
-    if len(prompts) != len(responses):
-        raise EngineError(f"got {len(prompts)} prompts but {len(responses)} responses")
-
-
 # -------------------------------------------------------------------------------------------------
 # the worker process
 
@@ -264,7 +233,8 @@ def _worker_main(conn, spec_dict: dict, path: str, kind: str) -> None:
     os.setsid()
     try:
         worker = _Worker(EngineSpec(**spec_dict), path, kind)
-        conn.send(("ok", {"max_model_len": worker.max_model_len}))
+        dtype = str(getattr(worker.llm.llm_engine.model_config, "dtype", "")).removeprefix("torch.")
+        conn.send(("ok", {"max_model_len": worker.max_model_len, "dtype": dtype or None}))
     except BaseException as exc:  # report why start-up failed, then exit
         conn.send(("err", _portable(exc)))
         return

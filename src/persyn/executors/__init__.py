@@ -8,10 +8,10 @@ the `BatchResult`s it yields to the store; executors never open the store.
 
 A job is one engine and one verb over a list of items:
 - `generate`: items are prompts; values are `Generation`s;
-- `loglik`: the student's mean log-likelihood of each item's response (learnability, PAPER.md Eq. 1);
+- `loglik`: the student's mean log-likelihood of each item's response (learnability, docs/method.md Eq. 1);
 - `judge` / `reward`: the quality model's score of each (prompt, response).
 Scores that cannot be computed (an empty response, an input over the model's context) come back
-NaN, as the scorers in `persyn.scoring` define; an item whose call fails comes back with `error`
+NaN (`persyn.engines.base.scores_or_missing`); an item whose call fails comes back with `error`
 set, and the rest of its batch still comes back (failures are isolated item by item).
 
 `LocalExecutor` (executors/local.py) runs batches in this process, keeping a few engines loaded
@@ -32,7 +32,14 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from persyn.engines.base import ContextLengthError, Engine, Generation, GenerationParams
+from persyn.engines.base import (
+    ContextLengthError,
+    Engine,
+    Generation,
+    GenerationParams,
+    loglik_or_missing,
+    scores_or_missing,
+)
 from persyn.engines.spec import EngineSpec
 
 if TYPE_CHECKING:
@@ -45,6 +52,7 @@ __all__ = [
     "Job",
     "Verb",
     "WorkItem",
+    "engine_description",
     "make_executor",
     "run_batch",
 ]
@@ -117,6 +125,10 @@ class Executor(ABC):
     def run(self, job: Job) -> Iterator[BatchResult]:
         """Yield the job's results batch by batch as they finish; every item exactly once."""
 
+    def describe(self, spec: EngineSpec) -> dict[str, Any]:
+        """How the engine of `spec` runs (`engine_description`). May load the engine."""
+        return {"engine": spec.engine, "model": spec.model, "fingerprint": self.fingerprint(spec)}
+
     def release(self, spec: EngineSpec | None = None) -> None:  # noqa: B027 - optional hook
         """Free the engine of `spec` (all engines when None)."""
 
@@ -146,6 +158,15 @@ def make_executor(config: ExecutorConfig, roles: Mapping[str, EngineSpec] | None
             raise ConfigError(f"executor.kind 'ray' needs Ray: `pip install 'persyn[ray]'` ({exc})") from exc
         return RayExecutor(config, roles)
     raise ValueError(f"unknown executor kind {config.kind!r}")
+
+
+def engine_description(engine: Engine, spec: EngineSpec) -> dict[str, Any]:
+    """The engine's own `describe()` (model, fingerprint, dtype and why, device, threads), or the
+    basics for an engine without one (an HTTP server keeps its dtype to itself)."""
+    describe = getattr(engine, "describe", None)
+    if describe is not None:
+        return dict(describe())
+    return {"engine": spec.engine, "model": spec.model, "fingerprint": engine.fingerprint}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -182,12 +203,8 @@ def _call(engine: Engine, job: Job, items: Sequence[WorkItem]) -> list[Any]:
         return list(engine.generate(prompts, job.params))
     responses = [it.response or "" for it in items]
     if job.verb == "loglik":
-        from persyn.scoring.learnability import Learnability
-
-        return Learnability(engine).score(prompts, responses)
-    from persyn.scoring.quality import EngineScorer
-
-    return EngineScorer(engine, job.verb).score(prompts, responses)  # type: ignore[arg-type]
+        return loglik_or_missing(engine, prompts, responses, job.name)
+    return scores_or_missing(engine.score, prompts, responses, job.name)
 
 
 def _describe(exc: BaseException) -> str:

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 
 from persyn.engines.base import Engine
 from persyn.engines.spec import EngineSpec
-from persyn.executors import BatchResult, Executor, Job, run_batch
+from persyn.executors import BatchResult, Executor, Job, engine_description, run_batch
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +67,9 @@ class LocalExecutor(Executor):
 
     def fingerprint(self, spec: EngineSpec) -> str:
         return self.engine(spec).fingerprint
+
+    def describe(self, spec: EngineSpec) -> dict:
+        return engine_description(self.engine(spec), spec)
 
     def run(self, job: Job) -> Iterator[BatchResult]:
         if not job.items:

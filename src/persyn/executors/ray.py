@@ -24,6 +24,7 @@ CPUs and GPUs hold; the least recently used pool is killed first, which frees it
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 from collections import OrderedDict, deque
@@ -37,7 +38,7 @@ from ray.exceptions import ActorDiedError, ObjectLostError, RayActorError
 from persyn.config import ExecutorConfig, PoolConfig
 from persyn.engines.base import EngineError
 from persyn.engines.spec import EngineSpec
-from persyn.executors import BatchResult, Executor, ItemResult, Job, WorkItem, run_batch
+from persyn.executors import BatchResult, Executor, ItemResult, Job, WorkItem, engine_description, run_batch
 
 log = logging.getLogger(__name__)
 
@@ -66,18 +67,24 @@ WAIT_WARN_S = 60.0
 class Replica:
     """One replica of a pool (a Ray actor): loads its engine once, then runs batches."""
 
-    def __init__(self, spec_json: str):
+    def __init__(self, spec_json: str, threads: int):
         from transformers.utils import logging as hf_logging
 
         from persyn.engines import load_engine
+        from persyn.hardware import set_threads
 
         hf_logging.disable_progress_bar()  # the driver's bars cover the work
-        self.engine = load_engine(EngineSpec.model_validate_json(spec_json))
+        # As many torch threads as CPUs reserved, so replicas sharing a node do not oversubscribe
+        # it (said explicitly: an OMP_NUM_THREADS inherited from the driver would win over Ray's).
+        set_threads(threads, "the replica's num_cpus")
+        self.spec = EngineSpec.model_validate_json(spec_json)
+        self.engine = load_engine(self.spec)
 
     def ready(self) -> dict[str, Any]:
-        """The engine's fingerprint and where this replica runs (answered once loaded)."""
+        """The engine's fingerprint, how it runs and where (answered once loaded)."""
         return {
             "fingerprint": self.engine.fingerprint,
+            "engine": engine_description(self.engine, self.spec),
             "pid": os.getpid(),
             "node": ray.get_runtime_context().get_node_id(),
         }
@@ -162,7 +169,9 @@ class RayExecutor(Executor):
         if env:
             options["runtime_env"] = {"env_vars": env}
         assert res.replicas is not None
-        actors = [self._remote.options(**options).remote(spec.model_dump_json()) for _ in range(res.replicas)]
+        threads = max(1, math.floor(res.num_cpus or 0))
+        make = self._remote.options(**options)
+        actors = [make.remote(spec.model_dump_json(), threads) for _ in range(res.replicas)]
         pool = _Pool(name, spec, res, actors)
         pool.probes = {a.ready.remote(): i for i, a in enumerate(actors)}
         self._pools[key] = pool
@@ -266,6 +275,12 @@ class RayExecutor(Executor):
         self._wait_ready(pool)
         assert pool.fingerprint is not None
         return pool.fingerprint
+
+    def describe(self, spec: EngineSpec) -> dict[str, Any]:
+        pool = self._pool(spec)
+        self._wait_ready(pool)
+        first = pool.ready[pool.live()[0]]
+        return {**first["engine"], "replicas": len(pool.live())}
 
     def run(self, job: Job) -> Iterator[BatchResult]:
         if not job.items:

@@ -1,4 +1,4 @@
-"""Baselines with the router's interface: random, strongest, CAR, Mix, kNN, oracle (PAPER.md).
+"""Baselines with the router's interface: random, strongest, CAR, Mix, kNN, oracle (docs/method.md).
 
 Fitted baselines learn from the calibration matrices (n_calib x n_teachers, NaN = missing):
 quality `r_q`, learnability `r_l` (mean log-likelihood) and combined labels `r`.

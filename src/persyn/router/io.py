@@ -12,14 +12,14 @@ Loading checks the teacher list against the one the caller expects and refuses a
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from persyn.atomic import write_json
+from persyn.errors import PersynError
 from persyn.router.encoders import EmbeddingCache, load_encoder
 from persyn.router.model import ROUTER_FORMAT_VERSION, BTRouter, CoefficientHead
 
@@ -28,20 +28,12 @@ HEAD_FILE = "head.safetensors"
 ENCODER_DIR = "encoder"
 
 
-class RouterFileError(ValueError):
+class RouterFileError(PersynError, ValueError):
     """A router directory is missing, malformed or of another version."""
 
 
 class TeacherMismatchError(RouterFileError):
     """The router was trained for another list of teachers."""
-
-
-def _write_json_atomic(path: Path, obj: dict) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2, ensure_ascii=False, allow_nan=False)
-        f.write("\n")
-    os.replace(tmp, path)
 
 
 def router_config(router: BTRouter, extra: dict | None = None) -> dict:
@@ -80,7 +72,7 @@ def save_router(router: BTRouter, path: str | Path, *, extra: dict | None = None
         router, {k: v for k, v in meta.items() if k not in ("alpha", "normalisation", "train")}
     )
     # The JSON goes last: a directory without it is not a router, so a crash mid-save is visible.
-    _write_json_atomic(out / ROUTER_JSON, config)
+    write_json(out / ROUTER_JSON, config, allow_nan=False)
     router.meta = meta
     return out
 
@@ -121,10 +113,12 @@ def load_router(
     expected_teachers: Sequence[str] | None = None,
     device: str = "cpu",
     cache: EmbeddingCache | None = None,
+    dtype: str = "auto",
 ) -> BTRouter:
     """Load a router directory written by `save_router`.
 
     With `expected_teachers`, refuse a router whose teacher list differs (names or order).
+    `dtype`: the encoder's (`auto`: the machine's rule, persyn.hardware).
     """
     p = Path(path)
     cfg = read_router_config(p)
@@ -142,12 +136,13 @@ def load_router(
             max_length=enc_cfg["max_length"],
             device=device,
             path=str(weights),
+            dtype=dtype,
         )
         encoder.finetuned_digest = enc_cfg.get("finetuned_digest")
     else:
         pooling = "auto" if enc_cfg["kind"] == "sentence-transformers" else enc_cfg["pooling"]
         encoder = load_encoder(
-            enc_cfg["name"], pooling=pooling, max_length=enc_cfg["max_length"], device=device
+            enc_cfg["name"], pooling=pooling, max_length=enc_cfg["max_length"], device=device, dtype=dtype
         )
     if encoder.dim != enc_cfg["dim"]:
         raise RouterFileError(

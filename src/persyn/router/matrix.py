@@ -15,21 +15,25 @@ duplicate) are skipped and reported with file and line; a file without a single 
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from itertools import chain
 from pathlib import Path
 
 import numpy as np
+
+from persyn.atomic import atomic_write
+from persyn.errors import PersynError
+from persyn.store.keys import digest
 
 PROMPT_FIELDS = ("question", "prompt", "query")
 MODEL_FIELDS = ("model_name", "model")
 SCORE_FIELDS = ("performance", "score")
 
 
-class ScoreFileError(ValueError):
+class ScoreFileError(PersynError, ValueError):
     """A score file cannot be used at all."""
 
 
@@ -82,17 +86,20 @@ class ScoreMatrix:
         )
 
     def digest(self) -> str:
-        h = hashlib.sha256(json.dumps(self.teachers).encode())
-        for p in self.prompts:
-            h.update(hashlib.sha256(p.encode()).digest())
-        h.update(np.nan_to_num(self.values, nan=-1e300).tobytes())
-        return h.hexdigest()[:16]
+        chunks = chain(
+            [json.dumps(self.teachers).encode()],
+            (bytes.fromhex(digest(p, None)) for p in self.prompts),
+            [np.nan_to_num(self.values, nan=-1e300).tobytes()],
+        )
+        return digest(chunks)
 
     def write_wide_jsonl(self, path: str | Path) -> None:
-        with open(path, "w", encoding="utf-8") as f:
+        def lines():
             for p, row in zip(self.prompts, self.values, strict=True):
                 scores = {t: float(v) for t, v in zip(self.teachers, row, strict=True) if not math.isnan(v)}
-                f.write(json.dumps({"question": p, "scores": scores}, ensure_ascii=False) + "\n")
+                yield json.dumps({"question": p, "scores": scores}, ensure_ascii=False) + "\n"
+
+        atomic_write(path, lines())
 
 
 def _score_value(v) -> float | None:

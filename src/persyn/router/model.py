@@ -1,4 +1,4 @@
-"""The PerSyn router (PAPER.md Eq. 3): prompt encoder + coefficient head, Bradley-Terry loss.
+"""The PerSyn router (docs/method.md, Eq. 3): prompt encoder + coefficient head, Bradley-Terry loss.
 
 `pi(x)` has one output per teacher; a pair "B beats A" on prompt x is trained with
 `BCE(sigmoid(pi_B(x) - pi_A(x)), 1)`. With a frozen encoder (the default MiniLM) the embeddings are
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import hashlib
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -34,6 +33,7 @@ from persyn.router.encoders import (
     load_encoder,
 )
 from persyn.scoring.labels import DEFAULT_ALPHA, Pairs, make_pairs
+from persyn.store.keys import digest
 
 ROUTER_FORMAT_VERSION = 1
 
@@ -43,7 +43,7 @@ ROUTER_FORMAT_VERSION = 1
 
 def prompt_hash(prompt: str) -> str:
     """A short stable id of a prompt's text (recorded in router files to rebuild splits)."""
-    return hashlib.sha256(prompt.encode("utf-8")).hexdigest()[:16]
+    return digest(prompt)
 
 
 def holdout_mask(prompts: Sequence[str], fraction: float, seed: int, salt: str = "test") -> np.ndarray:
@@ -59,7 +59,7 @@ def holdout_mask(prompts: Sequence[str], fraction: float, seed: int, salt: str =
         k = min(max(k, 1), n - 1)
     if k == 0:
         return mask
-    keys = [hashlib.sha256(f"{salt}:{seed}:{p}".encode()).hexdigest() for p in prompts]
+    keys = [digest(f"{salt}:{seed}:{p}", None) for p in prompts]
     mask[np.argsort(keys, kind="stable")[:k]] = True
     return mask
 
@@ -252,8 +252,10 @@ def train_router(
     if encoder is None or isinstance(encoder, str):
         encoder = load_encoder(encoder or DEFAULT_ENCODER)
     if cfg.finetune_encoder:
-        # Never mutate the shared (memoised) frozen encoder.
+        # Never mutate the shared (memoised) frozen encoder. Train float32 weights: in bf16 (what
+        # `dtype: auto` loads on some CPUs) AdamW's small updates round away.
         encoder = copy.deepcopy(encoder)
+        encoder.module.float()
 
     pairs = make_pairs(r)
     if len(pairs) == 0:
@@ -428,9 +430,13 @@ def _threads(n: int):
 
 def weights_digest(module: nn.Module) -> str:
     """A digest of a module's weights (names, shapes and bytes)."""
-    h = hashlib.sha256()
-    for name, t in sorted(module.state_dict().items()):
-        h.update(name.encode())
-        h.update(str(tuple(t.shape)).encode())
-        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()[:16]
+    items = sorted(module.state_dict().items())
+    return digest(
+        part
+        for name, t in items
+        for part in (
+            name.encode(),
+            str(tuple(t.shape)).encode(),
+            t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes(),
+        )
+    )

@@ -1,6 +1,17 @@
 """Scoring: quality (reward model, LM judge, verifiable answers, auto), learnability, labels, pairs."""
 
-from persyn.scoring.answers import AnswerScorer, answer_matches, extract_final_answer, parse_number
+from persyn.scoring.answers import (
+    CHECKERS,
+    AnswerChecker,
+    AnswerScorer,
+    Verdict,
+    answer_matches,
+    answers_key,
+    check_answer,
+    extract_final_answer,
+    final_answer,
+    parse_number,
+)
 from persyn.scoring.labels import (
     DEFAULT_ALPHA,
     Pairs,
@@ -20,17 +31,23 @@ from persyn.scoring.quality import (
 )
 
 __all__ = [
+    "CHECKERS",
     "DEFAULT_ALPHA",
+    "AnswerChecker",
     "AnswerScorer",
     "AutoScorer",
     "EngineScorer",
     "Learnability",
     "Pairs",
     "QualityScorer",
+    "Verdict",
     "answer_matches",
+    "answers_key",
     "build_quality_scorer",
+    "check_answer",
     "combine_labels",
     "extract_final_answer",
+    "final_answer",
     "learnability_key",
     "learnability_matrix",
     "make_pairs",

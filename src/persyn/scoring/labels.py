@@ -1,4 +1,4 @@
-"""Combined labels (PAPER.md Eq. 2) and Bradley-Terry pairs.
+"""Combined labels (docs/method.md, Eq. 2) and Bradley-Terry pairs.
 
 Both scores are normalised *within each prompt*, across the teachers that answered it, then mixed:
 `r = (1 - alpha) * r_q + alpha * r_l`. Matrices are n_prompts x n_teachers with NaN where a score is

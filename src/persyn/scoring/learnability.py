@@ -1,4 +1,4 @@
-"""Learnability (PAPER.md Eq. 1): the student's mean per-token log-likelihood of a response.
+"""Learnability (docs/method.md, Eq. 1): the student's mean per-token log-likelihood of a response.
 
 `r_l = (1/|y|) sum_t log p_student(y_t | y_<t, x)`, prompt in the student's own chat format and only
 response tokens counted; the student Engine's `loglik` verb computes exactly that. Learnability
@@ -8,17 +8,16 @@ re-scores learnability and nothing else.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from persyn.engines.base import Engine
-from persyn.scoring.quality import call_dropping_overflow
+from persyn.engines.base import Engine, loglik_or_missing
 
 
-def learnability_key(student: Engine) -> str:
-    return f"loglik:{student.fingerprint}"
+def learnability_key(student_fingerprint: str) -> str:
+    """The store key of learnability scores: the student's engine fingerprint."""
+    return f"loglik:{student_fingerprint}"
 
 
 class Learnability:
@@ -28,22 +27,14 @@ class Learnability:
 
     def __init__(self, student: Engine):
         self.student = student
-        self.key = learnability_key(student)
+        self.key = learnability_key(student.fingerprint)
 
     def score(self, prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
         """NaN (missing) for an empty response, whose mean over zero tokens is undefined, and for
         one that overflows the student's context; a number for everything else."""
         if len(prompts) != len(responses):
             raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
-        out = [math.nan] * len(prompts)
-        keep = [i for i, r in enumerate(responses) if r and r.strip()]
-        if keep:
-            vals = call_dropping_overflow(
-                self.student.loglik, [prompts[i] for i in keep], [responses[i] for i in keep], self.key
-            )
-            for i, v in zip(keep, vals, strict=True):
-                out[i] = v
-        return out
+        return loglik_or_missing(self.student, prompts, responses, self.key)
 
 
 def learnability_matrix(

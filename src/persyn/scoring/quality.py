@@ -13,16 +13,17 @@ the prompt's reference answer alone (`scorer_for(reference)`), never from the re
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Literal, Protocol, runtime_checkable
+from collections.abc import Mapping, Sequence
+from typing import Literal, Protocol, runtime_checkable
 
 import numpy as np
 
-from persyn.engines.base import ContextLengthError, Engine
-from persyn.scoring.answers import AnswerScorer
+from persyn.engines.base import Engine, scores_or_missing
+from persyn.scoring.answers import AnswerScorer, Checker
 
 QualityKind = Literal["answers", "judge", "reward", "auto"]
 Reference = str | float | int | None
+Refs = Sequence[Reference] | None  # one reference answer per prompt, or none at all
 
 
 @runtime_checkable
@@ -32,45 +33,8 @@ class QualityScorer(Protocol):
     kind: str
 
     def score(
-        self,
-        prompts: Sequence[str],
-        responses: Sequence[str],
-        references: Sequence[Reference] | None = None,
+        self, prompts: Sequence[str], responses: Sequence[str], references: Refs = None
     ) -> list[float]: ...
-
-
-def _value(v: Any) -> Any:
-    if isinstance(v, ContextLengthError):
-        return math.nan  # over the context: missing, as when the whole call names it
-    return v if isinstance(v, Exception) else float(v)
-
-
-def call_dropping_overflow(
-    verb: Callable[[list[str], list[str]], Sequence[float]],
-    prompts: Sequence[str],
-    responses: Sequence[str],
-    what: str,
-) -> list[float]:
-    """Call an engine verb; inputs that overflow the model's context come back NaN (missing, so
-    that teacher is absent from the prompt's pairs) and the rest are scored. Other errors raise,
-    except per-item errors that an engine returns in place (`return_exceptions=True`): those are
-    passed through for the caller to record."""
-    try:
-        values = [_value(v) for v in verb(list(prompts), list(responses))]
-    except ContextLengthError as exc:
-        bad = {i for i in getattr(exc, "indices", ()) if 0 <= i < len(prompts)}
-        if not bad:
-            raise
-        keep = [i for i in range(len(prompts)) if i not in bad]
-        values = [math.nan] * len(prompts)
-        if keep:
-            sub = call_dropping_overflow(verb, [prompts[i] for i in keep], [responses[i] for i in keep], what)
-            for i, v in zip(keep, sub, strict=True):
-                values[i] = v
-        return values
-    if len(values) != len(prompts):
-        raise RuntimeError(f"{what}: engine returned {len(values)} scores for {len(prompts)} inputs")
-    return values
 
 
 def has_reference(reference: Reference) -> bool:
@@ -79,6 +43,11 @@ def has_reference(reference: Reference) -> bool:
     if isinstance(reference, float) and math.isnan(reference):
         return False
     return not (isinstance(reference, str) and not reference.strip())
+
+
+def engine_scorer_key(kind: str, fingerprint: str) -> str:
+    """The store key of a judge's or reward model's scores: its kind and engine fingerprint."""
+    return f"{kind}:{fingerprint}"
 
 
 class EngineScorer:
@@ -97,19 +66,14 @@ class EngineScorer:
             raise ValueError(f"EngineScorer kind must be 'judge' or 'reward', not {kind!r}")
         self.engine = engine
         self.kind = kind
-        self.key = f"{kind}:{engine.fingerprint}"
+        self.key = engine_scorer_key(kind, engine.fingerprint)
 
-    def score(
-        self,
-        prompts: Sequence[str],
-        responses: Sequence[str],
-        references: Sequence[Reference] | None = None,
-    ) -> list[float]:
+    def score(self, prompts: Sequence[str], responses: Sequence[str], references: Refs = None) -> list[float]:
         if len(prompts) != len(responses):
             raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
         if not prompts:
             return []
-        return call_dropping_overflow(self.engine.score, prompts, responses, self.key)
+        return scores_or_missing(self.engine.score, prompts, responses, self.key)
 
 
 class AutoScorer:
@@ -126,12 +90,7 @@ class AutoScorer:
         """The one method used for *every* teacher's response to a prompt with this reference."""
         return self.answers if has_reference(reference) else self.fallback
 
-    def score(
-        self,
-        prompts: Sequence[str],
-        responses: Sequence[str],
-        references: Sequence[Reference] | None = None,
-    ) -> list[float]:
+    def score(self, prompts: Sequence[str], responses: Sequence[str], references: Refs = None) -> list[float]:
         refs = list(references) if references is not None else [None] * len(prompts)
         if not (len(prompts) == len(responses) == len(refs)):
             raise ValueError("prompts, responses and references must have the same length")
@@ -148,11 +107,16 @@ class AutoScorer:
 
 
 def build_quality_scorer(
-    kind: QualityKind, engine: Engine | None = None, *, engine_kind: Literal["judge", "reward"] | None = None
+    kind: QualityKind,
+    engine: Engine | None = None,
+    *,
+    engine_kind: Literal["judge", "reward"] | None = None,
+    checker: Checker = "auto",
 ) -> QualityScorer:
-    """The scorer a config names. `engine` is the judge or reward model (not needed for answers)."""
+    """The scorer a config names. `engine` is the judge or reward model (not needed for answers);
+    `checker` the answer checker (scoring/answers.py) for prompts with a reference."""
     if kind == "answers":
-        return AnswerScorer()
+        return AnswerScorer(checker)
     if kind in ("judge", "reward"):
         if engine is None:
             raise ValueError(f"quality {kind!r} needs an engine (the {kind} model)")
@@ -160,7 +124,7 @@ def build_quality_scorer(
     if kind == "auto":
         if engine is None:
             raise ValueError("quality 'auto' needs a judge or reward engine for prompts without answers")
-        return AutoScorer(EngineScorer(engine, engine_kind))
+        return AutoScorer(EngineScorer(engine, engine_kind), AnswerScorer(checker))
     raise ValueError(f"unknown quality scorer {kind!r}; expected answers, judge, reward or auto")
 
 

@@ -1,10 +1,33 @@
 """The pipeline stages, one module each, in run order:
 
-ingest (prompts; before every stage) -> calibrate -> score -> train_router -> route -> generate
--> export -> report.  `context.RunContext` is what they share (config, store, executor, display)
-and holds the driver-side helpers that turn executor results into store rows.
+ingest (the prompts, when the run opens) -> calibrate -> score -> train-router -> route -> generate
+-> export -> report; and strategies (the baselines' datasets from the same run).
+
+Each stage module has `run(ctx, **options)`, which does the stage's work and resumes from what the
+store holds; a stage whose output later stages use also has `result(ctx)`, which reads that output
+back for the current config without redoing anything (or raises StageError naming the command to
+run first). Stages never import each other: they ask the run context (`ctx.result("route")`,
+`ctx.run_stage("export")`), which finds them here. docs/architecture.md has the rule for adding one.
+Helper modules, not stages: `context` (the run context), `ingest`, `embeddings` (prompt embeddings
+cached in the store), `costs` (prices, mean tokens, the ledger), `export_records` (dataset rows
+from the store).
 """
 
 from persyn.stages.context import RunContext, StageError, WorkCounts
 
-__all__ = ["RunContext", "StageError", "WorkCounts"]
+#: Stage name (its command) -> module in this package.
+STAGES = {
+    "calibrate": "calibrate",
+    "score": "score",
+    "train-router": "train_router",
+    "route": "route",
+    "generate": "generate",
+    "export": "export",
+    "report": "report",
+    "strategies": "strategies",
+}
+
+#: What `persyn run` runs, in order.
+RUN_ORDER = ("calibrate", "score", "train-router", "route", "generate", "export", "report")
+
+__all__ = ["RUN_ORDER", "STAGES", "RunContext", "StageError", "WorkCounts"]

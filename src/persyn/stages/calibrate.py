@@ -1,4 +1,5 @@
-"""Stage 1, calibrate (PAPER.md step 1): choose the calibration subset; every teacher answers it.
+"""Stage calibrate (the method's step 1, docs/method.md): choose the calibration subset; every
+teacher answers it.
 
 Selection (deterministic for a config and seed):
 - `random`: the `size` prompts with the smallest SHA-256 of (seed, prompt id). A prompt's
@@ -13,24 +14,18 @@ prompts that stay selected are reused: they are keyed by content).
 
 from __future__ import annotations
 
-import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
-from persyn.stages.context import RunContext, WorkCounts, json_digest
-from persyn.store import content_key
+from persyn.stages.context import RunContext, TeacherWork
+from persyn.store.keys import content_key, digest
 
 
 @dataclass
-class CalibrationResult:
+class CalibrationResult(TeacherWork):
     prompt_ids: list[str]
     selection: str
-    teachers: dict[str, WorkCounts] = field(default_factory=dict)
-
-    @property
-    def new_generations(self) -> int:
-        return sum(c.new for c in self.teachers.values())
 
     @property
     def failed(self) -> int:
@@ -39,7 +34,7 @@ class CalibrationResult:
 
 def hash_order(ids: list[str], seed: int, salt: str) -> list[str]:
     """`ids` sorted by SHA-256 of (salt, seed, id): a seeded order independent of input order."""
-    return sorted(ids, key=lambda i: hashlib.sha256(f"{salt}:{seed}:{i}".encode()).digest())
+    return sorted(ids, key=lambda i: digest(f"{salt}:{seed}:{i}", None))
 
 
 def select_calibration(ctx: RunContext) -> list[str]:
@@ -47,7 +42,7 @@ def select_calibration(ctx: RunContext) -> list[str]:
     cal = cfg.calibration
     ids = ctx.working_ids()
     size = min(cal.size, len(ids))
-    parts: list = ["calibration", cal.selection, size, cfg.seed, json_digest(ids)]
+    parts: list = ["calibration", cal.selection, size, cfg.seed, digest(ids, spaced=True)]
     if cal.selection == "diverse":
         parts += [cal.pool_factor, cfg.router.encoder, cfg.router.pooling, cfg.router.max_length]
     key = content_key(*parts)
@@ -124,7 +119,7 @@ def kmeans_representatives(x: np.ndarray, k: int, *, seed: int, iters: int = 25)
     return chosen
 
 
-def calibrate(ctx: RunContext) -> CalibrationResult:
+def run(ctx: RunContext) -> CalibrationResult:
     ids = select_calibration(ctx)
     result = CalibrationResult(ids, ctx.config.calibration.selection)
     ctx.ui.say(f"[bold]calibrate[/]: {len(ids)} prompts x {len(ctx.teachers)} teachers")

@@ -1,9 +1,15 @@
-"""What every stage shares: the config, the store, the executor, the display, and the driver-side
-helpers that turn executor results into store rows.
+"""The run context: what every stage shares, and the one way stages talk to each other.
 
-The driver is the only writer: `generate_responses` and the scoring helpers take `BatchResult`s from
-the executor and write each batch in one store transaction (`executor.batch_size` rows), so a
-crash loses at most the batch in flight. Before any work, each unit logs the resume line
+    ids = ctx.calibration_ids()                 # the run's prompt sets
+    gk = ctx.teacher_gen_key("qwen")            # the run's content keys
+    routes = ctx.result("route").routes         # another stage's result, read back for this config
+    ctx.run_stage("export")                     # another stage's work (strategies re-exports)
+    ctx.write_artifact(ROUTING_FILE, doc)            # a file beside the store (routing.json...)
+    ctx.generate_responses("generate", "qwen", ids)   # model work -> store rows, batch by batch
+
+The driver is the only writer: `generate_responses` and `run_score_job` take the executor's
+results and write each batch in one store transaction (`executor.batch_size` rows), so a crash
+loses at most the batch in flight. Before any work, each unit logs the resume line
 ("calibrate qwen: 40 done earlier, 24 to do") to the store's events and to the console.
 
 Engine fingerprints (part of every store key) are remembered in the store's state by engine spec,
@@ -14,27 +20,36 @@ remembered one; if they differ (e.g. another dtype on a GPU machine) the real on
 
 from __future__ import annotations
 
-import hashlib
+import importlib
 import json
-import os
-import signal
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
+from persyn.atomic import atomic_write, remove, write_json
 from persyn.config import Config
 from persyn.engines.spec import EngineSpec
+from persyn.errors import PersynError
 from persyn.executors import BatchResult, Executor, Job, WorkItem
 from persyn.progress import Progress
 from persyn.store import ResponseKey, ResponseRow, RunStore, ScoreRow, make_gen_key
+from persyn.store.keys import digest
 
-#: Test hook: "STAGE:N" SIGKILLs this process right after its N-th committed batch in STAGE
-#: (tests/test_crash.py uses it to crash at a deterministic point).
-KILL_ENV = "PERSYN_TEST_KILL_AFTER"
+# The run directory beside the store and its manifest: every file and folder a stage writes.
+PROMPTS_DIR = "prompts"  # ingest: load_report.json, bad_rows.jsonl, duplicates.jsonl, too_long.jsonl
+ROUTERS_DIR = "routers"  # train-router: <train key>/ with the router files and METRICS_FILE
+METRICS_FILE = "metrics.json"  # train-router: the router against the baselines, inside its folder
+ROUTING_FILE = "routing.json"  # route: the routing of the current routes (counts, caps, costs)
+DATASET_DIR = "dataset"  # export: the PerSyn dataset
+EXPORTS_FILE = "export.json"  # export: what each export wrote, by strategy
+STRATEGIES_DIR = "strategies"  # strategies: <name>/, one dataset per baseline
+STRATEGIES_FILE = "strategies.json"  # strategies: each strategy's figures
+REPORT_DIR = "report"  # report: index.html and its figures
 
 
-class StageError(RuntimeError):
+class StageError(PersynError, RuntimeError):
     """A stage cannot run (a missing prerequisite, an impossible setting); the message says why
     and what to run."""
 
@@ -55,15 +70,37 @@ class WorkCounts:
         return asdict(self)
 
 
+@dataclass(kw_only=True)
+class TeacherWork:
+    """What each teacher generated in a stage (calibrate, generate)."""
+
+    teachers: dict[str, WorkCounts] = field(default_factory=dict)
+
+    @property
+    def new_generations(self) -> int:
+        return sum(c.new for c in self.teachers.values())
+
+
 @dataclass
 class RunContext:
     config: Config
     store: RunStore
-    executor: Executor
+    executor: Executor | None  # None: a read-only context (`persyn plan`), which loads no model
     ui: Progress
     retry_failed: bool = False
+    #: Called after each committed batch with (stage, batches committed so far in that stage);
+    #: tests use it to crash at a deterministic point.
+    on_commit: Callable[[str, int], None] | None = None
     _batches: dict[str, int] = field(default_factory=dict)
     _working: list[str] | None = None
+
+    @classmethod
+    def read_only(cls, config: Config) -> RunContext | None:
+        """A context over the existing run directory of `config`, for reading (None if there is
+        none): keys are the remembered ones, and asking for one never remembered is a StageError."""
+        if not RunStore.exists(config.output.dir):
+            return None
+        return cls(config, RunStore.open(config.output.dir, readonly=True), None, Progress(None))
 
     @property
     def teachers(self) -> list[str]:
@@ -84,6 +121,10 @@ class RunContext:
             self._working = ids
         return self._working
 
+    def set_working_ids(self, ids: list[str]) -> None:
+        self.store.set_subset("prompts", ids, replace=True)
+        self._working = ids
+
     def calibration_ids(self) -> list[str]:
         ids = self.store.get_subset("calibration")
         if ids is None:
@@ -99,6 +140,8 @@ class RunContext:
         known = self.store.get_state("fingerprints", {})
         if key in known and not verify:
             return known[key]
+        if self.executor is None:
+            raise StageError(f"{spec.model} has not been loaded in this run yet: its key is unknown")
         fp = self.executor.fingerprint(spec)
         if known.get(key) != fp:
             if key in known:
@@ -113,12 +156,13 @@ class RunContext:
         return fp
 
     def teacher_gen_key(self, teacher: str, *, verify: bool = False) -> str:
+        """The key of `teacher`'s responses: its engine fingerprint and generation parameters."""
         cfg = self.config
         params = cfg.generation_for(teacher).params()
         fp = self.fingerprint(cfg.teacher_spec(teacher), verify=verify)
         gk = make_gen_key(fp, params.key())
         keys = self.store.get_state("gen_keys", {})
-        if gk not in keys:
+        if gk not in keys and not self.store.readonly:
             keys[gk] = {"teacher": teacher, "fingerprint": fp, "params": asdict(params)}
             self.store.set_state("gen_keys", keys)
         return gk
@@ -127,33 +171,60 @@ class RunContext:
         return {t: self.teacher_gen_key(t) for t in self.teachers}
 
     def gen_key_info(self, gen_key: str) -> dict[str, Any]:
+        """What a gen key stands for: teacher, engine fingerprint, generation parameters."""
         return self.store.get_state("gen_keys", {}).get(gen_key, {})
 
-    # ------------------------------------------------------------------ writing
+    # ------------------------------------------------------------------ other stages
+
+    def result(self, stage: str, /) -> Any:
+        """What `stage` offers later stages, for the current config, read back from the run
+        (its module's `result(ctx)`); a StageError names the command to run first."""
+        return _stage_module(stage).result(self)
+
+    def run_stage(self, stage: str, /, **options: Any) -> Any:
+        """Run `stage` (its module's `run(ctx, **options)`); it resumes from what the store holds."""
+        return _stage_module(stage).run(self, **options)
+
+    # ------------------------------------------------------------------ the run directory
+
+    def path(self, *parts: str) -> Path:
+        """A path in the run directory (a dataset or report folder; see the names above)."""
+        return self.store.path(*parts)
+
+    def artifact(self, name: str) -> Any:
+        """A JSON file of the run directory (`ROUTING_FILE`, `EXPORTS_FILE`, ...), or None if not written."""
+        path = self.store.path(name)
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+    def write_artifact(self, name: str, content: Any) -> Path:
+        """Write a file of the run directory, atomically: JSON for a dict or list, text as is;
+        None removes it. The one way a stage writes a file of its own beside the store."""
+        path = self.store.path(name)
+        if content is None:
+            remove(path)
+        elif isinstance(content, str):
+            atomic_write(path, content)
+        else:
+            write_json(path, content)
+        return path
+
+    # ------------------------------------------------------------------ writing rows
 
     def committed(self, stage: str) -> None:
-        """Called after each batch transaction; counts batches for the crash-test hook."""
+        """Called after each batch transaction (counts the batches of each stage)."""
         n = self._batches[stage] = self._batches.get(stage, 0) + 1
-        target = os.environ.get(KILL_ENV)
-        if target and target == f"{stage}:{n}":
-            os.kill(os.getpid(), signal.SIGKILL)
+        if self.on_commit is not None:
+            self.on_commit(stage, n)
 
     def log_todo(self, stage: str, unit: str, done: int, todo: int, failed: int = 0) -> None:
-        msg = f"{unit}: {done} done earlier, {todo} to do"
-        if failed:
-            how = "retrying" if self.retry_failed else "not retried: use --retry-failed"
-            msg += f" ({failed} failed earlier, {how})"
-        kind = "resume" if done or failed else "start"
-        self.store.log_event(stage, kind, msg, unit=unit, done=done, todo=todo, failed=failed)
-        self.ui.say(f"[dim]{stage}[/] {msg}")
+        e = self.store.log_todo(stage, done, todo, failed=failed, retrying=self.retry_failed, unit=unit)
+        self.ui.say(f"[dim]{stage}[/] {e.message}")
 
     def log_done(self, stage: str, counts: WorkCounts) -> None:
         if not counts.new and not counts.failed:
             return
         msg = f"{counts.name}: {counts.new} new, {counts.failed} failed in {counts.seconds:.1f}s"
         self.store.log_event(stage, "done", msg, **counts.to_dict())
-
-    # ------------------------------------------------------------------ generation
 
     def generate_responses(self, stage: str, teacher: str, prompt_ids: Sequence[str]) -> WorkCounts:
         """Make sure `teacher` has a response row for every prompt in `prompt_ids`: generate what
@@ -163,13 +234,14 @@ class RunContext:
         if not ids:
             return counts
         gk = self.teacher_gen_key(teacher)
-        todo, done, failed = self._todo(teacher, gk, ids)
+        store, retry = self.store, self.retry_failed
+        todo, done, failed = store.response_progress(teacher, gk, ids, retry_failed=retry)
         if todo:
             # About to load the model anyway: check that the remembered fingerprint still holds.
             real = self.teacher_gen_key(teacher, verify=True)
             if real != gk:
                 gk = real
-                todo, done, failed = self._todo(teacher, gk, ids)
+                todo, done, failed = store.response_progress(teacher, gk, ids, retry_failed=retry)
         counts.done_before, counts.failed_before = done, failed
         self.log_todo(stage, teacher, done, len(todo), failed)
         if not todo:
@@ -177,19 +249,20 @@ class RunContext:
         cfg = self.config
         params = cfg.generation_for(teacher).params()
         params_dict = asdict(params)
-        prompts = {p.id: p for p in self.store.get_prompts(todo)}
+        prompts = {p.id: p for p in store.get_prompts(todo)}
         items = [WorkItem(ResponseKey(pid, teacher, gk), prompts[pid].text) for pid in todo]
         job = Job(f"{stage}/{teacher}", cfg.teacher_spec(teacher), "generate", items, params, self.batch_size)
         t0 = time.perf_counter()
         with self.ui.task(f"{stage} · {teacher}", total=len(items)) as advance:
-            for batch in self.executor.run(job):
+            for batch in self._executor().run(job):
                 rows = _response_rows(batch, teacher, gk, params_dict)
-                self.store.put_responses(rows)
+                store.put_responses(rows)
                 self.committed(stage)
                 counts.new += sum(r.status == "ok" for r in rows)
                 counts.failed += sum(r.status == "error" for r in rows)
                 advance(len(rows))
         counts.seconds = time.perf_counter() - t0
+        self.record_engine(job.spec)
         self.log_done(stage, counts)
         if counts.failed:
             self.ui.say(
@@ -198,21 +271,12 @@ class RunContext:
             )
         return counts
 
-    def _todo(self, teacher: str, gk: str, ids: list[str]) -> tuple[list[str], int, int]:
-        status = self.store.response_status(teacher, gk, ids)
-        failed = sum(1 for s in status.values() if s == "error")
-        done = sum(1 for s in status.values() if s == "ok")
-        todo = [p for p in ids if p not in status or (self.retry_failed and status[p] == "error")]
-        return todo, done, failed
-
-    # ------------------------------------------------------------------ scoring
-
     def run_score_job(self, stage: str, job: Job, kind: str, scorer_key: str) -> WorkCounts:
         """Run a scoring job through the executor and store each batch (NaN = not scorable)."""
         counts = WorkCounts(job.name, wanted=len(job.items))
         t0 = time.perf_counter()
         with self.ui.task(f"{stage} · {job.name}", total=len(job.items)) as advance:
-            for batch in self.executor.run(job):
+            for batch in self._executor().run(job):
                 rows = _score_rows(batch, kind, scorer_key)
                 self.store.put_scores(rows)
                 self.committed(stage)
@@ -220,12 +284,73 @@ class RunContext:
                 counts.failed += sum(r.value is None for r in rows)
                 advance(len(rows))
         counts.seconds = time.perf_counter() - t0
+        self.record_engine(job.spec)
+        self.log_done(stage, counts)
         return counts
+
+    def _executor(self) -> Executor:
+        if self.executor is None:
+            raise StageError("this run context is read-only: it runs no model")
+        return self.executor
+
+    # ------------------------------------------------------------------ how models ran
+
+    def record_engine(self, spec: EngineSpec) -> None:
+        """Remember how a model that just did work ran (dtype and why, device, threads) in the
+        run's state `engines`, by fingerprint (the key of the rows it wrote), and log a line when
+        that is new or changed; the report and `persyn status` show them."""
+        info = self._executor().describe(spec)
+        info["roles"] = [name for name, s in self.config.engine_roles().items() if s == spec]
+        engines = self.store.get_state("engines", {})
+        fp = info.get("fingerprint", spec.model)
+        if engines.get(fp) != info:
+            engines[fp] = info
+            self.store.set_state("engines", engines)
+            self.store.log_event("engines", "info", engine_line(info), fingerprint=fp)
+
+
+#: Score kinds (the `kind` column of the scores table).
+QUALITY = "quality"
+LEARNABILITY = "learnability"
+NOT_SCORABLE = "not scorable (empty response, or over the model's context window)"
+
+
+def _stage_module(stage: str):
+    from persyn.stages import STAGES
+
+    if stage not in STAGES:
+        raise StageError(f"unknown stage {stage!r}; stages are {', '.join(STAGES)}")
+    return importlib.import_module(f"persyn.stages.{STAGES[stage]}")
 
 
 def spec_digest(spec: EngineSpec) -> str:
-    """The key under which a spec's engine fingerprint is remembered."""
-    return hashlib.sha256(spec.model_dump_json().encode()).hexdigest()[:16]
+    """The key under which a spec's engine fingerprint is remembered. A local model with `dtype:
+    auto` loads in a dtype that depends on the machine (and the fingerprint with it), so the key
+    names what `auto` resolves to here: a run moved to another kind of CPU loads the model again
+    to learn its fingerprint instead of keying new rows by the old one."""
+    key = digest(spec.model_dump_json())
+    if spec.engine == "transformers" and spec.dtype == "auto":
+        from persyn.hardware import dtype_name, resolve_device, resolve_dtype
+
+        key += ":" + dtype_name(resolve_dtype("auto", resolve_device(spec.device)))
+    return key
+
+
+def engine_line(info: dict[str, Any]) -> str:
+    """One line on how a model ran: "qwen (zoo:qwen...): float32 on cpu, 2 threads (auto: ...)"."""
+    who = ", ".join(info.get("roles") or []) or info.get("engine", "?")
+    line = f"{who} ({info.get('model')})"
+    if info.get("dtype"):
+        line += f": {info['dtype']} on {info.get('device', info.get('engine'))}"
+        if info.get("threads"):
+            line += f", {info['threads']} thread{'s' if info['threads'] > 1 else ''}"
+        if info.get("replicas"):
+            line += f", {info['replicas']} replica(s)"
+        if info.get("dtype_reason"):
+            line += f" ({info['dtype_reason']})"
+    else:
+        line += f": {info.get('engine')} engine (dtype: the server's)"
+    return line
 
 
 def _response_rows(batch: BatchResult, teacher: str, gk: str, params: dict) -> list[ResponseRow]:
@@ -246,9 +371,6 @@ def _response_rows(batch: BatchResult, teacher: str, gk: str, params: dict) -> l
     return rows
 
 
-NOT_SCORABLE = "not scorable (empty response, or over the model's context window)"
-
-
 def _score_rows(batch: BatchResult, kind: str, scorer_key: str) -> list[ScoreRow]:
     rows = []
     for r in batch.results:
@@ -259,7 +381,3 @@ def _score_rows(batch: BatchResult, kind: str, scorer_key: str) -> list[ScoreRow
         error = None if value is not None else (r.error or NOT_SCORABLE)
         rows.append(ScoreRow(kind, scorer_key, k.prompt_id, k.teacher, k.gen_key, value, error))
     return rows
-
-
-def json_digest(value: Any) -> str:
-    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]

@@ -19,17 +19,15 @@ not checked; the report says so, and its engine refuses an overflowing prompt at
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from persyn.config import Config
-from persyn.engines.spec import EngineSpec
-from persyn.prompts import LengthCheck, PromptSet, TokenLimit, check_lengths, load_prompts
-from persyn.stages.context import RunContext, StageError, json_digest
-from persyn.store import content_key
+from persyn.engines.spec import EngineSpec, local_model_path
+from persyn.prompts import LengthCheck, Prompt, PromptSet, TokenLimit, check_lengths, load_prompts
+from persyn.stages.context import PROMPTS_DIR, RunContext, StageError
+from persyn.store.keys import content_key, digest
 
 
 def load_prompt_set(config: Config, *, skip_bad_rows: bool | None = None) -> PromptSet:
@@ -67,15 +65,6 @@ class Ingested:
 # token counting from local tokenizer files
 
 
-def local_model_path(spec: EngineSpec) -> str | None:
-    """A folder holding the model's tokenizer and config, if there is one on this machine."""
-    from persyn.zoo import is_zoo_alias, resolve_model
-
-    if is_zoo_alias(spec.model):
-        return str(resolve_model(spec.model))
-    return spec.model if os.path.isdir(spec.model) else None
-
-
 _COUNTERS: dict[str, tuple[Callable[[Sequence[str]], list[int]], int]] = {}
 
 
@@ -85,7 +74,7 @@ def token_counter(spec: EngineSpec) -> tuple[Callable[[Sequence[str]], list[int]
     key = spec.model_dump_json()
     if key in _COUNTERS:
         return _COUNTERS[key]
-    path = local_model_path(spec)
+    path = local_model_path(spec.model)
     if path is None:
         return None
     from transformers import AutoConfig
@@ -132,8 +121,6 @@ def _rendering_identity(renderer) -> str:
     """A digest of everything that decides a prompt's token count: the tokenizer itself (its
     serialised vocabulary and rules), the template mode, chat template, system prompt and
     completion template."""
-    import hashlib
-
     tok = renderer.tokenizer
     backend = getattr(tok, "backend_tokenizer", None)
     vocab = backend.to_str() if backend is not None else json.dumps(sorted(tok.get_vocab().items()))
@@ -145,7 +132,7 @@ def _rendering_identity(renderer) -> str:
         getattr(tok, "chat_template", None) if renderer.mode == "chat" else spec.completion_template,
         spec.system_prompt,
     ]
-    return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()
+    return digest(parts, None, spaced=True)
 
 
 def _limits(config: Config) -> tuple[list[tuple[str, EngineSpec, int]], int]:
@@ -160,53 +147,61 @@ def _limits(config: Config) -> tuple[list[tuple[str, EngineSpec, int]], int]:
 # ------------------------------------------------------------------------------------------------
 
 
+def length_check_key(config: Config, prompts: Sequence[Prompt]) -> str:
+    """What a length check depends on: the prompt ids and each model's spec and reserve."""
+    limits, _ = _limits(config)
+    identity = [(name, spec.model_dump(mode="json"), r) for name, spec, r in limits]
+    return content_key("length-check", digest([p.id for p in prompts], spaced=True), identity)
+
+
+def length_check(config: Config, prompts: Sequence[Prompt]) -> dict[str, Any]:
+    """Which prompts fit every model's context, as that model renders and counts them (leaving
+    room for the response): `LengthCheck.to_dict()` plus `unchecked` (models without local
+    files) and `limits`. Ingest keeps the result in the run's state; `persyn plan` reports it."""
+    limits, _ = _limits(config)
+    token_limits, unchecked = [], []
+    seen: dict[str, TokenLimit] = {}
+    for name, spec, reserve in limits:
+        counter = token_counter(spec)
+        if counter is None:
+            unchecked.append(name)
+            continue
+        count, context = counter
+        tl = TokenLimit(name, count, context - reserve)
+        # Two roles on one model with the same reserve need one pass, not two.
+        ident = f"{spec.model_dump_json()}|{reserve}"
+        if ident not in seen:
+            seen[ident] = tl
+            token_limits.append(tl)
+    check = check_lengths(prompts, token_limits) if token_limits else LengthCheck(list(prompts), [])
+    return {
+        **check.to_dict(),
+        "unchecked": unchecked,
+        "limits": [{"name": t.name, "max_prompt_tokens": t.max_tokens} for t in token_limits],
+    }
+
+
 def ingest(ctx: RunContext, prompt_set: PromptSet) -> Ingested:
     store = ctx.store
     store.put_prompts(prompt_set.prompts)
     all_ids = [p.id for p in prompt_set.prompts]
-    limits, _ = _limits(ctx.config)
-    identity = [(name, spec.model_dump(mode="json"), r) for name, spec, r in limits]
-    key = content_key("length-check", json_digest(all_ids), identity)
+    key = length_check_key(ctx.config, prompt_set.prompts)
     cached = store.get_state("length_check")
     if cached and cached.get("key") == key:
         length = cached["result"]
     else:
-        token_limits, unchecked = [], []
-        seen: dict[str, TokenLimit] = {}
-        for name, spec, reserve in limits:
-            counter = token_counter(spec)
-            if counter is None:
-                unchecked.append(name)
-                continue
-            count, context = counter
-            tl = TokenLimit(name, count, context - reserve)
-            # Two roles on one model with the same reserve need one pass, not two.
-            ident = f"{spec.model_dump_json()}|{reserve}"
-            if ident not in seen:
-                seen[ident] = tl
-                token_limits.append(tl)
-        check = (
-            check_lengths(prompt_set.prompts, token_limits)
-            if token_limits
-            else LengthCheck(list(prompt_set.prompts), [])
-        )
-        length = {
-            **check.to_dict(),
-            "unchecked": unchecked,
-            "limits": [{"name": t.name, "max_prompt_tokens": t.max_tokens} for t in token_limits],
-        }
+        length = length_check(ctx.config, prompt_set.prompts)
         store.set_state("length_check", {"key": key, "result": length})
     excluded = {t["id"] for t in length["too_long"]}
     ids = [i for i in all_ids if i not in excluded]
     if not ids:
         raise StageError(
             f"every prompt of {prompt_set.report.path} is over some model's context window "
-            f"(see {store.path('prompts', 'too_long.jsonl')})"
+            f"(see {store.path(PROMPTS_DIR, 'too_long.jsonl')})"
         )
-    store.set_subset("prompts", ids, replace=True)
-    ctx._working = ids
+    ctx.set_working_ids(ids)
     ing = Ingested(prompt_set, ids, length, length.get("unchecked", []))
-    _write_reports(store.path("prompts"), prompt_set, length)
+    _write_reports(ctx, prompt_set, length)
     rep = prompt_set.report
     store.log_event(
         "prompts",
@@ -220,24 +215,14 @@ def ingest(ctx: RunContext, prompt_set: PromptSet) -> Ingested:
     return ing
 
 
-def _write_reports(folder: Path, prompt_set: PromptSet, length: dict[str, Any]) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
+def _write_reports(ctx: RunContext, prompt_set: PromptSet, length: dict[str, Any]) -> None:
     rep = prompt_set.report
-    data = {**rep.to_dict(), "length_check": length}
-    _atomic_text(folder / "load_report.json", json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+    ctx.write_artifact(f"{PROMPTS_DIR}/load_report.json", {**rep.to_dict(), "length_check": length})
     for name, rows in (
         ("bad_rows.jsonl", [{"file": rep.path, **b.to_dict()} for b in rep.bad_rows]),
         ("duplicates.jsonl", [{"file": rep.path, **g.to_dict()} for g in rep.duplicates]),
         ("too_long.jsonl", length["too_long"]),
     ):
-        path = folder / name
-        if rows:
-            _atomic_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-        elif path.exists():
-            path.unlink()  # a stale list from an earlier version of the file would mislead
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+        # An empty list removes the file: a stale list from an earlier version of the file would mislead.
+        text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+        ctx.write_artifact(f"{PROMPTS_DIR}/{name}", text or None)

@@ -1,4 +1,4 @@
-"""Stage 7, report: gather the run's figures into `persyn.report.ReportData` and write
+"""Stage report: gather the run's figures into `persyn.html_report.ReportData` and write
 `<run>/report/index.html` (allocation, router metrics against the baselines, the cost ledger
 against Generate-then-Select, strategies, sample rows).
 
@@ -9,54 +9,37 @@ from its prices where given.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
-from persyn.stages.context import RunContext
-from persyn.stages.export import build_records, ledger
-from persyn.stages.route import ROUTING_FILE, current_route_key
-from persyn.stages.train_router import METRICS_FILE, current_router
-
-REPORT_DIR = "report"
-STRATEGIES_FILE = "strategies.json"
+from persyn.stages.context import REPORT_DIR, ROUTING_FILE, RunContext, engine_line
+from persyn.stages.costs import calibration_tokens, ledger, teacher_cost
+from persyn.stages.export_records import build_records
 
 
 def gts_counterfactual(ctx: RunContext, n_prompts: int) -> dict[str, dict[str, float | None]]:
-    cal = ctx.store.get_subset("calibration") or []
     out: dict[str, dict[str, float | None]] = {}
-    for t in ctx.config.teachers:
-        rows = ctx.store.get_responses(t.name, ctx.teacher_gen_key(t.name), cal)
-        p = [r.prompt_tokens for r in rows.values() if r.prompt_tokens is not None]
-        c = [r.completion_tokens for r in rows.values() if r.completion_tokens is not None]
-        mean_p = float(np.mean(p)) if p else 0.0
-        mean_c = float(np.mean(c)) if c else float(ctx.config.generation_for(t.name).max_new_tokens)
-        price = t.cost_per_1k_tokens
-        cost = (
-            None
-            if price is None
-            else n_prompts * (mean_p / 1000 * price.input + mean_c / 1000 * price.output)
-        )
-        out[t.name] = {"generations": n_prompts, "tokens": n_prompts * (mean_p + mean_c), "cost": cost}
+    for t in ctx.teachers:
+        mean_p, mean_c = calibration_tokens(ctx, t)
+        cost = teacher_cost(ctx, t, mean_p, mean_c)
+        gts_cost = None if cost is None else n_prompts * cost
+        out[t] = {"generations": n_prompts, "tokens": n_prompts * (mean_p + mean_c), "cost": gts_cost}
     return out
 
 
-def report(ctx: RunContext) -> Path:
-    from persyn.report import LedgerRow, ReportData, write_report
+def run(ctx: RunContext) -> Path:
+    from persyn.html_report import LedgerRow, ReportData, write_report
 
     cfg = ctx.config
-    key = current_route_key(ctx)
     ids = ctx.working_ids()
-    routes = ctx.store.get_routes(key, ids)
-    assert routes is not None
+    routes = ctx.result("route").routes
     assignment = list(zip(routes.prompt_ids, routes.assigned, strict=True))
     route_map = dict(assignment)
     allocation = {t: 0 for t in ctx.teachers}
     for _, t in assignment:
         allocation[t] += 1
-    router_dir = current_router(ctx)
-    doc = json.loads((router_dir / METRICS_FILE).read_text())
+    doc = ctx.result("train-router").doc
     metrics = doc.get("metrics", {})
     notes = list(doc.get("notes", []))
     if not metrics:
@@ -66,9 +49,8 @@ def report(ctx: RunContext) -> Path:
             f"Router metrics: {doc.get('n_test')} held-out calibration prompts "
             f"(router.test_fraction = {cfg.router.test_fraction}); labels use alpha = {cfg.router.alpha}."
         )
-    routing_doc = {}
-    if ctx.store.path(ROUTING_FILE).is_file():
-        routing_doc = json.loads(ctx.store.path(ROUTING_FILE).read_text())
+    routing_doc = ctx.artifact(ROUTING_FILE)
+    if routing_doc is not None:
         r = routing_doc.get("routing", {})
         if r.get("method") and r["method"] != "argmax":
             notes.append(
@@ -77,6 +59,8 @@ def report(ctx: RunContext) -> Path:
                 f"of {r.get('argmax_score', 0):.4g} unconstrained"
                 + (", optimal." if r.get("optimal") else f", gap {r.get('gap', 0):.3g}.")
             )
+    # The dtype each model actually ran in (it depends on the machine with `dtype: auto`).
+    notes += [f"Model {engine_line(info)}." for info in ctx.store.get_state("engines", {}).values()]
     led = [
         LedgerRow(e.teacher, e.stage, e.generations, e.prompt_tokens, e.completion_tokens, e.cost)
         for e in ledger(ctx, route_map)
@@ -90,13 +74,10 @@ def report(ctx: RunContext) -> Path:
         else None
     )
     samples, _ = build_records(ctx, picks, "persyn", router_scores=scores)
-    strategies = {}
-    sfile = ctx.store.path(STRATEGIES_FILE)
-    if sfile.is_file():
-        strategies = {
-            name: {k: v for k, v in row.items() if isinstance(v, int | float) and not isinstance(v, bool)}
-            for name, row in json.loads(sfile.read_text()).items()
-        }
+    strategies = {
+        name: {k: v for k, v in r.figures().items() if isinstance(v, int | float) and not isinstance(v, bool)}
+        for name, r in ctx.result("strategies").items()
+    }
     data = ReportData(
         title=f"PerSyn run: {cfg.output.dataset_name} for {cfg.student.model}",
         run_dir=ctx.store.run_dir,
@@ -110,8 +91,9 @@ def report(ctx: RunContext) -> Path:
         notes=notes,
         router_name="router",
         headline_stages=["calibration", "routed"],
+        quality=ctx.result("score").summary(),
     )
-    out = write_report(data, ctx.store.path(REPORT_DIR))
+    out = write_report(data, ctx.path(REPORT_DIR))
     ctx.store.log_event("report", "done", f"report written to {out}")
     ctx.ui.say(f"[bold]report[/]: {out}")
     return out

@@ -1,8 +1,8 @@
-"""Stage 4, route (PAPER.md step 6): one teacher per prompt.
+"""Stage route (the method's step 6, docs/method.md): one teacher per prompt.
 
 - Prompts outside the calibration set (the new generations) go to `argmax pi(x)`, or, under
   `routing.caps` / `routing.budget`, to the assignment that maximises the total router score
-  within the limits (`persyn.routing.route_prompts`). Costs per prompt come from each teacher's
+  within the limits (`persyn.assignment.route_prompts`). Costs per prompt come from each teacher's
   `cost_per_1k_tokens` and its observed mean prompt/completion tokens on the calibration set.
 - Calibration prompts already hold every teacher's response: `routing.calibration_prompts:
   router` (default, the paper) routes them by argmax too; `best` takes the teacher with the best
@@ -10,26 +10,32 @@
 
 Routes are stored under a router key covering the router's weights (digest of its files), the
 caps, budget and prices, and the calibration policy; a stored route is final, so re-running reuses
-them and any change routes afresh under a new key.
+them and any change routes afresh under a new key. `<run>/routing.json` summarises the routing of
+the current routes. `result(ctx)` is the current routes (a StageError if the config has none yet).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from persyn.routing import RoutingInfeasibleError, RoutingResult, TeacherCap, cost_per_prompt, route_prompts
-from persyn.stages.context import RunContext, StageError
+from persyn.assignment import (
+    RoutingInfeasibleError,
+    RoutingResult,
+    TeacherCap,
+    route_prompts,
+)
+from persyn.stages.context import ROUTING_FILE, RunContext, StageError
+from persyn.stages.costs import calibration_tokens, teacher_cost
 from persyn.stages.embeddings import embed_ids
-from persyn.stages.train_router import current_router
-from persyn.store import content_key
+from persyn.store import RouteSet
+from persyn.store.keys import canonical_json, content_key, digest
 
-ROUTING_FILE = "routing.json"
 _PUT_CHUNK = 20_000
 
 
@@ -41,6 +47,8 @@ class RouteResult:
     calibration_counts: dict[str, int]
     reused: bool = False
     info: dict[str, Any] = field(default_factory=dict)
+    #: Every working prompt's teacher and router scores, in prompt order (as `result(ctx)` reads them).
+    routes: RouteSet | None = None
 
     @property
     def n_prompts(self) -> int:
@@ -50,43 +58,41 @@ class RouteResult:
 def router_digest(path: Path) -> str:
     """What routing depends on: the weight files, the teacher columns and the encoder settings.
     Not the training record in router.json (it holds wall times, which differ run to run)."""
-    h = hashlib.sha256()
     cfg = json.loads((path / "router.json").read_text())
-    h.update(json.dumps({k: cfg.get(k) for k in ("teachers", "encoder", "head")}, sort_keys=True).encode())
+    head = canonical_json({k: cfg.get(k) for k in ("teachers", "encoder", "head")}, spaced=True)
     skip = ("router.json", "metrics.json")
-    for f in sorted(p for p in path.rglob("*") if p.is_file() and p.name not in skip):
-        h.update(str(f.relative_to(path)).encode())
-        h.update(f.read_bytes())
-    return h.hexdigest()[:16]
+    files = sorted(p for p in path.rglob("*") if p.is_file() and p.name not in skip)
+    chunks = (part for f in files for part in (str(f.relative_to(path)).encode(), f.read_bytes()))
+    return digest(chain([head.encode()], chunks))
 
 
 def teacher_costs(ctx: RunContext) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
     """Expected cost of one generation per priced teacher, from its mean tokens on calibration."""
     costs: dict[str, float] = {}
     tokens: dict[str, dict[str, float]] = {}
-    cal = ctx.store.get_subset("calibration") or []
     for t in ctx.config.teachers:
         if t.cost_per_1k_tokens is None:
             continue
-        rows = ctx.store.get_responses(t.name, ctx.teacher_gen_key(t.name), cal)
-        ptoks = [r.prompt_tokens for r in rows.values() if r.prompt_tokens is not None]
-        ctoks = [r.completion_tokens for r in rows.values() if r.completion_tokens is not None]
-        mean_p = float(np.mean(ptoks)) if ptoks else 0.0
-        mean_c = float(np.mean(ctoks)) if ctoks else float(ctx.config.generation_for(t.name).max_new_tokens)
+        mean_p, mean_c = calibration_tokens(ctx, t.name)
         tokens[t.name] = {"prompt": mean_p, "completion": mean_c}
-        costs[t.name] = cost_per_prompt(
-            mean_p, mean_c, t.cost_per_1k_tokens.input, t.cost_per_1k_tokens.output
-        )
+        costs[t.name] = teacher_cost(ctx, t.name, mean_p, mean_c)  # type: ignore[assignment]
     return costs, tokens
 
 
-def current_route_key(ctx: RunContext) -> str:
+def result(ctx: RunContext) -> RouteResult:
+    """The routes of the current config, with the summary of how they were made."""
     key = ctx.store.get_state("route", {}).get("router_key")
-    router = current_router(ctx)
-    expected = _route_key(ctx, router, None)
-    if key != expected or ctx.store.get_routes(key, ctx.working_ids()[:1]) is None:
+    expected = _route_key(ctx, ctx.result("train-router").path, None)
+    doc = ctx.artifact(ROUTING_FILE)
+    ids = ctx.working_ids()
+    routes = ctx.store.get_routes(key, ids) if key == expected else None
+    if routes is None or doc is None or doc.get("router_key") != key:
         raise StageError("no routes for this config yet: run `persyn route CONFIG` first")
-    return key
+    cal = set(ctx.calibration_ids())
+    by_id = dict(zip(routes.prompt_ids, routes.assigned, strict=True))
+    res = _result_from_doc(doc, [ctx.teachers.index(by_id[i]) for i in ids if i not in cal and i in by_id])
+    res.routes = routes
+    return res
 
 
 def _route_key(ctx: RunContext, router: Path, costs: dict[str, float] | None) -> str:
@@ -101,16 +107,16 @@ def _route_key(ctx: RunContext, router: Path, costs: dict[str, float] | None) ->
         r.budget,
         {k: round(v, 12) for k, v in sorted(costs.items())},
         r.calibration_prompts,
-        hashlib.sha256(json.dumps(ctx.working_ids()).encode()).hexdigest()[:16],
+        digest(ctx.working_ids(), spaced=True),
     )
 
 
-def route(ctx: RunContext) -> RouteResult:
+def run(ctx: RunContext) -> RouteResult:
     from persyn.router.io import load_router
 
     cfg = ctx.config
     teachers = ctx.teachers
-    router_path = current_router(ctx)
+    router_path = ctx.result("train-router").path
     r = cfg.routing
     costs, tokens = teacher_costs(ctx) if (r.budget is not None or r.caps) else ({}, {})
     key = _route_key(ctx, router_path, costs)
@@ -118,9 +124,8 @@ def route(ctx: RunContext) -> RouteResult:
     cal = set(ctx.calibration_ids())
 
     stored = ctx.store.get_routes(key, ids)
-    saved = ctx.store.path(ROUTING_FILE)
-    if stored is not None and len(stored) == len(ids) and saved.is_file():
-        doc = json.loads(saved.read_text())
+    doc = ctx.artifact(ROUTING_FILE)
+    if stored is not None and len(stored) == len(ids) and doc is not None:
         if doc.get("router_key") == key:
             ctx.store.set_state("route", {"router_key": key})
             ctx.store.log_event("route", "resume", f"{len(ids)} prompts routed earlier ({key})", key=key)
@@ -139,19 +144,18 @@ def route(ctx: RunContext) -> RouteResult:
     out_idx = np.flatnonzero(~in_cal)
     caps = {name: TeacherCap(**c.model_dump()) for name, c in r.caps.items()}
     try:
-        result = route_prompts(
+        routing = route_prompts(
             scores[out_idx], teachers, caps, cost_per_prompt=costs or None, budget=r.budget
         )
     except RoutingInfeasibleError as exc:
         raise StageError(f"routing under routing.caps/budget is impossible: {exc}") from exc
     assigned = np.argmax(scores, axis=1) if len(ids) else np.zeros(0, dtype=np.int64)
-    assigned[out_idx] = result.assignment
+    assigned[out_idx] = routing.assignment
     cal_idx = np.flatnonzero(in_cal)
     if r.calibration_prompts == "best" and cal_idx.size:
-        from persyn.stages.score import labels_for, load_matrices
-
-        q, lm = load_matrices(ctx, [ids[i] for i in cal_idx])
-        labels = labels_for(ctx, q, lm)
+        scores_of = ctx.result("score")
+        q, lm = scores_of.matrices([ids[i] for i in cal_idx])
+        labels = scores_of.labels(q, lm)
         has = ~np.isnan(labels).all(axis=1)
         best = np.nanargmax(np.where(has[:, None], np.nan_to_num(labels, nan=-np.inf), 0.0), axis=1)
         assigned[cal_idx[has]] = best[has]
@@ -163,27 +167,25 @@ def route(ctx: RunContext) -> RouteResult:
             ids[s : s + _PUT_CHUNK],
             names[s : s + _PUT_CHUNK],
             scores[s : s + _PUT_CHUNK],
-            meta={"router": str(router_path), "routing": result.method},
+            meta={"router": str(router_path), "routing": routing.method},
         )
         ctx.committed("route")
     counts = {t: int((assigned == j).sum()) for j, t in enumerate(teachers)}
     cal_counts = {t: int((assigned[cal_idx] == j).sum()) for j, t in enumerate(teachers)}
     info = {"teacher_costs": costs, "mean_tokens": tokens, "calibration_prompts": r.calibration_prompts}
-    res = RouteResult(key, result, counts, cal_counts, info=info)
+    res = RouteResult(key, routing, counts, cal_counts, info=info)
     doc = {
         "router_key": key,
         "router": str(router_path),
         "counts": counts,
         "calibration_counts": cal_counts,
-        "routing": result.to_dict(),
+        "routing": routing.to_dict(),
         "info": info,
     }
-    tmp = saved.with_name(saved.name + ".tmp")
-    tmp.write_text(json.dumps(doc, indent=2, default=float) + "\n")
-    tmp.replace(saved)
+    ctx.write_artifact(ROUTING_FILE, doc)
     ctx.store.set_state("route", {"router_key": key})
-    ctx.store.log_event("route", "done", result.summary().splitlines()[0], key=key, counts=counts)
-    ctx.ui.say(f"[dim]route[/] {result.summary()}")
+    ctx.store.log_event("route", "done", routing.summary().splitlines()[0], key=key, counts=counts)
+    ctx.ui.say(f"[dim]route[/] {routing.summary()}")
     return res
 
 

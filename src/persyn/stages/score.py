@@ -1,16 +1,23 @@
-"""Stage 2, score (PAPER.md step 2): quality r_q and learnability r_l of every calibration response.
+"""Stage score (the method's step 2, docs/method.md): quality r_q and learnability r_l of every
+calibration response.
 
 Quality: one method per prompt, for all of its teachers (`quality.method`; under `auto`, verifiable
 answers where the prompt has a reference, else the judge or reward model). Each score row is keyed
-by that method's own key (`answers:v1`, `judge:<fingerprint>`), so switching between `judge` and
-`auto` reuses the judge's rows. Answer matching runs in the driver; judge/reward scoring and the
-student's log-likelihoods run through the executor.
+by that method's own key (`answers:<checker>@<version>...`, `judge:<fingerprint>`), so switching
+between `judge` and `auto` reuses the judge's rows, and a new `prompts.answer_checker` re-checks the
+answers and nothing else. Answer checking runs in the driver (math-verify in its own worker
+processes); each row keeps the verdict's reason in `meta`, and a timeout's in `error` too.
+Judge/reward scoring and the student's log-likelihoods run through the executor.
 
 Learnability is keyed by the student's fingerprint (`loglik:<fingerprint>`): a new student
 re-scores only this, and nothing here loads a teacher.
 
 A failed generation has no score (the teacher is absent from that prompt's labels); an empty
 response or one over a model's context is stored as a failed score, i.e. missing, never 0.
+
+`result(ctx)` is a `Scores` reader: the keys these rows are stored under, the quality and
+learnability matrices of any prompts, the combined labels (the router's targets), answer checks of
+any rows, and a summary per quality method (for the report).
 """
 
 from __future__ import annotations
@@ -23,20 +30,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from persyn.executors import Job, WorkItem
-from persyn.prompts import Prompt
-from persyn.stages.context import RunContext, StageError, WorkCounts
-from persyn.store import ResponseKey, ResponseRow, ScoreRow
-
-QUALITY = "quality"
-LEARNABILITY = "learnability"
-
-
-class _Named:
-    """Just enough of an engine for the scorers' key functions: the fingerprint and kind."""
-
-    def __init__(self, fingerprint: str, kind: str | None = None):
-        self.fingerprint = fingerprint
-        self.kind = kind
+from persyn.stages.context import LEARNABILITY, QUALITY, RunContext, StageError, WorkCounts
+from persyn.store import Prompt, ResponseKey, ResponseRow, ScoreRow
 
 
 @dataclass
@@ -52,63 +47,140 @@ class ScoreResult:
         return sum(c.new + c.failed for c in self.counts.values())
 
 
-def quality_engine_kind(ctx: RunContext) -> str | None:
-    q = ctx.config.quality
-    if q.method in ("judge", "reward"):
-        return q.method
-    if q.engine is None:
-        return None
-    return "reward" if q.reward is not None else "judge"
+class Scores:
+    """What the score stage offers later stages (see the module docstring)."""
 
+    def __init__(self, ctx: RunContext):
+        self.ctx = ctx
 
-def quality_keys(ctx: RunContext, prompts: Sequence[Prompt]) -> list[str]:
-    """The quality method key of each prompt (one method for all its teachers)."""
-    from persyn.scoring.answers import AnswerScorer
-    from persyn.scoring.quality import EngineScorer, has_reference
+    def quality_engine_kind(self) -> str | None:
+        q = self.ctx.config.quality
+        if q.method in ("judge", "reward"):
+            return q.method
+        if q.engine is None:
+            return None
+        return "reward" if q.reward is not None else "judge"
 
-    q = ctx.config.quality
-    kind = quality_engine_kind(ctx)
-    engine_key = None
-    if kind is not None:
-        needs_engine = q.method in ("judge", "reward") or any(not has_reference(p.answer) for p in prompts)
-        if needs_engine:
-            fp = ctx.fingerprint(q.engine)  # type: ignore[arg-type]
-            engine_key = EngineScorer(_Named(fp, "reward" if kind == "reward" else "causal"), kind).key  # type: ignore[arg-type]
-    keys = []
-    missing_ref = []
-    for p in prompts:
-        if q.method == "answers" or (q.method == "auto" and has_reference(p.answer)):
-            if not has_reference(p.answer):
+    def answers_key(self) -> str:
+        """Store key of answer-check scores under this config's `prompts.answer_checker`."""
+        from persyn.scoring.answers import answers_key
+
+        return answers_key(self.ctx.config.prompts.answer_checker)
+
+    def quality_keys(self, prompts: Sequence[Prompt]) -> list[str]:
+        """The quality method key of each prompt (one method for all its teachers)."""
+        from persyn.scoring.quality import engine_scorer_key, has_reference
+
+        q = self.ctx.config.quality
+        kind = self.quality_engine_kind()
+        engine_key = None
+        if kind is not None:
+            if q.method in ("judge", "reward") or any(not has_reference(p.answer) for p in prompts):
+                engine_key = engine_scorer_key(kind, self.ctx.fingerprint(q.engine))  # type: ignore[arg-type]
+        keys = []
+        missing_ref = []
+        answers = self.answers_key()
+        for p in prompts:
+            if q.method == "answers" or (q.method == "auto" and has_reference(p.answer)):
+                if not has_reference(p.answer):
+                    missing_ref.append(p)
+                keys.append(answers)
+            elif engine_key is not None:
+                keys.append(engine_key)
+            else:
                 missing_ref.append(p)
-            keys.append(AnswerScorer.key)
-        elif engine_key is not None:
-            keys.append(engine_key)
-        else:
-            missing_ref.append(p)
-            keys.append("")
-    if missing_ref:
-        p = missing_ref[0]
-        raise StageError(
-            f"{len(missing_ref)} prompt(s) have no reference answer and quality has no judge or reward "
-            f"model to fall back on (first: {p.source or p.id}); set quality.judge or quality.reward"
-        )
-    return keys
+                keys.append("")
+        if missing_ref:
+            p = missing_ref[0]
+            raise StageError(
+                f"{len(missing_ref)} prompt(s) have no reference answer and quality has no judge or reward "
+                f"model to fall back on (first: {p.source or p.id}); set quality.judge or quality.reward"
+            )
+        return keys
+
+    def quality_keys_or_none(self, prompts: Sequence[Prompt]) -> list[str | None]:
+        """`quality_keys`, or None for each prompt where none applies (for provenance: never an error)."""
+        try:
+            return list(self.quality_keys(prompts))
+        except StageError:
+            return [None] * len(prompts)
+
+    def learnability_key(self) -> str:
+        from persyn.scoring.learnability import learnability_key
+
+        return learnability_key(self.ctx.fingerprint(self.ctx.config.student.engine_spec()))
+
+    def matrices(
+        self,
+        ids: Sequence[str],
+        gen_keys: dict[str, str] | None = None,
+        qkeys: dict[str, str] | None = None,
+        lkey: str | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Quality and learnability matrices (len(ids) x T, NaN where missing) from the store."""
+        ctx = self.ctx
+        ids = list(ids)
+        teachers = ctx.teachers
+        gen_keys = gen_keys or ctx.gen_keys()
+        if qkeys is None:
+            qkeys = dict(zip(ids, self.quality_keys(ctx.store.get_prompts(ids)), strict=True))
+        lkey = lkey or self.learnability_key()
+        pos = {pid: i for i, pid in enumerate(ids)}
+        q = np.full((len(ids), len(teachers)), np.nan)
+        lm = np.full((len(ids), len(teachers)), np.nan)
+        by_method: dict[str, list[str]] = {}
+        for pid in ids:
+            by_method.setdefault(qkeys[pid], []).append(pid)
+        for j, t in enumerate(teachers):
+            gk = gen_keys[t]
+            for mkey, pids in by_method.items():
+                keys = [ResponseKey(p, t, gk) for p in pids]
+                for k, row in ctx.store.get_scores(QUALITY, mkey, keys).items():
+                    q[pos[k.prompt_id], j] = row.value if row.value is not None else math.nan
+            keys = [ResponseKey(p, t, gk) for p in ids]
+            for k, row in ctx.store.get_scores(LEARNABILITY, lkey, keys).items():
+                lm[pos[k.prompt_id], j] = row.value if row.value is not None else math.nan
+        return q, lm
+
+    def check_answers(self, pairs: Sequence[tuple[str, str]], *, stage: str) -> None:
+        """Answer-check the responses of (prompt id, teacher) pairs whose prompt has a reference
+        answer and that hold no answer score yet (cheap: in the driver, no model)."""
+        from persyn.scoring.quality import has_reference
+
+        ctx = self.ctx
+        gks = ctx.gen_keys()
+        prompts = {p.id: p for p in ctx.store.get_prompts([pid for pid, _ in pairs])} if pairs else {}
+        keys = [ResponseKey(pid, t, gks[t]) for pid, t in pairs if has_reference(prompts[pid].answer)]
+        todo = ctx.store.scores_todo(QUALITY, self.answers_key(), keys)
+        by_teacher: dict[str, list[ResponseKey]] = {}
+        for k in todo:
+            by_teacher.setdefault(k.teacher, []).append(k)
+        work = []
+        for t, ks in by_teacher.items():
+            rows = ctx.store.get_responses(t, gks[t], [k.prompt_id for k in ks])
+            work += [(k, rows[k.prompt_id]) for k in ks if k.prompt_id in rows]
+        if work:
+            score_answer_rows(ctx, stage, work, prompts)
+
+    def labels(self, quality: np.ndarray, learnability: np.ndarray) -> np.ndarray:
+        """The combined labels `(1 - alpha) * z(r_q) + alpha * z(r_l)` (router.alpha, normalisation)."""
+        from persyn.scoring.labels import combine_labels
+
+        r = self.ctx.config.router
+        return combine_labels(quality, learnability, alpha=r.alpha, normalisation=r.normalisation)
+
+    def summary(self, prompt_ids: Sequence[str] | None = None) -> list[dict]:
+        """`quality_summary` of this run (the report shows it)."""
+        return quality_summary(self.ctx, prompt_ids)
 
 
-def learnability_scorer_key(ctx: RunContext) -> str:
-    from persyn.scoring.learnability import learnability_key
-
-    return learnability_key(_Named(ctx.fingerprint(ctx.config.student.engine_spec())))  # type: ignore[arg-type]
+def result(ctx: RunContext) -> Scores:
+    return Scores(ctx)
 
 
-def _responses(
-    ctx: RunContext, ids: Sequence[str], gen_keys: dict[str, str]
-) -> dict[str, dict[str, ResponseRow]]:
-    return {t: ctx.store.get_responses(t, gk, ids) for t, gk in gen_keys.items()}
-
-
-def score(ctx: RunContext, prompt_ids: Sequence[str] | None = None, *, stage: str = "score") -> ScoreResult:
+def run(ctx: RunContext, prompt_ids: Sequence[str] | None = None, *, stage: str = "score") -> ScoreResult:
     """Score every teacher's stored response to `prompt_ids` (default: the calibration subset)."""
+    scores = Scores(ctx)
     ids = list(prompt_ids) if prompt_ids is not None else ctx.calibration_ids()
     teachers = ctx.teachers
     gen_keys = ctx.gen_keys()
@@ -116,17 +188,16 @@ def score(ctx: RunContext, prompt_ids: Sequence[str] | None = None, *, stage: st
         _check_calibrated(ctx, ids, gen_keys)
     prompts = ctx.store.get_prompts(ids)
     by_id = {p.id: p for p in prompts}
-    responses = _responses(ctx, ids, gen_keys)
-    qkeys = dict(zip(ids, quality_keys(ctx, prompts), strict=True))
+    responses = {t: ctx.store.get_responses(t, gk, ids) for t, gk in gen_keys.items()}
+    qkeys = dict(zip(ids, scores.quality_keys(prompts), strict=True))
     result_counts: dict[str, WorkCounts] = {}
 
     # ---- quality, grouped by method key
+    answers = scores.answers_key()
     by_method: dict[str, list[tuple[ResponseKey, ResponseRow]]] = {}
     for t in teachers:
         for pid, row in responses[t].items():
             by_method.setdefault(qkeys[pid], []).append((row.key, row))
-    from persyn.scoring.answers import AnswerScorer
-
     for mkey, pairs in by_method.items():
         todo = set(ctx.store.scores_todo(QUALITY, mkey, [k for k, _ in pairs], retry_failed=ctx.retry_failed))
         unit = f"quality {mkey.split(':')[0]}"
@@ -134,17 +205,16 @@ def score(ctx: RunContext, prompt_ids: Sequence[str] | None = None, *, stage: st
         if not todo:
             continue
         work = [(k, r) for k, r in pairs if k in todo]
-        if mkey == AnswerScorer.key:
+        if mkey == answers:
             result_counts[unit] = score_answer_rows(ctx, stage, work, by_id)
         else:
-            kind = quality_engine_kind(ctx)
+            kind = scores.quality_engine_kind()
             items = [WorkItem(k, by_id[k.prompt_id].text, r.text) for k, r in work]
             job = Job(unit, ctx.config.quality.engine, kind, items, batch_size=ctx.batch_size)  # type: ignore[arg-type]
             result_counts[unit] = ctx.run_score_job(stage, job, QUALITY, mkey)
-            ctx.log_done(stage, result_counts[unit])
 
     # ---- learnability, by the student
-    lkey = learnability_scorer_key(ctx)
+    lkey = scores.learnability_key()
     keys = [r.key for t in teachers for r in responses[t].values()]
     todo = set(ctx.store.scores_todo(LEARNABILITY, lkey, keys, retry_failed=ctx.retry_failed))
     ctx.log_todo(stage, "learnability", len(keys) - len(todo), len(todo))
@@ -155,31 +225,39 @@ def score(ctx: RunContext, prompt_ids: Sequence[str] | None = None, *, stage: st
             "learnability", ctx.config.student.engine_spec(), "loglik", items, batch_size=ctx.batch_size
         )
         result_counts["learnability"] = ctx.run_score_job(stage, job, LEARNABILITY, lkey)
-        ctx.log_done(stage, result_counts["learnability"])
 
-    q, lm = load_matrices(ctx, ids, gen_keys, qkeys, lkey)
+    q, lm = scores.matrices(ids, gen_keys, qkeys, lkey)
     return ScoreResult(ids, teachers, q, lm, result_counts)
 
 
 def score_answer_rows(ctx: RunContext, stage: str, work, by_id: dict[str, Prompt]) -> WorkCounts:
-    """Answer-check (response key, row) pairs in the driver and store the scores."""
+    """Answer-check (response key, row) pairs in the driver and store the scores, each with the
+    verdict's reason (a timeout scores 0 and names itself in `error`)."""
     from persyn.scoring.answers import AnswerScorer
 
-    scorer = AnswerScorer()
+    p = ctx.config.prompts
+    scorer = AnswerScorer(p.answer_checker, timeout_s=p.answer_timeout_s)
     counts = WorkCounts("quality answers", wanted=len(work))
     t0 = time.perf_counter()
     bs = max(ctx.batch_size, 256)  # answer matching is cheap: fewer, larger transactions
     for s in range(0, len(work), bs):
         chunk = work[s : s + bs]
-        vals = scorer.score(
-            [by_id[k.prompt_id].text for k, _ in chunk],
-            [r.text or "" for _, r in chunk],
-            [by_id[k.prompt_id].answer for k, _ in chunk],
+        verdicts = scorer.verdicts(
+            [r.text or "" for _, r in chunk], [by_id[k.prompt_id].answer for k, _ in chunk]
         )
         ctx.store.put_scores(
             [
-                ScoreRow(QUALITY, scorer.key, k.prompt_id, k.teacher, k.gen_key, v)
-                for (k, _), v in zip(chunk, vals, strict=True)
+                ScoreRow(
+                    QUALITY,
+                    scorer.key,
+                    k.prompt_id,
+                    k.teacher,
+                    k.gen_key,
+                    v.value,
+                    error=v.reason if v.timed_out else None,
+                    meta={"method": v.method, "reason": v.reason},
+                )
+                for (k, _), v in zip(chunk, verdicts, strict=True)
             ]
         )
         ctx.committed(stage)
@@ -187,6 +265,53 @@ def score_answer_rows(ctx: RunContext, stage: str, work, by_id: dict[str, Prompt
     counts.seconds = time.perf_counter() - t0
     ctx.log_done(stage, counts)
     return counts
+
+
+def quality_summary(ctx: RunContext, prompt_ids: Sequence[str] | None = None) -> list[dict]:
+    """Per quality method on the calibration responses (or `prompt_ids`): how many labels it produced,
+    how many it could not score, their mean, answer-check timeouts, and for a judge or reward model
+    its measured pairwise accuracy (scoring/reliability.py), or how to measure it."""
+    from persyn.scoring.reliability import measured_accuracy
+
+    scores = Scores(ctx)
+    ids = list(prompt_ids) if prompt_ids is not None else ctx.calibration_ids()
+    gen_keys = ctx.gen_keys()
+    by_method: dict[str, list[str]] = {}
+    for pid, key in zip(ids, scores.quality_keys(ctx.store.get_prompts(ids)), strict=True):
+        by_method.setdefault(key, []).append(pid)
+    answers = scores.answers_key()
+    out = []
+    for key, pids in by_method.items():
+        want = [ResponseKey(p, t, gk) for t, gk in gen_keys.items() for p in pids]
+        rows = ctx.store.get_scores(QUALITY, key, want, include_errors=True).values()
+        values = [r.value for r in rows if r.value is not None]
+        entry: dict = {
+            "method": key.split(":", 1)[0],
+            "key": key,
+            "prompts": len(pids),
+            "labels": len(values),
+            "failed": sum(r.value is None for r in rows),
+            "mean": float(np.mean(values)) if values else None,
+        }
+        if key == answers:
+            entry["checker"] = ctx.config.prompts.answer_checker
+            entry["timeouts"] = sum(bool(r.error) and r.error.startswith("timeout") for r in rows)
+            entry["reliability"] = f"checked against the reference answers (checker: {entry['checker']})"
+        else:
+            spec = ctx.config.quality.engine  # set: only answers need no model
+            measured = measured_accuracy(spec) if spec is not None else None
+            if measured is None:
+                model = spec.model if spec is not None else "MODEL"
+                entry["reliability"] = f"not measured: run benchmarks/judge.py --judge {model}"
+            else:
+                lo, hi = measured["ci95"]
+                entry["accuracy"] = measured["accuracy"]
+                entry["reliability"] = (
+                    f"pairwise accuracy {measured['accuracy']:.2f} (95% CI {lo:.2f}-{hi:.2f}) on "
+                    f"{measured['n']} labelled pairs, template '{measured['template']}'"
+                )
+        out.append(entry)
+    return out
 
 
 def _check_calibrated(ctx: RunContext, ids: list[str], gen_keys: dict[str, str]) -> None:
@@ -201,40 +326,3 @@ def _check_calibrated(ctx: RunContext, ids: list[str], gen_keys: dict[str, str])
             + ", ".join(f"{t}: {n} responses missing" for t, n in missing.items())
             + "): run `persyn calibrate CONFIG` first"
         )
-
-
-def load_matrices(
-    ctx: RunContext,
-    ids: Sequence[str],
-    gen_keys: dict[str, str] | None = None,
-    qkeys: dict[str, str] | None = None,
-    lkey: str | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Quality and learnability matrices (len(ids) x T, NaN where missing) from the store."""
-    ids = list(ids)
-    teachers = ctx.teachers
-    gen_keys = gen_keys or ctx.gen_keys()
-    if qkeys is None:
-        qkeys = dict(zip(ids, quality_keys(ctx, ctx.store.get_prompts(ids)), strict=True))
-    lkey = lkey or learnability_scorer_key(ctx)
-    pos = {pid: i for i, pid in enumerate(ids)}
-    q = np.full((len(ids), len(teachers)), np.nan)
-    lm = np.full((len(ids), len(teachers)), np.nan)
-    by_method: dict[str, list[str]] = {}
-    for pid in ids:
-        by_method.setdefault(qkeys[pid], []).append(pid)
-    for j, t in enumerate(teachers):
-        gk = gen_keys[t]
-        for mkey, pids in by_method.items():
-            for k, row in ctx.store.get_scores(QUALITY, mkey, [ResponseKey(p, t, gk) for p in pids]).items():
-                q[pos[k.prompt_id], j] = row.value if row.value is not None else math.nan
-        for k, row in ctx.store.get_scores(LEARNABILITY, lkey, [ResponseKey(p, t, gk) for p in ids]).items():
-            lm[pos[k.prompt_id], j] = row.value if row.value is not None else math.nan
-    return q, lm
-
-
-def labels_for(ctx: RunContext, quality: np.ndarray, learnability: np.ndarray) -> np.ndarray:
-    from persyn.scoring.labels import combine_labels
-
-    r = ctx.config.router
-    return combine_labels(quality, learnability, alpha=r.alpha, normalisation=r.normalisation)

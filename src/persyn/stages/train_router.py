@@ -1,5 +1,5 @@
-"""Stage 3, train-router (PAPER.md steps 3-5): combined labels -> Bradley-Terry router, measured
-against every baseline on held-out calibration prompts.
+"""Stage train-router (the method's steps 3-5, docs/method.md): combined labels -> Bradley-Terry
+router, measured against every baseline on held-out calibration prompts.
 
 1. Labels `r = (1 - alpha) * z(r_q) + alpha * z(r_l)` over the calibration matrices.
 2. `router.test_fraction` of the calibration prompts (a hash of seed and text) are held out. A
@@ -14,26 +14,21 @@ The router is saved as safetensors + JSON under `<run>/routers/<train key>/` wit
 beside it. The train key covers everything the router depends on (the calibration responses' keys,
 the quality and learnability scorer keys, alpha, the router settings, the seed), so re-running
 reuses a finished router, and a new student (new learnability key) trains a new one.
+`result(ctx)` is the router of the current config (its folder and metrics).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from persyn.stages.context import RunContext, StageError, json_digest
+from persyn.atomic import atomic_path
+from persyn.stages.context import METRICS_FILE, ROUTERS_DIR, RunContext, StageError
 from persyn.stages.embeddings import embed_ids, load_router_encoder
-from persyn.stages.score import labels_for, learnability_scorer_key, load_matrices, quality_keys
-from persyn.store import content_key
-
-METRICS_FILE = "metrics.json"
+from persyn.store.keys import content_key, digest
 
 
 @dataclass
@@ -42,6 +37,7 @@ class RouterResult:
     train_key: str
     metrics: dict[str, dict[str, Any]]  # "router" and each baseline -> metrics
     trained: bool  # False when a finished router was reused
+    doc: dict[str, Any] = field(default_factory=dict)  # all of metrics.json (notes, held-out size...)
 
     @property
     def router_metrics(self) -> dict[str, Any]:
@@ -51,32 +47,39 @@ class RouterResult:
 def train_key(ctx: RunContext, ids: list[str]) -> str:
     cfg = ctx.config
     gks = ctx.gen_keys()
-    prompts = ctx.store.get_prompts(ids)
-    qk = sorted(set(quality_keys(ctx, prompts)))
+    scores = ctx.result("score")
+    qk = sorted(set(scores.quality_keys(ctx.store.get_prompts(ids))))
     r = cfg.router.model_dump(mode="json")
     # The scores themselves too: a retried generation or score that fills a gap retrains the router.
-    q, lm = load_matrices(ctx, ids)
-    scores = hashlib.sha256(np.nan_to_num(np.stack([q, lm]), nan=-1e30).round(6).tobytes()).hexdigest()[:16]
+    q, lm = scores.matrices(ids)
+    values = digest(np.nan_to_num(np.stack([q, lm]), nan=-1e30).round(6).tobytes())
     return content_key(
         "router",
-        json_digest(ids),
-        scores,
+        digest(ids, spaced=True),
+        values,
         [gks[t] for t in ctx.teachers],
         qk,
-        learnability_scorer_key(ctx) if cfg.router.alpha > 0 else None,
+        scores.learnability_key() if cfg.router.alpha > 0 else None,
         r,
         cfg.baselines.model_dump(mode="json"),
         cfg.seed,
     )
 
 
-def current_router(ctx: RunContext) -> Path:
-    """The router for the current config (trained by this stage), or a StageError saying what to run."""
-    ids = ctx.calibration_ids()
-    path = ctx.store.path("routers", train_key(ctx, ids))
-    if not (path / "router.json").is_file():
+def _trained(ctx: RunContext, key: str) -> RouterResult | None:
+    path = ctx.path(ROUTERS_DIR, key)
+    doc = ctx.artifact(f"{ROUTERS_DIR}/{key}/{METRICS_FILE}")
+    if not (path / "router.json").is_file() or doc is None:
+        return None
+    return RouterResult(path, key, doc["metrics"], trained=False, doc=doc)
+
+
+def result(ctx: RunContext) -> RouterResult:
+    """The router of the current config, or a StageError saying what to run."""
+    done = _trained(ctx, train_key(ctx, ctx.calibration_ids()))
+    if done is None:
         raise StageError("no router for this config yet: run `persyn train-router CONFIG` first")
-    return path
+    return done
 
 
 def _train_config(ctx: RunContext):
@@ -99,13 +102,6 @@ def _train_config(ctx: RunContext):
         alpha=r.alpha,
         normalisation=r.normalisation,
     )
-
-
-def family_teachers(ctx: RunContext) -> list[str]:
-    fam = ctx.config.student.family
-    if fam is None:
-        return []
-    return [t.name for t in ctx.config.teachers if t.family == fam]
 
 
 def fit_baselines(ctx: RunContext, texts, q, lm, labels, emb) -> tuple[dict[str, Any], list[str]]:
@@ -147,7 +143,7 @@ def fit_baselines(ctx: RunContext, texts, q, lm, labels, emb) -> tuple[dict[str,
         if weak != strong.choice:
             share = cfg.baselines.mix_share
             attempt("mix", lambda: MixRouter(teachers, strong.choice, weak, share=share, seed=cfg.seed))
-        fam = family_teachers(ctx)
+        fam = cfg.family_teachers()
         if fam:
             means = np.where([t in fam for t in teachers], strong.teacher_scores, -np.inf)
             attempt("family-strong", lambda: FixedRouter(teachers, means, "family-strong"))
@@ -155,7 +151,7 @@ def fit_baselines(ctx: RunContext, texts, q, lm, labels, emb) -> tuple[dict[str,
     return out, notes
 
 
-def train_router_stage(ctx: RunContext) -> RouterResult:
+def run(ctx: RunContext) -> RouterResult:
     from persyn.router.io import save_router
     from persyn.router.metrics import compare, json_safe
     from persyn.router.model import holdout_mask, train_router
@@ -163,25 +159,26 @@ def train_router_stage(ctx: RunContext) -> RouterResult:
     cfg = ctx.config
     ids = ctx.calibration_ids()
     key = train_key(ctx, ids)
-    path = ctx.store.path("routers", key)
-    if (path / "router.json").is_file() and (path / METRICS_FILE).is_file():
+    path = ctx.path(ROUTERS_DIR, key)
+    done = _trained(ctx, key)
+    if done is not None:
         ctx.store.log_event("train-router", "resume", f"router {key} already trained", key=key)
         ctx.ui.say(f"[dim]train-router[/] router {key}: done earlier")
-        metrics = json.loads((path / METRICS_FILE).read_text())["metrics"]
         ctx.store.set_state("router", {"key": key, "path": str(path)})
-        return RouterResult(path, key, metrics, trained=False)
+        return done
 
     teachers = ctx.teachers
     prompts = ctx.store.get_prompts(ids)
     texts = [p.text for p in prompts]
-    q, lm = load_matrices(ctx, ids)
+    scores = ctx.result("score")
+    q, lm = scores.matrices(ids)
     if np.isnan(q).all():
         raise StageError("no quality scores for the calibration prompts: run `persyn score CONFIG` first")
     if cfg.router.alpha > 0 and np.isnan(lm).all():
         raise StageError(
             "no learnability scores for the calibration prompts: run `persyn score CONFIG` first"
         )
-    labels = labels_for(ctx, q, lm)
+    labels = scores.labels(q, lm)
     encoder = load_router_encoder(ctx)
     emb = embed_ids(ctx, ids, stage="train-router", encoder=encoder)
     test = holdout_mask(texts, cfg.router.test_fraction, cfg.seed, salt="test")
@@ -237,20 +234,6 @@ def train_router_stage(ctx: RunContext) -> RouterResult:
         else (measured, report)
     )
 
-    tmp = path.with_name(path.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)  # left by a crash during an earlier save
-    save_router(
-        final,
-        tmp,
-        extra={
-            "persyn": {
-                "train_key": key,
-                "calibration_prompts": len(ids),
-                "held_out": int(test.sum()),
-                "refit": bool(cfg.router.refit and test.any()),
-            }
-        },
-    )
     doc = {
         "train_key": key,
         "teachers": teachers,
@@ -262,10 +245,15 @@ def train_router_stage(ctx: RunContext) -> RouterResult:
         "metrics": metrics,
         "notes": notes,
     }
-    (tmp / METRICS_FILE).write_text(json.dumps(json_safe(doc), indent=2) + "\n")
-    if path.exists():  # a crashed earlier attempt: replace it whole
-        shutil.rmtree(path)
-    os.replace(tmp, path)  # the folder appears complete or not at all
+    extra = {
+        "train_key": key,
+        "calibration_prompts": len(ids),
+        "held_out": int(test.sum()),
+        "refit": bool(cfg.router.refit and test.any()),
+    }
+    with atomic_path(path) as tmp:  # the folder appears complete (weights and metrics) or not at all
+        save_router(final, tmp, extra={"persyn": extra})
+        ctx.write_artifact(f"{ROUTERS_DIR}/{tmp.name}/{METRICS_FILE}", json_safe(doc))
     ctx.store.set_state("router", {"key": key, "path": str(path)})
     rm = metrics.get("router", {})
     msg = f"router {key} trained ({report.n_train_pairs} pairs)"
@@ -273,7 +261,7 @@ def train_router_stage(ctx: RunContext) -> RouterResult:
         msg += f"; held out: hit@1 {_f(rm.get('hit@1'))}, regret {_f(rm.get('regret'))}"
     ctx.store.log_event("train-router", "done", msg, key=key)
     ctx.ui.say(f"[dim]train-router[/] {msg}")
-    return RouterResult(path, key, metrics, trained=True)
+    return RouterResult(path, key, metrics, trained=True, doc=json_safe(doc))
 
 
 def _f(v) -> str:

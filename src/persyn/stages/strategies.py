@@ -1,6 +1,8 @@
-"""Datasets of the baselines, built from the same run as the PerSyn dataset, for comparison.
+"""Stage strategies: datasets of the baselines, built from the same run as the PerSyn dataset, for
+comparison.
 
-    results = build_strategies(ctx, ["persyn", "strong", "random", "mix", "car", "oracle"])
+    results = ctx.run_stage("strategies", names=["persyn", "strong", "random", "car", "oracle"])
+    results = ctx.result("strategies")     # later: {name: StrategyResult} with each dataset's path
 
 | strategy | who answers each prompt |
 |---|---|
@@ -9,7 +11,7 @@
 | family-strong | the strongest teacher of the student's family (`student.family` / `teachers[].family`) |
 | random | a seeded uniform draw per prompt |
 | mix | `baselines.mix_share` of prompts to the strong teacher, the rest to `baselines.mix_weak` |
-| car | the teacher with the best compatibility-adjusted reward (PAPER.md), for every prompt |
+| car | the teacher with the best compatibility-adjusted reward (docs/method.md), for every prompt |
 | oracle | the best combined label per prompt (see below) |
 
 `mix_weak` defaults to the best CAR teacher other than the strong one. The oracle's labels need every
@@ -29,17 +31,18 @@ rows that have a reference answer.
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from persyn.stages.context import RunContext, StageError
+from persyn.stages.context import QUALITY, STRATEGIES_DIR, STRATEGIES_FILE, RunContext, StageError
+from persyn.stages.export_records import build_records, dataset_files, left_out_notes, write_dataset
+from persyn.store import ResponseKey
 
+#: The strategies this stage builds (a name per baseline, plus PerSyn's own dataset).
 STRATEGIES = ("persyn", "strong", "family-strong", "random", "mix", "car", "oracle")
-STRATEGIES_FILE = "strategies.json"
 
 
 @dataclass
@@ -57,11 +60,40 @@ class StrategyResult:
     accuracy: float | None = None
     n_accuracy: int = 0
     notes: list[str] = field(default_factory=list)
+    files: dict[str, Path] = field(default_factory=dict)  # format -> dataset file (to train on)
 
     def summary(self) -> dict[str, Any]:
         d = asdict(self)
         d["path"] = str(self.path) if self.path else None
+        d["files"] = {k: str(v) for k, v in self.files.items()}
         return d
+
+    def figures(self) -> dict[str, Any]:
+        """What `<run>/strategies.json` records of this strategy, in its order."""
+        return {
+            "generations": self.generations,
+            "new_generations": self.new_generations,
+            "rows": self.rows,
+            "scope": self.scope,
+            "mean_quality": self.mean_quality,
+            "mean_label": self.mean_label,
+            "mean_learnability": self.mean_learnability,
+            "accuracy": self.accuracy,
+            "n_accuracy": self.n_accuracy,
+            "path": str(self.path) if self.path else None,
+        }
+
+
+def result(ctx: RunContext) -> dict[str, StrategyResult]:
+    """The strategies built so far in this run (empty if none), from `<run>/strategies.json`:
+    each one's figures and dataset folder (None where it has no rows)."""
+    out = {}
+    for name, d in (ctx.artifact(STRATEGIES_FILE) or {}).items():
+        fields = {k: v for k, v in d.items() if k not in ("path",)}
+        path = Path(d["path"]) if d.get("path") else None
+        files = dataset_files(ctx, name, path) if path else {}
+        out[name] = StrategyResult(name=name, teacher_counts={}, path=path, files=files, **fields)
+    return out
 
 
 def parse_strategies(text: str | list[str]) -> list[str]:
@@ -81,14 +113,13 @@ def _assignments(
 ) -> dict[str, tuple[str, list[tuple[str, str]]]]:
     """name -> (scope, [(prompt id, teacher)])."""
     from persyn.router.baselines import CARRouter, MixRouter, RandomRouter, StrongestRouter, car_scores
-    from persyn.stages.score import labels_for, load_matrices
-    from persyn.stages.train_router import family_teachers
 
     cfg = ctx.config
     teachers = ctx.teachers
     ids = ctx.working_ids()
     cal = ctx.calibration_ids()
-    q, lm = load_matrices(ctx, cal)
+    scores = ctx.result("score")
+    q, lm = scores.matrices(cal)
     if np.isnan(q).all():
         raise StageError("no calibration scores yet: run `persyn score CONFIG` first")
     texts: list[str] | None = None
@@ -105,15 +136,12 @@ def _assignments(
     out: dict[str, tuple[str, list[tuple[str, str]]]] = {}
     for name in names:
         if name == "persyn":
-            from persyn.stages.route import current_route_key
-
-            routes = ctx.store.get_routes(current_route_key(ctx), ids)
-            assert routes is not None
+            routes = ctx.result("route").routes
             out[name] = ("all", list(zip(routes.prompt_ids, routes.assigned, strict=True)))
         elif name == "strong":
             out[name] = ("all", [(pid, strong.choice) for pid in ids])
         elif name == "family-strong":
-            fam = family_teachers(ctx)
+            fam = cfg.family_teachers()
             if not fam:
                 raise StageError(
                     "family-strong needs student.family and at least one teacher with that family "
@@ -145,19 +173,20 @@ def _assignments(
             if oracle:
                 out[name] = ("all", [])  # filled after every teacher answered and was scored
             else:
-                labels = labels_for(ctx, q, lm)
+                labels = scores.labels(q, lm)
                 keep = ~np.isnan(labels).all(axis=1)
                 best = np.argmax(np.where(np.isnan(labels), -np.inf, labels), axis=1)
                 out[name] = ("calibration", [(cal[i], teachers[best[i]]) for i in np.flatnonzero(keep)])
     return out
 
 
-def build_strategies(ctx: RunContext, names: list[str], *, oracle: bool = False) -> dict[str, StrategyResult]:
-    from persyn.stages.export import STRATEGIES_DIR, build_records, left_out_notes, write_dataset
-    from persyn.stages.export import export as export_main
-    from persyn.stages.score import labels_for, load_matrices
-    from persyn.stages.score import score as score_stage
-
+def run(
+    ctx: RunContext,
+    names: list[str] | str = ("persyn", "strong", "random", "mix", "car"),
+    *,
+    oracle: bool = False,
+) -> dict[str, StrategyResult]:
+    """Build the datasets of `names`, generating only what the store lacks; see the module docstring."""
     names = parse_strategies(names)
     teachers = ctx.teachers
     ids = ctx.working_ids()
@@ -166,8 +195,9 @@ def build_strategies(ctx: RunContext, names: list[str], *, oracle: bool = False)
     plans = _assignments(ctx, names, oracle)
     before = _response_total(ctx)
     results: dict[str, StrategyResult] = {}
-    q_cal, l_cal = load_matrices(ctx, cal)
-    labels_cal = labels_for(ctx, q_cal, l_cal)
+    scores = ctx.result("score")
+    q_cal, l_cal = scores.matrices(cal)
+    labels_cal = scores.labels(q_cal, l_cal)
     cal_pos = {pid: i for i, pid in enumerate(cal)}
 
     for name, (scope, assignment) in plans.items():
@@ -177,8 +207,8 @@ def build_strategies(ctx: RunContext, names: list[str], *, oracle: bool = False)
             # Generate-then-Select: every teacher answers every prompt; score them all.
             for t in teachers:
                 ctx.generate_responses("strategies", t, ids)
-            sc = score_stage(ctx, ids, stage="strategies")
-            labels = labels_for(ctx, sc.quality, sc.learnability)
+            sc = ctx.run_stage("score", prompt_ids=ids, stage="strategies")
+            labels = scores.labels(sc.quality, sc.learnability)
             keep = ~np.isnan(labels).all(axis=1)
             best = np.argmax(np.where(np.isnan(labels), -np.inf, labels), axis=1)
             assignment = [(ids[i], teachers[best[i]]) for i in np.flatnonzero(keep)]
@@ -190,15 +220,15 @@ def build_strategies(ctx: RunContext, names: list[str], *, oracle: bool = False)
                 if per_teacher.get(t):
                     ctx.generate_responses("strategies", t, per_teacher[t])
         new = _response_total(ctx) - start
-        _score_answers(ctx, assignment)
+        scores.check_answers(assignment, stage="strategies")
         if name == "persyn":
-            exp = export_main(ctx)
+            exp = ctx.run_stage("export")
             path, rows, counts = exp.path, exp.n_rows, exp.teacher_counts
             records = None
         else:
             records, left = build_records(ctx, assignment, name)
             counts = {t: sum(1 for r in records if r.teacher == t) for t in teachers}
-            path = ctx.store.path(STRATEGIES_DIR, name)
+            path = ctx.path(STRATEGIES_DIR, name)
             gens = {t: {"dataset": v} for t, v in counts.items() if v}
             toks: dict[str, dict[str, int]] = {}
             for r in records:
@@ -223,6 +253,7 @@ def build_strategies(ctx: RunContext, names: list[str], *, oracle: bool = False)
         else:
             standalone = c * T + (n - c)
         res = StrategyResult(name, scope, rows, standalone, new, counts, path if rows else None)
+        res.files = dataset_files(ctx, name, path) if rows else {}
         _calibration_metrics(ctx, res, assignment, cal_pos, q_cal, l_cal, labels_cal)
         _accuracy(ctx, res, assignment)
         results[name] = res
@@ -242,31 +273,6 @@ def build_strategies(ctx: RunContext, names: list[str], *, oracle: bool = False)
 
 def _response_total(ctx: RunContext) -> int:
     return sum(r["ok"] + r["error"] for r in ctx.store.response_counts())
-
-
-def _score_answers(ctx: RunContext, assignment: list[tuple[str, str]]) -> None:
-    """Answer-check the rows that have a reference answer (cheap, in the driver)."""
-    from persyn.scoring.answers import AnswerScorer
-    from persyn.scoring.quality import has_reference
-    from persyn.stages.score import QUALITY, score_answer_rows
-    from persyn.store import ResponseKey
-
-    gks = ctx.gen_keys()
-    pids = [pid for pid, _ in assignment]
-    prompts = {p.id: p for p in ctx.store.get_prompts(pids)} if pids else {}
-    keys = [ResponseKey(pid, t, gks[t]) for pid, t in assignment if has_reference(prompts[pid].answer)]
-    todo = ctx.store.scores_todo(QUALITY, AnswerScorer.key, keys)
-    if not todo:
-        return
-    by_teacher: dict[str, list] = {}
-    for k in todo:
-        by_teacher.setdefault(k.teacher, []).append(k)
-    work = []
-    for t, ks in by_teacher.items():
-        rows = ctx.store.get_responses(t, gks[t], [k.prompt_id for k in ks])
-        work += [(k, rows[k.prompt_id]) for k in ks if k.prompt_id in rows]
-    if work:
-        score_answer_rows(ctx, "strategies", work, prompts)
 
 
 def _calibration_metrics(ctx, res: StrategyResult, assignment, cal_pos, q, lm, labels) -> None:
@@ -290,35 +296,14 @@ def _calibration_metrics(ctx, res: StrategyResult, assignment, cal_pos, q, lm, l
 
 
 def _accuracy(ctx: RunContext, res: StrategyResult, assignment) -> None:
-    from persyn.scoring.answers import AnswerScorer
-    from persyn.stages.score import QUALITY
-    from persyn.store import ResponseKey
-
     gks = ctx.gen_keys()
     keys = [ResponseKey(pid, t, gks[t]) for pid, t in assignment]
-    vals = [
-        r.value for r in ctx.store.get_scores(QUALITY, AnswerScorer.key, keys).values() if r.value is not None
-    ]
+    scores = ctx.store.get_scores(QUALITY, ctx.result("score").answers_key(), keys)
+    vals = [r.value for r in scores.values() if r.value is not None]
     res.n_accuracy = len(vals)
     res.accuracy = float(np.mean(vals)) if vals else None
 
 
 def _write_summary(ctx: RunContext, results: dict[str, StrategyResult]) -> None:
-    path = ctx.store.path(STRATEGIES_FILE)
-    doc = json.loads(path.read_text()) if path.is_file() else {}
-    for name, r in results.items():
-        doc[name] = {
-            "generations": r.generations,
-            "new_generations": r.new_generations,
-            "rows": r.rows,
-            "scope": r.scope,
-            "mean_quality": r.mean_quality,
-            "mean_label": r.mean_label,
-            "mean_learnability": r.mean_learnability,
-            "accuracy": r.accuracy,
-            "n_accuracy": r.n_accuracy,
-            "path": str(r.path) if r.path else None,
-        }
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(doc, indent=2) + "\n")
-    tmp.replace(path)
+    doc = ctx.artifact(STRATEGIES_FILE) or {}
+    ctx.write_artifact(STRATEGIES_FILE, {**doc, **{name: r.figures() for name, r in results.items()}})

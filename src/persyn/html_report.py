@@ -5,6 +5,8 @@
 What it shows, each figure with a table of its numbers:
 - the headline: generations (and tokens, cost where priced) spent against Generate-then-Select;
 - teacher allocation: routed prompts per teacher and their share (allocation.png);
+- quality labels: per method (answer checks, judge, reward model) how many labels it produced, how
+  many it could not score, and how far they can be trusted (a judge's measured pairwise accuracy);
 - router quality against the baselines: Hit@1, Hit@3, oracle gain recovered (router_quality.png) and
   regret (router_regret.png), the router highlighted; a metric a baseline lacks shows as "—";
 - the cost ledger: generations and tokens per teacher and stage, stacked, against what
@@ -20,7 +22,6 @@ from __future__ import annotations
 
 import math
 import numbers
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -29,7 +30,8 @@ from typing import Any
 
 import yaml
 
-from persyn.export import ExportRecord, scrub_secrets
+from persyn.atomic import atomic_path, atomic_write
+from persyn.credentials import scrub_secrets
 
 __all__ = ["LedgerRow", "ReportData", "headline", "write_report"]
 
@@ -84,7 +86,8 @@ class ReportData:
     ledger: list[LedgerRow]  # generations and tokens actually spent, per teacher and stage
     # teacher -> {"generations": n, "tokens": est, "cost": est or None}: Generate-then-Select counterfactual
     gts: dict[str, dict[str, float]]
-    samples: list[ExportRecord]
+    # rows with prompt_id, prompt, response, teacher, strategy, quality, learnability (ExportRecords)
+    samples: list[Any]
     # strategy -> {"generations": n, "rows": n, "mean_quality": ..}
     strategies: dict[str, dict[str, float]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
@@ -93,6 +96,8 @@ class ReportData:
     # Ledger stages the headline counts (default: all of them). A run that also generated baseline
     # datasets can count only ("calibration", "routed") to state what PerSyn itself cost.
     headline_stages: list[str] | None = None
+    # Per quality method: {method, key, prompts, labels, failed, mean, timeouts?, reliability}.
+    quality: list[dict[str, Any]] = field(default_factory=list)
 
 
 # ----------------------------------------------------------------------------- numbers
@@ -200,12 +205,8 @@ def _style(ax) -> None:
 
 
 def _save(fig, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+    with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", facecolor="white")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _plot_allocation(allocation: Mapping[str, int], path: Path) -> None:
@@ -504,6 +505,19 @@ def _context(data: ReportData, figures: dict[str, str | None]) -> dict[str, Any]
             for n in names
         ],
         "ledger": ledger_rows,
+        "quality_rows": [
+            {
+                "method": q.get("method", ""),
+                "key": q.get("key", ""),
+                "prompts": _fmt_int(q.get("prompts")),
+                "labels": _fmt_int(q.get("labels")),
+                "failed": _fmt_int(q.get("failed")),
+                "mean": _fmt(q.get("mean")),
+                "timeouts": _fmt_int(q.get("timeouts")),
+                "reliability": q.get("reliability", ""),
+            }
+            for q in data.quality
+        ],
         "per_teacher": per_teacher,
         "strategy_cols": strategy_cols,
         "strategy_rows": [
@@ -554,13 +568,7 @@ def write_report(data: ReportData, out_dir: Path) -> Path:
         _plot_cost(data, out_dir / "cost.png")
         figures["cost"] = "cost.png"
     html = template.render(**_context(data, figures))
-    index = out_dir / "index.html"
-    tmp = index.with_name(f".{index.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(html, encoding="utf-8")
-        os.replace(tmp, index)
-    finally:
-        tmp.unlink(missing_ok=True)
+    index = atomic_write(out_dir / "index.html", html)
     # A figure left from an earlier report would describe another run (removed only now, so the
     # previous index.html never points at a missing file).
     for name in FIGURES:

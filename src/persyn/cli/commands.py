@@ -15,7 +15,8 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from persyn.router.cli import router_app
+from persyn.cli.router import router_app
+from persyn.errors import PersynError
 
 app = typer.Typer(
     name="persyn",
@@ -48,55 +49,15 @@ def _fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
-def _errors():
-    """The exceptions a user can cause (bad input, a stage run too early): message, no traceback."""
-    from persyn.config import ConfigError
-    from persyn.engines.base import EngineError
-    from persyn.prompts import PromptSetError
-    from persyn.routing import RoutingInfeasibleError
-    from persyn.stages.context import StageError
-    from persyn.store import StoreError
-
-    errs: list[type[BaseException]] = [
-        ConfigError,
-        PromptSetError,
-        StageError,
-        StoreError,
-        EngineError,
-        RoutingInfeasibleError,
-    ]
-    try:
-        from persyn.export import ExportError
-
-        errs.append(ExportError)
-    except ImportError:  # pragma: no cover
-        pass
-    try:
-        from persyn.router.io import RouterFileError
-        from persyn.zoo import ZooError
-
-        errs += [RouterFileError, ZooError]
-    except ImportError:  # pragma: no cover
-        pass
-    return tuple(errs)
-
-
 def _quiet_libraries() -> None:
     """Our bars show progress; the libraries' own (weight loading, dataset saving) would garble them."""
     import os
 
+    from persyn.progress import silence_libraries
+
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    try:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
-        hf_logging.set_verbosity_error()
-        import datasets
-
-        datasets.disable_progress_bars()
-    except ImportError:  # pragma: no cover - both are dependencies
-        pass
+    silence_libraries(datasets=True, warnings=True)
 
 
 def _pipeline(
@@ -130,7 +91,7 @@ def _run_stage(
             quiet=quiet,
         ) as pipe:
             return getattr(pipe, stage)()
-    except _errors() as exc:
+    except PersynError as exc:
         _report_error(exc)
 
 
@@ -156,9 +117,45 @@ def _root() -> None:
 @app.command()
 def zoo() -> None:
     """List the offline model zoo: each alias, whether its package is installed and converted."""
+    from persyn.hardware import describe_machine
     from persyn.zoo import print_zoo
 
     print_zoo()
+    m = describe_machine()
+    _out.print(
+        f"On this machine models load in [bold]{m['auto_dtype']}[/] with dtype auto "
+        f"({m['auto_dtype_reason']}), {m['threads']} torch threads; `persyn doctor` says more.",
+        soft_wrap=True,
+    )
+
+
+@app.command()
+def doctor(as_json: bool = typer.Option(False, "--json", help="Print the facts as JSON only.")) -> None:
+    """What this machine gives a model: the CPU and its flags, what torch makes of them, the dtype
+    `auto` picks and why, and the torch threads."""
+    from persyn.hardware import describe_machine
+
+    m = describe_machine()
+    if as_json:
+        print(json.dumps(m, indent=2))
+        return
+    yes = {True: "yes", False: "no"}
+    rows = [
+        ("CPU", f"{m['cpu']}, {m['cpu_count']} CPUs"),
+        ("CPU flags", " ".join(m["cpu_flags"]) or "(none of those that matter found)"),
+        ("torch", f"{m['torch']}, CPU capability {m['torch_capability']}, native bfloat16: "
+                  f"{yes[m['native_bf16']]}"),
+        ("limits", " ".join(f"{k}={v}" for k, v in m["limits"].items()) or "none set"),
+        ("usable cores", f"{m['usable_cores']} ({m['usable_cores_reason']})"),
+        ("torch threads", f"{m['threads']} ({m['threads_reason']}; executor.threads in a config overrides)"),
+        ("GPU", ", ".join(m["cuda_devices"]) or "none (models run on the CPU)"),
+        ("dtype auto", f"{m['auto_dtype']} ({m['auto_dtype_reason']})"),
+    ]  # fmt: skip
+    if m["device"] != "cpu":
+        rows.append(("dtype auto, CPU", f"{m['auto_dtype_cpu']} ({m['auto_dtype_cpu_reason']})"))
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        _out.print(f"{key:<{width}}  {value}", markup=False, soft_wrap=True)
 
 
 @app.command()
@@ -169,11 +166,12 @@ def init(
     """Write a commented starter config (every key documented)."""
     from importlib import resources
 
+    from persyn.atomic import atomic_write
+
     if path.exists() and not force:
         _fail(f"{path} exists; pass --force to overwrite it")
     text = resources.files("persyn").joinpath("templates", "config.yaml").read_text(encoding="utf-8")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text, encoding="utf-8")
+    atomic_write(path, text)
     _out.print(f"wrote {path}; edit it, then: persyn plan {path} && persyn run {path}")
 
 
@@ -199,7 +197,7 @@ def plan(
             progress=False,
         )
         p = pipe.plan()
-    except _errors() as exc:
+    except PersynError as exc:
         _report_error(exc)
     if as_json:
         print(json.dumps(p.to_dict(), indent=2))
@@ -214,6 +212,7 @@ def _stage_command(stage: str, doc: str):
         retry_failed: bool = typer.Option(False, "--retry-failed", help=RETRY_HELP),
         skip_bad_rows: bool = typer.Option(False, "--skip-bad-rows", help=SKIP_HELP),
         overrides: list[str] = typer.Option([], "--set", help=SET_HELP),
+        as_json: bool = typer.Option(False, "--json", help="Print the result as JSON only."),
     ) -> None:
         result = _run_stage(
             config,
@@ -223,11 +222,26 @@ def _stage_command(stage: str, doc: str):
             skip_bad_rows=skip_bad_rows,
             overrides=overrides,
         )
-        _print_stage(stage, result)
+        if as_json:
+            print(json.dumps(_plain(result), indent=2))
+        else:
+            _print_stage(stage, result)
 
     command.__doc__ = doc
     command.__name__ = stage
     return command
+
+
+def _plain(result):
+    """A stage's result as JSON-ready data: its `to_dict()`, else its fields (arrays as lists)."""
+    import dataclasses
+
+    if hasattr(result, "to_dict"):
+        return result.to_dict()
+    if dataclasses.is_dataclass(result):
+        data = dataclasses.asdict(result)
+        return json.loads(json.dumps(data, default=lambda v: v.tolist() if hasattr(v, "tolist") else str(v)))
+    return str(result)
 
 
 def _print_stage(stage: str, result) -> None:
@@ -256,6 +270,8 @@ def _print_stage(stage: str, result) -> None:
             _out.print(f"  {fmt}: {p}")
     elif stage == "report":
         _out.print(f"report: {result}")
+    elif stage == "run":
+        print_summary(result)
 
 
 for _name, _cli, _doc in (
@@ -290,33 +306,14 @@ for _name, _cli, _doc in (
         "report",
         "Write the HTML report (allocation, router vs baselines, cost vs Generate-then-Select).",
     ),
+    (
+        "run",
+        "run",
+        "Run every stage (calibrate, score, train-router, route, generate, export, report). Re-running "
+        "resumes: finished rows are never recomputed, and a crash loses at most the batch in flight.",
+    ),
 ):
     app.command(_cli)(_stage_command(_name, _doc))
-
-
-@app.command()
-def run(
-    config: Path = _CONFIG,
-    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
-    retry_failed: bool = typer.Option(False, "--retry-failed", help=RETRY_HELP),
-    skip_bad_rows: bool = typer.Option(False, "--skip-bad-rows", help=SKIP_HELP),
-    overrides: list[str] = typer.Option([], "--set", help=SET_HELP),
-    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON only."),
-) -> None:
-    """Run every stage (calibrate, score, train-router, route, generate, export, report). Re-running
-    resumes: finished rows are never recomputed, and a crash loses at most the batch in flight."""
-    summary = _run_stage(
-        config,
-        "run",
-        force=force,
-        retry_failed=retry_failed,
-        skip_bad_rows=skip_bad_rows,
-        overrides=overrides,
-    )
-    if as_json:
-        print(json.dumps(summary.to_dict(), indent=2))
-    else:
-        print_summary(summary)
 
 
 def print_summary(s) -> None:
@@ -364,13 +361,13 @@ def strategies(
 ) -> None:
     """Datasets of PerSyn and the baselines from one run, each in <run>/strategies/<name>/,
     generating only what the store lacks; listed with their generation counts in the report."""
-    from persyn.strategies import parse_strategies
+    from persyn.stages.strategies import parse_strategies
 
     try:
         wanted = parse_strategies(names)
         with _pipeline(config, force=force, retry_failed=retry_failed, overrides=overrides) as pipe:
             results = pipe.strategies(wanted, oracle=oracle)
-    except _errors() as exc:
+    except PersynError as exc:
         _report_error(exc)
     if as_json:
         print(json.dumps({k: v.summary() for k, v in results.items()}, indent=2))
@@ -416,12 +413,16 @@ def status(config: Path = _CONFIG) -> None:
     try:
         cfg = load_config(config)
         store = RunStore.open(cfg.output.dir, readonly=True)
-    except _errors() as exc:
+    except PersynError as exc:
         _report_error(exc)
     with store:
         _out.print(f"run {cfg.output.dir}")
         for k, v in store.stats().items():
             _out.print(f"  {k}: {v}")
+        from persyn.stages.context import engine_line
+
+        for info in store.get_state("engines", {}).values():
+            _out.print(f"  model {engine_line(info)}", markup=False, soft_wrap=True)
         for r in store.response_counts():
             _out.print(
                 f"  {r['teacher']} [{r['gen_key']}]: {r['ok']} ok, {r['error']} failed, "
@@ -435,19 +436,34 @@ def status(config: Path = _CONFIG) -> None:
 @app.command()
 def demo(
     out: Path = typer.Option(Path("runs/demo"), "--dir", help="Demo run directory."),
-    prompts: int = typer.Option(
-        160, "--prompts", help="Demo prompts (half math with answers, half instructions)."
+    prompts: int | None = typer.Option(
+        None,
+        "--prompts",
+        help="Demo prompts, half math with answers, half instructions (default: sized for this machine).",
     ),
-    calibration: int = typer.Option(
-        48, "--calibration", help="Calibration prompts (every teacher answers them)."
+    calibration: int | None = typer.Option(
+        None, "--calibration", help="Calibration prompts, every teacher answers them (default: sized)."
     ),
-    max_new_tokens: int = typer.Option(96, "--max-new-tokens", help="Generation length of every teacher."),
+    max_new_tokens: int | None = typer.Option(
+        None, "--max-new-tokens", help="Generation length of every teacher (default: sized)."
+    ),
     force: bool = typer.Option(False, "--force", help="Start the demo afresh (deletes the demo directory)."),
 ) -> None:
     """Run the whole pipeline on the bundled demo prompts with three real zoo teachers
-    (Qwen2.5-Coder-0.5B, Gemma-3-270M, SmolLM2-135M), student SmolLM2-135M, on CPU."""
-    from persyn.pipeline import DemoSettingsError, write_demo
+    (Qwen2.5-Coder-0.5B, Gemma-3-270M, SmolLM2-135M), student SmolLM2-135M, on CPU. Its size
+    suits the machine: 160 prompts (48 calibration, 96 new tokens) where models run in bfloat16,
+    96 (32, 64) on a CPU without native bfloat16."""
+    from persyn.demo.project import DemoSettingsError, demo_size, write_demo
 
+    size = demo_size()
+    prompts = size.prompts if prompts is None else prompts
+    calibration = size.calibration if calibration is None else calibration
+    max_new_tokens = size.max_new_tokens if max_new_tokens is None else max_new_tokens
+    _err.print(
+        f"demo: {prompts} prompts, {calibration} calibration, {max_new_tokens} new tokens "
+        f"(sized for this machine: {size.why})",
+        soft_wrap=True,
+    )
     if force and out.exists():
         if any(out.iterdir()) and not (out / "persyn-demo.yaml").is_file():
             _fail(f"{out} is not a demo directory (no persyn-demo.yaml); not deleting it")
