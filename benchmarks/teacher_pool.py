@@ -9,7 +9,7 @@ Every variant answers the same problems (`generate_math_problems`, levels 1-5, a
 not use) greedily through the transformers engine, once at the longest budget. Greedy decoding is
 prefix-stable, so the answer at a shorter budget is the first k tokens of the long one: each response
 is cut at every budget in `--budgets` (by the model's own tokens) and checked there too. Correctness
-is `persyn.student.evaluate.check_answer` (the project's answer checker).
+is `persyn.scoring.answers.check_answer` (the project's answer checker).
 
 A variant is a model plus a prompt format (system prompt, completion template): a distinct teacher as
 a config would declare it. SmolLM2 (the usual student) is measured as a reference, not as a teacher.
@@ -86,7 +86,7 @@ def main() -> None:
     from persyn.engines.base import GenerationParams
     from persyn.engines.spec import EngineSpec
     from persyn.hardware import cpu_info
-    from persyn.student.evaluate import check_answer
+    from persyn.scoring.answers import check_answer
 
     problems = generate_math_problems(5 * args.per_level, seed=args.seed)
     budgets = sorted(args.budgets)
@@ -112,7 +112,7 @@ def main() -> None:
             for p, g in zip(problems, gens, strict=True):
                 ids = tok(g.text, add_special_tokens=False)["input_ids"]
                 text = g.text if len(ids) <= b else tok.decode(ids[:b])
-                per_level.setdefault(p.difficulty, []).append(check_answer(text, p.answer))
+                per_level.setdefault(p.difficulty, []).append(check_answer(text, p.answer).correct)
             acc[b] = {lv: sum(x) / len(x) for lv, x in sorted(per_level.items())}
             acc[b][0] = sum(sum(x) for x in per_level.values()) / len(problems)  # 0 = all levels
         ntok = sum(g.completion_tokens for g in gens)

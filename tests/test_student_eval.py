@@ -12,6 +12,7 @@ import pytest
 from persyn.engines.base import Generation
 from persyn.student.evaluate import (
     EvalItem,
+    MemoryCache,
     OverlapError,
     evaluate,
     find_overlap,
@@ -202,10 +203,13 @@ def test_evaluate_scores_each_kind_of_item_with_its_metrics():
     assert result.cost["generated_tokens"] == 15
     rows = result.rows()
     assert rows[3]["accuracy"] is None and rows[3]["win_rate"] == 1.0 and rows[0]["response"].endswith("42.")
-    # Given answers are used as they are: nothing generated
-    again = ScriptedStudent(student.answers)
-    evaluate(again, items, EvalSettings(), answers=result.answers)
-    assert again.generated == 0
+    # A cache that holds the answers and scores (the run store's eval rows): nothing is redone
+    cache = MemoryCache()
+    first = evaluate(student, items, EvalSettings(), judge=judge, baseline=base, cache=cache)
+    calls = (student.generated, judge.loglik_calls)
+    again = evaluate(student, items, EvalSettings(), judge=judge, baseline=base, cache=cache)
+    assert (student.generated, judge.loglik_calls) == calls
+    assert again.scores == first.scores and again.answers == first.answers
 
 
 def test_answer_limit_answers_the_first_items_and_scores_references_on_all():

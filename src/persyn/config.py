@@ -12,7 +12,9 @@ them stable once shipped. `persyn init` writes `templates/config.yaml`, which do
 The manifest hash covers what changes the data (prompts, student, teachers, generation, quality,
 calibration, router, routing, baselines, seed), not where or how the work runs (`output`,
 `executor`, `prompts.skip_bad_rows`, `prompts.answer_timeout_s`): moving a run or changing the
-batch size never needs --force.
+batch size never needs --force. The student's `train` and `eval` sections stay out too: a trained
+student is keyed by its own settings and dataset (students/<strategy>/train.json) and eval rows by
+the model and eval settings, so trying other hyperparameters never invalidates the dataset.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from persyn.engines.base import GenerationParams
 from persyn.engines.spec import EngineSpec
 from persyn.errors import PersynError
 from persyn.store.keys import config_hash
+from persyn.student.settings import EvalSettings, TrainSettings
 
 __all__ = [
     "BaselinesConfig",
@@ -301,6 +304,10 @@ class Config(_Section):
     baselines: BaselinesConfig = Field(default_factory=BaselinesConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
     executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
+    # The student's side (persyn train / eval / compare): keyed by their own content
+    # (students/<strategy>/train.json, eval rows), so they stay out of the manifest.
+    train: TrainSettings = Field(default_factory=TrainSettings)
+    eval: EvalSettings = Field(default_factory=EvalSettings)
 
     @field_validator("teachers")
     @classmethod
@@ -443,6 +450,8 @@ class Config(_Section):
         d = self.to_dict()
         d.pop("output", None)
         d.pop("executor", None)
+        d.pop("train", None)
+        d.pop("eval", None)
         d["prompts"].pop("skip_bad_rows", None)
         d["prompts"].pop("answer_timeout_s", None)  # a safety limit, not what a verdict means
         # Relative to the run directory: a project moved or copied whole keeps its identity.
@@ -498,6 +507,9 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Co
         config.prompts.path = (base / config.prompts.path).resolve()
     if not config.output.dir.is_absolute():
         config.output.dir = (base / config.output.dir).resolve()
+    for spec in config.eval.sets:
+        if not spec.path.is_absolute():
+            spec.path = (base / spec.path).resolve()
     return config
 
 

@@ -49,6 +49,7 @@ __all__ = [
     "BatchResult",
     "Executor",
     "ItemResult",
+    "JobEngine",
     "Job",
     "Verb",
     "WorkItem",
@@ -258,3 +259,58 @@ def _finite_or_nan(v: Any) -> Any:
     if isinstance(v, float) and not math.isfinite(v):
         return math.nan
     return v
+
+
+# ------------------------------------------------------------------------------------------------
+# the executor seen as an engine
+
+
+class JobEngine:
+    """The `Engine` verbs of one model, each call run as a job on an executor: library code that
+    takes an engine (the student's evaluation) then does its model work wherever the executor runs
+    it (this process, a Ray cluster) and loads each model once.
+
+        judge = JobEngine(executor, judge_spec, score_verb="judge")
+        judge.score(prompts, answers)       # one Job("judge") over the pairs
+
+    A generation that fails raises `EngineError` (an answer cannot be made up); a score or
+    log-likelihood that fails comes back NaN, as a missing score does everywhere else."""
+
+    def __init__(
+        self, executor: Executor, spec: EngineSpec, *, score_verb: Verb = "judge", batch_size: int = 32
+    ):
+        self.executor, self.spec, self.score_verb, self.batch_size = executor, spec, score_verb, batch_size
+
+    @property
+    def fingerprint(self) -> str:
+        return self.executor.fingerprint(self.spec)
+
+    def _run(
+        self, verb: Verb, items: list[WorkItem], params: GenerationParams | None = None
+    ) -> list[ItemResult]:
+        job = Job(f"{verb}/{self.spec.model}", self.spec, verb, items, params, self.batch_size)
+        out: dict[int, ItemResult] = {}
+        for batch in self.executor.run(job):
+            out.update((r.item.key, r) for r in batch.results)
+        return [out[i] for i in range(len(items))]
+
+    def generate(self, prompts: Sequence[str], params: GenerationParams) -> list[Generation]:
+        results = self._run("generate", [WorkItem(i, p) for i, p in enumerate(prompts)], params)
+        failed = [r for r in results if not r.ok]
+        if failed:
+            from persyn.engines.base import EngineError
+
+            raise EngineError(
+                f"{self.spec.model}: {len(failed)} generation(s) failed, first: {failed[0].error}"
+            )
+        return [r.value for r in results]  # type: ignore[misc]
+
+    def _scores(self, verb: Verb, prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
+        items = [WorkItem(i, p, r) for i, (p, r) in enumerate(zip(prompts, responses, strict=True))]
+        return [float(r.value) if r.ok and r.value is not None else math.nan for r in self._run(verb, items)]  # type: ignore[arg-type]
+
+    def loglik(self, prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
+        return self._scores("loglik", prompts, responses)
+
+    def score(self, prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
+        return self._scores(self.score_verb, prompts, responses)

@@ -18,6 +18,7 @@ __all__, __getattr__, __dir__ = lazy_exports(
         ".manifest": ["ConfigMismatchError"],
         ".records": ["Event", "Prompt", "ResponseKey", "ResponseRow", "RouteSet", "ScoreRow", "StoreError"],
         ".routes": ["StoreEmbeddingCache"],
+        ".evals": ["EvalValue"],
         ".store": ["RunDirBusyError", "RunStore"],
     },
 )

@@ -109,6 +109,19 @@ CREATE TABLE IF NOT EXISTS events(
 );
 CREATE INDEX IF NOT EXISTS events_by_stage ON events(stage, id);
 
+-- The student's evaluation: one row per (what was measured, eval item). `key` is a content key of
+-- the model, the metric and everything it depends on (stages/evaluate.py). `text` holds an answer
+-- or a JSON list, `value` a number.
+CREATE TABLE IF NOT EXISTS eval_rows(
+    key TEXT NOT NULL,
+    item TEXT NOT NULL,
+    value REAL,
+    text TEXT,
+    meta TEXT,
+    created_at REAL NOT NULL,
+    PRIMARY KEY(key, item)
+) WITHOUT ROWID;
+
 CREATE TABLE IF NOT EXISTS state(key TEXT PRIMARY KEY, value TEXT NOT NULL, updated_at REAL NOT NULL);
 """
 

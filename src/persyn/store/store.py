@@ -42,6 +42,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
+from persyn.store.evals import EvalTables
 from persyn.store.manifest import check_no_secrets, read_manifest, reconcile_manifest
 from persyn.store.records import (
     Event,
@@ -73,7 +74,7 @@ class RunDirBusyError(StoreError):
     """Another process has this run directory open for writing."""
 
 
-class RunStore(ResultTables, RouteTables):
+class RunStore(ResultTables, RouteTables, EvalTables):
     """A run directory and its database. Build with `RunStore.open`; use as a context manager or
     call `close()`. All `put_*` methods are one transaction each (see `transaction()` to group
     several calls into one)."""

@@ -15,13 +15,13 @@ have them, and only the teachers' answers differ between the arms.
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from persyn.prompts import normalise_text
+from persyn.store.keys import digest
 from persyn.student.evaluate import EvalResult
 from persyn.student.stats import Interval, paired_difference
 from persyn.student.train import SFTExample
@@ -44,7 +44,7 @@ class ComparisonError(ValueError):
 
 
 def _rank(seed: int, prompt: str) -> str:
-    return hashlib.sha256(f"{seed}\x00{normalise_text(prompt)}".encode()).hexdigest()
+    return digest(f"{seed}\x00{normalise_text(prompt)}", None)
 
 
 def equal_subsamples(

@@ -10,7 +10,8 @@ Every verb goes through `persyn.engines` (`generate`, `loglik`, `score`), so the
 can be any back end. Per item, and then the mean with a 95% bootstrap interval (stats.py):
 
 * prompts with a reference answer:
-  - `accuracy`: the greedy answer's final answer checked against the reference (`check_answer`);
+  - `accuracy`: the greedy answer's final answer checked against the reference by the project's
+    answer verifier (`persyn.scoring.answers`: numeric, math-verify or exact; `answer_checker`);
   - `reference_loglik`: the student's mean log-probability of a reference response, by default
     `"The answer is {answer}."` (or the set's `reference_field`, e.g. a worked solution). One
     forward pass, no generation, and continuous: far less noisy than accuracy on small sets. It also
@@ -41,11 +42,12 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Any
+from typing import Any, Protocol
 
 from persyn.engines.base import Engine, Generation, GenerationParams
 from persyn.progress import Progress
 from persyn.prompts import normalise_text, text_id
+from persyn.store.keys import content_key, digest
 from persyn.student.settings import EvalSet, EvalSettings
 from persyn.student.stats import Interval, bootstrap_mean
 
@@ -55,7 +57,9 @@ __all__ = [
     "EvalItem",
     "EvalResult",
     "OverlapError",
-    "check_answer",
+    "EvalCache",
+    "MemoryCache",
+    "answer_checker",
     "evaluate",
     "find_overlap",
     "load_eval_set",
@@ -77,12 +81,13 @@ PAIRWISE_TEMPLATE = (
 )
 
 
-def check_answer(response: str, reference: str) -> bool:
-    """Is `response`'s final answer the reference? The one place eval calls the answer checker
-    (today `persyn.scoring.answers.answer_matches`), so switching checkers is a one-line change."""
-    from persyn.scoring.answers import answer_matches
+def answer_checker(settings: EvalSettings, checker: str = "auto"):
+    """The answer verifier eval scores accuracy with: the project's one checker
+    (`persyn.scoring.answers.AnswerChecker`; math-verify for references that are not plain
+    numbers), so a teacher's quality label and a student's accuracy mean the same thing."""
+    from persyn.scoring.answers import AnswerChecker
 
-    return answer_matches(response, reference)
+    return AnswerChecker(checker, timeout_s=settings.answer_timeout_s)  # type: ignore[arg-type]
 
 
 # ----------------------------------------------------------------------------- items, overlap
@@ -96,6 +101,35 @@ class EvalItem:
     prompt: str
     answer: str | None = None
     reference: str | None = None
+
+    @property
+    def key(self) -> str:
+        """The item's content key: a stored result is reused only for the same id and text."""
+        return content_key("eval-item", self.id, self.prompt, self.answer, self.reference)
+
+
+class EvalCache(Protocol):
+    """Where `evaluate` keeps per-item results so that a re-run resumes: the run store's eval rows
+    (stages/evaluate.py) or memory. `part` names what was measured ("answer", "accuracy:...",
+    "reference:...", "judge", "win"); values are JSON-safe (a float, a list, a dict)."""
+
+    def get(self, part: str, keys: Sequence[str]) -> dict[str, Any]: ...
+
+    def put(self, part: str, values: dict[str, Any]) -> None: ...
+
+
+class MemoryCache:
+    """An `EvalCache` in memory (no resume): the default."""
+
+    def __init__(self) -> None:
+        self.parts: dict[str, dict[str, Any]] = {}
+
+    def get(self, part: str, keys: Sequence[str]) -> dict[str, Any]:
+        have = self.parts.get(part, {})
+        return {k: have[k] for k in keys if k in have}
+
+    def put(self, part: str, values: dict[str, Any]) -> None:
+        self.parts.setdefault(part, {}).update(values)
 
 
 def load_eval_set(spec: EvalSet) -> list[EvalItem]:
@@ -256,10 +290,10 @@ class EvalResult:
     answers: list[str | None]  # None: beyond the answer limit
     scores: dict[str, list[float]]  # metric -> one value per item (NaN where it does not apply)
     metrics: dict[str, Interval]
-    cost: dict[str, float] = field(default_factory=dict)  # seconds per phase, generated tokens
+    cost: dict[str, float] = field(default_factory=dict)  # seconds per phase (new work), tokens
 
     def rows(self) -> list[dict[str, Any]]:
-        """Per-item records (for the store or a JSONL dump)."""
+        """Per-item records (for a JSONL dump)."""
         out = []
         for k, (item, answer) in enumerate(zip(self.items, self.answers, strict=True)):
             row: dict[str, Any] = {"id": item.id, "prompt": item.prompt, "answer": item.answer}
@@ -279,17 +313,52 @@ class EvalResult:
         }
 
 
+def _fill(
+    cache: EvalCache,
+    part: str,
+    keys: Sequence[str],
+    compute: Callable[[list[int]], list[Any]],
+    batch: int,
+    ui: Progress,
+    label: str,
+) -> tuple[list[Any], float]:
+    """Each key's value of `part`: from the cache, else computed (`compute(indices)`) batch by
+    batch and put in the cache after each batch, so a killed run loses one batch at most.
+    Returns the values in order and the seconds spent computing."""
+    have = cache.get(part, keys)
+    todo = [i for i, k in enumerate(keys) if k not in have]
+    seconds = 0.0
+    if not keys:
+        return [], seconds
+    with ui.task(label, total=len(keys)) as advance:
+        advance(len(keys) - len(todo))
+        for s in range(0, len(todo), batch):
+            idx = todo[s : s + batch]
+            t = time.perf_counter()
+            new = dict(zip([keys[i] for i in idx], compute(idx), strict=True))
+            seconds += time.perf_counter() - t
+            cache.put(part, new)
+            have.update(new)
+            advance(len(idx))
+    return [have[k] for k in keys], seconds
+
+
+def _number(v: Any) -> float:
+    return math.nan if v is None else float(v)
+
+
 def evaluate(
     engine: Engine,
     items: Sequence[EvalItem],
     settings: EvalSettings,
     *,
     judge: Engine | None = None,
-    baseline: EvalResult | Sequence[str] | None = None,
-    answers: Sequence[str] | None = None,
+    baseline: EvalResult | Sequence[str | None] | None = None,
     train_prompts: Iterable[str] | None = None,
     reference_template: str = DEFAULT_REFERENCE_TEMPLATE,
     answer_limit: int | None = None,
+    checker: str = "auto",
+    cache: EvalCache | None = None,
     progress: Progress | None = None,
     label: str = "eval",
 ) -> EvalResult:
@@ -297,109 +366,121 @@ def evaluate(
 
     `judge`: the judge for prompts without answers (None: judge score and win rate are skipped).
     `baseline`: the untrained student's answers to the same items (an EvalResult or the texts), for
-    the win rate; None skips it. `answers`: this model's answers if already generated (e.g. from the
-    run store); None generates them greedily. `train_prompts`: refused if any item is among them.
+    the win rate; None skips it. `train_prompts`: refused if any item is among them.
     `answer_limit`: answer only the first N items (accuracy, judge score and win rate cover those;
     the reference metrics, one forward pass each, cover every item); their answers are None.
+    `checker`: the answer checker (`numeric | math | exact | auto`). `cache`: where per-item
+    results are kept and found again (the run store's eval rows; default: memory); what it holds
+    is not computed again, so its keys must name this model, judge and baseline.
     """
     ui = progress or Progress(None)
+    cache = cache if cache is not None else MemoryCache()
     items = list(items)
     n = len(items)
     if train_prompts is not None:
         refuse_overlap(items, train_prompts, where=label)
+    keys = [it.key for it in items]
     cost: dict[str, float] = {}
     nan = [math.nan] * n
     scores: dict[str, list[float]] = {}
     bs = settings.batch_size
 
     n_answer = n if answer_limit is None else min(n, answer_limit)
-    t = time.perf_counter()
-    if answers is None:
-        params = GenerationParams(max_new_tokens=settings.max_new_tokens, temperature=0.0)
-        gens: list[Generation] = _in_batches(
-            lambda idx: engine.generate([items[i].prompt for i in idx], params),
-            n_answer,
-            bs,
-            ui,
-            f"{label} · answer",
-        )
-        answers = [g.text for g in gens]
-        cost["generated_tokens"] = float(sum(g.completion_tokens for g in gens))
-        cost["generate_s"] = time.perf_counter() - t
-    answers = list(answers)[:n_answer]
-    if len(answers) != n_answer:
-        raise ValueError(f"{label}: {len(answers)} answers for {n_answer} items")
-    answers += [None] * (n - n_answer)
+    params = GenerationParams(max_new_tokens=settings.max_new_tokens, temperature=0.0)
+
+    def generate(idx: list[int]) -> list[dict[str, Any]]:
+        gens: list[Generation] = engine.generate([items[i].prompt for i in idx], params)
+        return [{"text": g.text, "tokens": g.completion_tokens} for g in gens]
+
+    got, cost["generate_s"] = _fill(cache, "answer", keys[:n_answer], generate, bs, ui, f"{label} · answer")
+    answers: list[str | None] = [g["text"] for g in got] + [None] * (n - n_answer)
+    cost["generated_tokens"] = float(sum(g["tokens"] for g in got))
 
     with_ref = [i for i, it in enumerate(items) if it.answer is not None]
     open_ended = [i for i, it in enumerate(items) if it.answer is None and i < n_answer]
-    if with_ref and n_answer:
+    answered = [i for i in with_ref if i < n_answer]
+    if answered:
+        check = answer_checker(settings, checker)
+
+        def verdicts(idx: list[int]) -> list[float]:
+            pos = [answered[j] for j in idx]
+            got = check.check_many([answers[i] or "" for i in pos], [items[i].answer for i in pos])
+            return [v.value for v in got]
+
+        acc_values, _ = _fill(
+            cache, f"accuracy:{check.key}", [keys[i] for i in answered], verdicts, 256, ui, f"{label} · check"
+        )
         acc = list(nan)
-        for i in with_ref:
-            if i < n_answer:
-                acc[i] = 1.0 if check_answer(answers[i], items[i].answer) else 0.0
+        for i, v in zip(answered, acc_values, strict=True):
+            acc[i] = float(v)
         scores["accuracy"] = acc
     if with_ref:
-        t = time.perf_counter()
-        # One loglik batch holds each item's reference followed by its wrong variants.
-        texts: list[tuple[int, str]] = []  # (item, text); the first of each item is the reference
-        for i in with_ref:
+
+        def reference_texts(i: int) -> list[str]:
             ref = items[i].reference or reference_template.format(answer=items[i].answer)
-            texts.append((i, ref))
-            texts += [(i, w) for w in wrong_references(ref, items[i].answer)]
-        lls = _in_batches(
-            lambda idx: engine.loglik([items[texts[j][0]].prompt for j in idx], [texts[j][1] for j in idx]),
-            len(texts),
+            return [ref, *wrong_references(ref, items[i].answer or "")]
+
+        def logliks(idx: list[int]) -> list[list[float | None]]:
+            # One loglik call holds each item's reference followed by its wrong variants.
+            texts = [(j, t) for j in idx for t in reference_texts(with_ref[j])]
+            lls = engine.loglik([items[with_ref[j]].prompt for j, _ in texts], [t for _, t in texts])
+            out: dict[int, list[float | None]] = {}
+            for (j, _), v in zip(texts, lls, strict=True):
+                out.setdefault(j, []).append(None if math.isnan(float(v)) else float(v))
+            return [out[j] for j in idx]
+
+        lls, cost["loglik_s"] = _fill(
+            cache,
+            f"reference:{digest(reference_template)}",
+            [keys[i] for i in with_ref],
+            logliks,
             bs,
             ui,
             f"{label} · reference loglik",
         )
         ll, margin = list(nan), list(nan)
-        by_item: dict[int, list[float]] = {}
-        for (i, _), v in zip(texts, lls, strict=True):
-            by_item.setdefault(i, []).append(float(v))
-        for i, (ref_ll, *wrong_ll) in by_item.items():
-            ll[i] = ref_ll
+        for i, (ref_ll, *wrong_ll) in zip(with_ref, lls, strict=True):
+            ll[i] = _number(ref_ll)
             if wrong_ll:
-                margin[i] = ref_ll - sum(wrong_ll) / len(wrong_ll)
+                margin[i] = _number(ref_ll) - sum(map(_number, wrong_ll)) / len(wrong_ll)
         scores["reference_loglik"] = ll
         scores["reference_margin"] = margin
-        cost["loglik_s"] = time.perf_counter() - t
     if open_ended and judge is not None:
-        t = time.perf_counter()
-        js = _in_batches(
-            lambda idx: judge.score(
-                [items[open_ended[j]].prompt for j in idx], [answers[open_ended[j]] for j in idx]
-            ),
-            len(open_ended),
-            bs,
-            ui,
-            f"{label} · judge",
+
+        def judged(idx: list[int]) -> list[float | None]:
+            pos = [open_ended[j] for j in idx]
+            vals = judge.score([items[i].prompt for i in pos], [answers[i] or "" for i in pos])
+            return [None if math.isnan(float(v)) else float(v) for v in vals]
+
+        js, cost["judge_s"] = _fill(
+            cache, "judge", [keys[i] for i in open_ended], judged, bs, ui, f"{label} · judge"
         )
-        judged = list(nan)
+        values = list(nan)
         for i, v in zip(open_ended, js, strict=True):
-            judged[i] = float(v)
-        scores["judge_score"] = judged
-        cost["judge_s"] = time.perf_counter() - t
+            values[i] = _number(v)
+        scores["judge_score"] = values
         base = baseline.answers if isinstance(baseline, EvalResult) else baseline
         if settings.win_rate and base is not None:
             if len(base) != n:
                 raise ValueError(f"{label}: the baseline has {len(base)} answers for {n} items")
-            t = time.perf_counter()
-            ws = win_scores(
-                judge,
-                [items[i].prompt for i in open_ended],
-                [answers[i] for i in open_ended],
-                [base[i] for i in open_ended],
-                batch_size=bs,
-                progress=ui,
-                label=f"{label} · win rate",
+
+            def wins(idx: list[int]) -> list[float]:
+                pos = [open_ended[j] for j in idx]
+                return win_scores(
+                    judge,
+                    [items[i].prompt for i in pos],
+                    [answers[i] or "" for i in pos],
+                    [base[i] or "" for i in pos],
+                    batch_size=bs,
+                )
+
+            ws, cost["win_s"] = _fill(
+                cache, "win", [keys[i] for i in open_ended], wins, bs, ui, f"{label} · win rate"
             )
             won = list(nan)
             for i, v in zip(open_ended, ws, strict=True):
-                won[i] = v
+                won[i] = _number(v)
             scores["win_rate"] = won
-            cost["win_s"] = time.perf_counter() - t
 
     boot = dict(confidence=settings.confidence, resamples=settings.resamples, seed=settings.seed)
     metrics = {name: bootstrap_mean(values, **boot) for name, values in scores.items()}

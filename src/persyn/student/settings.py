@@ -19,12 +19,12 @@ checkpointing more often resumes instead of starting over.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from persyn.store.keys import digest
 
 __all__ = ["EvalSet", "EvalSettings", "LoraSettings", "TrainSettings"]
 
@@ -66,12 +66,16 @@ class TrainSettings(_Section):
     # Recompute activations in the backward pass: less memory, ~30% more compute (TRL's default is
     # on; a small student on CPU does not need it).
     gradient_checkpointing: bool = False
+    # Train on this many examples of the dataset (a seeded draw by prompt, the same prompts across
+    # strategies where they share them); None: all of them, or for compare the smallest dataset's
+    # size. Covered by the dataset hash, not the fingerprint.
+    examples: int | None = Field(default=None, ge=1)
 
     def fingerprint(self) -> str:
         """A hash of everything that changes the trained weights (not device or checkpoint spacing;
         dtype stays in: a float32 and a bf16 run give different weights)."""
-        blob = self.model_dump(exclude={"device", "save_steps", "gradient_checkpointing"}, mode="json")
-        return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
+        how = {"device", "save_steps", "gradient_checkpointing", "examples"}
+        return digest(self.model_dump(exclude=how, mode="json"))
 
 
 class EvalSet(_Section):
@@ -83,6 +87,8 @@ class EvalSet(_Section):
     path: Path
     prompt_field: str = "prompt"
     answer_field: str | None = None
+    # How answers are checked: numeric | math | exact | auto (persyn.scoring.answers)
+    checker: Literal["numeric", "math", "exact", "auto"] = "auto"
     id_field: str | None = None
     # A full reference response (e.g. a worked solution) whose log-likelihood is measured instead
     # of "The answer is {answer}."
@@ -101,6 +107,8 @@ class EvalSettings(_Section):
     batch_size: int = Field(default=16, ge=1)
     # The win rate needs a judge that answers "A" or "B"; off skips it (it costs 4 judge passes).
     win_rate: bool = True
+    # Seconds per answer check (math-verify runs in a worker pool); a timeout scores 0.
+    answer_timeout_s: float = Field(default=5.0, gt=0)
     confidence: float = Field(default=0.95, gt=0.5, lt=1.0)
     resamples: int = Field(default=2000, ge=100)
     seed: int = 0

@@ -27,10 +27,8 @@ last); a different fingerprint raises `TrainingConflict` unless `force=True` sta
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import math
-import os
 import platform
 import shutil
 import time
@@ -40,7 +38,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from persyn.atomic import write_json
+from persyn.errors import PersynError
 from persyn.progress import Progress, quiet_libraries
+from persyn.store.keys import content_key, digest
 from persyn.student.settings import TrainSettings
 
 __all__ = [
@@ -64,7 +65,7 @@ RESULT_FILE = "train.json"
 _STATE_FILE = "trainer_state.json"  # the trainer writes it last in a checkpoint: its mark of completion
 
 
-class TrainingConflict(RuntimeError):
+class TrainingConflict(PersynError, RuntimeError):
     """The output folder holds a training of other settings, data or base model."""
 
 
@@ -136,11 +137,10 @@ def load_sft_examples(path: str | Path) -> list[SFTExample]:
 
 def dataset_hash(examples: Sequence[SFTExample]) -> str:
     """SHA-256 of the training text in order (ids aside): what the weights depend on."""
-    h = hashlib.sha256()
-    for e in examples:
-        h.update(json.dumps([e.prompt, e.completion], ensure_ascii=False).encode("utf-8"))
-        h.update(b"\n")
-    return h.hexdigest()
+    return digest(
+        iter(json.dumps([e.prompt, e.completion], ensure_ascii=False).encode() + b"\n" for e in examples),
+        None,
+    )
 
 
 # ----------------------------------------------------------------------------- machine, precision
@@ -308,15 +308,8 @@ def last_checkpoint(ckpt_dir: Path) -> Path | None:
 # ----------------------------------------------------------------------------- train
 
 
-def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False))
-    os.replace(tmp, path)
-
-
 def _fingerprint(settings: TrainSettings, data_hash: str, base_name: str) -> str:
-    blob = json.dumps([settings.fingerprint(), data_hash, base_name])
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    return content_key("train", settings.fingerprint(), data_hash, base_name)
 
 
 def build_trainer(
@@ -406,7 +399,7 @@ def train_student(
                 f"(fingerprint {started.get('fingerprint')} != {fp}); use another folder or force=True"
             )
     out.mkdir(parents=True, exist_ok=True)
-    _write_json(
+    write_json(
         started_path,
         {"fingerprint": fp, "settings": settings.model_dump(mode="json"), "base_model": base_name},
     )
@@ -470,7 +463,7 @@ def train_student(
         "lora": settings.lora is not None,
         "versions": _versions(),
     }
-    _write_json(result_path, info)
+    write_json(result_path, info)
     shutil.rmtree(ckpt_dir, ignore_errors=True)  # the model is written: the resume point has done its job
     ui.say(
         f"{label}: {len(examples)} examples x {epochs:g} epochs, {state.global_step} steps, loss "
