@@ -26,24 +26,14 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]  # benchmarks/http.py shadows http
 
-CONCISE = "Reply with the final answer only, as a number, in the form: The answer is N."
 STEPS = "Solve the problem step by step in a few short lines, then finish with: The answer is N."
 
 
-def fewshot_template(n_shots: int = 3, seed: int = 99) -> str:
-    """A completion template with worked examples from the same generator (another seed, so none is
-    a test problem): the arithmetic written out, then "The answer is N."."""
-    from persyn.demo import generate_math_problems
-
-    shots = generate_math_problems(n_shots, seed=seed, levels=(1, 2, 3))
-    body = "".join(
-        f"Question: {p.prompt}\nAnswer: {p.expression} = {p.answer}. The answer is {p.answer}.\n\n"
-        for p in shots
-    )
-    return body.replace("{", "{{").replace("}", "}}") + "Question: {prompt}\nAnswer:"
-
-
 def variants() -> dict[str, dict]:
+    # The demo's own prompt formats (one copy, in persyn.demo), so the measurement is of its pool.
+    from persyn.demo import fewshot_template
+    from persyn.demo.project import CONCISE_SYSTEM_PROMPT as CONCISE
+
     q, g, s = "zoo:qwen2.5-coder-0.5b-instruct", "zoo:gemma3-270m", "zoo:smollm2-135m-instruct"
     stop = ("\nQuestion:",)  # a base model goes on to write the next question itself
     return {

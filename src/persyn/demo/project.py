@@ -1,7 +1,12 @@
-"""The demo project (`persyn demo`, `make demo`): the bundled prompts and a config with three real
-zoo teachers on CPU, written into one folder.
+"""The demo project (`persyn demo`, `make demo`): the bundled prompts, held-out eval sets and a
+config with three real zoo teachers on CPU, written into one folder.
 
     cfg_path = write_demo("runs/demo")      # then: persyn run runs/demo/persyn-demo.yaml
+
+The teacher pool is chosen so that routing has something to decide (benchmarks/teacher_pool.py,
+docs/pipeline.md): the student is not a teacher, and the teachers solve the math at clearly
+different rates and write differently (full working, the number alone, a base model's few-shot
+completion).
 """
 
 from __future__ import annotations
@@ -10,34 +15,59 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from persyn.atomic import atomic_write
-from persyn.demo import load_instructions, write_demo_prompts
+from persyn.demo import (
+    demo_eval_prompts,
+    demo_prompts,
+    fewshot_template,
+    split_instructions,
+    write_jsonl,
+)
 from persyn.errors import PersynError
 from persyn.store.store import RunStore
 
-__all__ = ["DEMO_CONFIG", "DemoSettingsError", "DemoSize", "demo_size", "write_demo"]
+__all__ = ["CONCISE_SYSTEM_PROMPT", "DEMO_CONFIG", "DemoSettingsError", "DemoSize", "demo_size", "write_demo"]
+
+# qwen-concise: the same model as qwen, told to skip the working (a distinct teacher as a config
+# declares it: its answers, scores and routes are its own).
+CONCISE_SYSTEM_PROMPT = "Reply with the final answer only, as a number, in the form: The answer is N."
+TRAIN_SEED, EVAL_SEED = 0, 1  # math generator seeds: training prompts, held-out eval problems
 
 DEMO_CONFIG = """\
 # persyn demo: written by `persyn demo`; re-run with `persyn run {name}` (it resumes).
-# Three real zoo teachers on CPU; student SmolLM2-135M. Quality: exact answers on the math
-# prompts, the Qwen judge on the instructions (quality.method auto).
+# Student SmolLM2-135M, which is not a teacher. Three teachers on CPU that differ at the math
+# (benchmarks/teacher_pool.py): Qwen2.5-Coder-0.5B with its full working, the same model told to
+# give the number only, and Gemma-3-270M (a base model) continuing three worked examples.
+# Quality: exact answers on the math prompts, the Qwen judge on the instructions (quality.method auto).
 seed: 0
-prompts: {{path: prompts.jsonl, id_field: id, answer_field: answer}}
+prompts: {{path: {prompts}, id_field: id, answer_field: answer}}
 student: {{model: zoo:smollm2-135m-instruct, family: smollm}}
 teachers:
   - {{name: qwen, model: zoo:qwen2.5-coder-0.5b-instruct, family: qwen}}
-  - name: gemma
+  - name: qwen-concise
+    model: zoo:qwen2.5-coder-0.5b-instruct
+    family: qwen
+    system_prompt: "{concise}"
+  - name: gemma-fewshot
     model: zoo:gemma3-270m
-    template: completion                  # a base model: "Question: ...\\nAnswer:"
     family: gemma
+    template: completion                  # a base model: worked examples, then "Question: ...\\nAnswer:"
+    completion_template: |-
+{fewshot}
     # stop: it would go on to write the next question itself
     generation: {{max_new_tokens: {max_new_tokens}, stop: ["\\nQuestion:"]}}
-  - {{name: smollm, model: zoo:smollm2-135m-instruct, family: smollm}}
 generation: {{max_new_tokens: {max_new_tokens}}}
 quality: {{method: auto, judge: {{model: zoo:qwen2.5-coder-0.5b-instruct}}}}
 calibration: {{size: {calibration}, selection: diverse}}
 router: {{encoder: zoo:minilm-l6-v2, alpha: 0.4}}
 output: {{dir: ., dataset_name: persyn-demo}}
 executor: {{batch_size: 16}}
+# The student's side (persyn train / eval / compare); the eval files are held out from the prompts.
+train: {{epochs: 1, lora: {{r: 16, alpha: 32, dropout: 0.05, target: all-linear}}}}
+eval:
+  sets:
+    - {{name: math, path: {eval_math_file}, id_field: id, answer_field: answer, answer_limit: {answer_limit}}}
+    - {{name: instructions, path: {eval_instr_file}, id_field: id}}
+  max_new_tokens: {eval_max_new_tokens}
 """
 
 
@@ -66,30 +96,66 @@ class DemoSettingsError(PersynError, ValueError):
 
 
 def write_demo(
-    out: str | Path, *, n_prompts: int = 160, calibration: int = 48, max_new_tokens: int = 96
+    out: str | Path,
+    *,
+    n_prompts: int = 160,
+    n_instructions: int | None = None,
+    calibration: int = 48,
+    max_new_tokens: int = 96,
+    eval_math: int = 100,
+    eval_answer_limit: int = 48,
+    eval_instructions: int = 16,
+    eval_max_new_tokens: int | None = None,
 ) -> Path:
-    """Write the bundled demo prompts (half math with exact answers, half instructions) and a demo
-    config into `out`; returns the config path. An existing demo with other settings is refused."""
+    """Write the bundled demo prompts (`n_instructions` instructions, by default half, the rest
+    math with exact answers), the held-out eval files (`eval_math` problems, the first
+    `eval_answer_limit` of them answered, and `eval_instructions` instructions) and a demo config
+    into `out`; returns the config path. An existing demo run with other settings is refused.
+    `eval_max_new_tokens` defaults to `max_new_tokens`."""
     if n_prompts < 8:
         raise ValueError("the demo needs at least 8 prompts")
     if not 4 <= calibration <= n_prompts:
         raise ValueError(f"calibration must be between 4 and the number of prompts ({n_prompts})")
-    n_instr = min(n_prompts // 2, len(load_instructions()))
+    train_pool, _ = split_instructions()
+    n_instr = min(n_prompts // 2, len(train_pool)) if n_instructions is None else n_instructions
+    if not 0 <= n_instr <= min(n_prompts, len(train_pool)):
+        raise ValueError(f"n_instructions must be between 0 and {min(n_prompts, len(train_pool))}")
+    if not 0 <= eval_answer_limit <= eval_math:
+        raise ValueError(f"eval_answer_limit must be between 0 and eval_math ({eval_math})")
     n_math = n_prompts - n_instr
+    rows = demo_prompts(n_math=n_math, n_instructions=n_instr, seed=TRAIN_SEED)
+    eval_m, eval_i = demo_eval_prompts(
+        n_math=eval_math,
+        n_instructions=eval_instructions,
+        seed=EVAL_SEED,
+        exclude=[r["prompt"] for r in rows],
+    )
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     cfg_path = out / "persyn-demo.yaml"
-    text = DEMO_CONFIG.format(name=cfg_path, calibration=calibration, max_new_tokens=max_new_tokens)
-    text = text.replace(
-        "prompts: {path: prompts.jsonl", f"prompts: {{path: prompts-{n_math}m{n_instr}i.jsonl"
+    prompts_name = f"prompts-{n_math}m{n_instr}i.jsonl"
+    eval_math_file = f"eval-math-{eval_math}.jsonl"
+    eval_instr_file = f"eval-instructions-{eval_instructions}.jsonl"
+    fewshot = "\n".join(("      " + line).rstrip() for line in fewshot_template().split("\n"))
+    text = DEMO_CONFIG.format(
+        name=cfg_path,
+        prompts=prompts_name,
+        concise=CONCISE_SYSTEM_PROMPT,
+        fewshot=fewshot,
+        calibration=calibration,
+        max_new_tokens=max_new_tokens,
+        eval_math_file=eval_math_file,
+        eval_instr_file=eval_instr_file,
+        answer_limit=eval_answer_limit,
+        eval_max_new_tokens=max_new_tokens if eval_max_new_tokens is None else eval_max_new_tokens,
     )
     if cfg_path.exists() and cfg_path.read_text() != text and RunStore.exists(out):
         raise DemoSettingsError(
             f"{out} holds a demo run made with other settings; pass --force to start afresh, "
             "or --dir for a new one"
         )
-    write_demo_prompts(
-        out / f"prompts-{n_math}m{n_instr}i.jsonl", n_math=n_math, n_instructions=n_instr, seed=0
-    )
+    out.mkdir(parents=True, exist_ok=True)
+    write_jsonl(out / prompts_name, rows)
+    write_jsonl(out / eval_math_file, eval_m)
+    write_jsonl(out / eval_instr_file, eval_i)
     atomic_write(cfg_path, text)
     return cfg_path
