@@ -163,7 +163,7 @@ def test_load_sft_examples_reads_both_exported_shapes_and_names_a_bad_line(tmp_p
 
 
 def test_load_sft_examples_reads_what_persyn_export_writes(tmp_path):
-    from persyn.export import DataCard, ExportRecord, export_dataset
+    from persyn.dataset import DataCard, ExportRecord, export_dataset
 
     records = [
         ExportRecord(

@@ -11,7 +11,9 @@ What it shows, each figure with a table of its numbers:
   regret (router_regret.png), the router highlighted; a metric a baseline lacks shows as "—";
 - the cost ledger: generations and tokens per teacher and stage, stacked, against what
   Generate-then-Select would have spent (cost.png);
-- strategies (when given) and sample rows (HTML-escaped: teacher text is untrusted).
+- strategies (when given) and sample rows (HTML-escaped: teacher text is untrusted);
+- the student comparison (after `persyn compare`): each strategy's student against the untrained
+  one, every metric with its interval, and each strategy's generation cost (comparison.png).
 
 Figures are drawn with matplotlib's object API (`Figure`, Agg canvas), never pyplot, so the caller's
 backend and global state are untouched. Files are written under temporary names and renamed;
@@ -31,11 +33,12 @@ from typing import Any
 import yaml
 
 from persyn.atomic import atomic_path, atomic_write
+from persyn.comparison_report import comparison_context, plot_comparison
 from persyn.credentials import scrub_secrets
 
 __all__ = ["LedgerRow", "ReportData", "headline", "write_report"]
 
-FIGURES = ("allocation.png", "router_quality.png", "router_regret.png", "cost.png")
+FIGURES = ("allocation.png", "router_quality.png", "router_regret.png", "cost.png", "comparison.png")
 # Bar metrics of the router figure (regret has its own panel: lower is better, other units).
 QUALITY_METRICS = ("hit@1", "hit@3", "oracle_gain_recovered")
 # Table column order; any other numeric metric follows, sorted.
@@ -98,6 +101,8 @@ class ReportData:
     headline_stages: list[str] | None = None
     # Per quality method: {method, key, prompts, labels, failed, mean, timeouts?, reliability}.
     quality: list[dict[str, Any]] = field(default_factory=list)
+    # `persyn compare`'s compare.json: the student trained on each strategy (comparison_report.py).
+    comparison: dict[str, Any] | None = None
 
 
 # ----------------------------------------------------------------------------- numbers
@@ -524,6 +529,7 @@ def _context(data: ReportData, figures: dict[str, str | None]) -> dict[str, Any]
             {"name": k, "cells": [_fmt(v.get(c)) for c in strategy_cols]} for k, v in data.strategies.items()
         ],
         "samples": samples,
+        "comparison": comparison_context(data.comparison),
         "notes": list(data.notes),
         "config": yaml.safe_dump(scrub_secrets(data.config), sort_keys=False, allow_unicode=True),
     }
@@ -567,6 +573,9 @@ def write_report(data: ReportData, out_dir: Path) -> Path:
     if data.ledger:
         _plot_cost(data, out_dir / "cost.png")
         figures["cost"] = "cost.png"
+    if data.comparison:
+        plot_comparison(data.comparison, out_dir / "comparison.png")
+        figures["comparison"] = "comparison.png"
     html = template.render(**_context(data, figures))
     index = atomic_write(out_dir / "index.html", html)
     # A figure left from an earlier report would describe another run (removed only now, so the

@@ -11,6 +11,8 @@
     pipe.calibrate(); pipe.score(); pipe.train_router(); pipe.route(); pipe.generate()
     pipe.export(); pipe.report()
     pipe.strategies(["strong", "random", "car"])   # baseline datasets from the same run
+    pipe.train("persyn"); pipe.evaluate("persyn")   # the student on its dataset, on held-out sets
+    pipe.compare(["persyn", "strong", "random"])    # every strategy trained and evaluated alike
 
 Data flows one way: Pipeline -> stages (persyn.stages.*) -> executor -> engines, with the run store
 underneath. The store is opened on first use and kept (with its writer lock) until `close()`.
@@ -227,6 +229,24 @@ class Pipeline:
         results = self._stage("strategies", datasets=True, names=names, oracle=oracle)
         self.report()
         return results
+
+    def train(self, strategy: str = "persyn", *, examples: int | None = None, retrain: bool = False):
+        """Fine-tune the student on `strategy`'s dataset -> TrainResult (<run>/students/<strategy>/)."""
+        return self._stage("train", datasets=True, strategy=strategy, examples=examples, force=retrain)
+
+    def evaluate(self, model: str = "base"):
+        """The student (`base`), a trained strategy's student or a model folder on the `eval:` sets
+        -> {set name: EvalResult}."""
+        return self._stage("eval", model=model)
+
+    def compare(
+        self, strategies: list[str] | str | None = None, *, oracle: bool = False, retrain: bool = False
+    ):
+        """Every strategy's dataset, a student trained on each alike, each evaluated -> ComparisonTable
+        (<run>/compare.json); refreshes the report."""
+        table = self._stage("compare", datasets=True, strategies=strategies, oracle=oracle, force=retrain)
+        self.report()
+        return table
 
     def plan(self):
         """Generations, tokens and cost per teacher, RtG vs GtS, without running a model -> Plan."""

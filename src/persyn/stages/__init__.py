@@ -1,7 +1,9 @@
 """The pipeline stages, one module each, in run order:
 
 ingest (the prompts, when the run opens) -> calibrate -> score -> train-router -> route -> generate
--> export -> report; and strategies (the baselines' datasets from the same run).
+-> export -> report; and strategies (the baselines' datasets from the same run). The student's side:
+train (fine-tune the student on a strategy's dataset) -> eval (held-out prompts) -> compare (every
+strategy trained and evaluated alike: the method's Table 2).
 
 Each stage module has `run(ctx, **options)`, which does the stage's work and resumes from what the
 store holds; a stage whose output later stages use also has `result(ctx)`, which reads that output
@@ -10,7 +12,7 @@ run first). Stages never import each other: they ask the run context (`ctx.resul
 `ctx.run_stage("export")`), which finds them here. docs/architecture.md has the rule for adding one.
 Helper modules, not stages: `context` (the run context), `ingest`, `embeddings` (prompt embeddings
 cached in the store), `costs` (prices, mean tokens, the ledger), `export_records` (dataset rows
-from the store).
+from the store), `student_data` (the student's training rows, for train and compare).
 """
 
 from persyn.stages.context import RunContext, StageError, WorkCounts
@@ -25,6 +27,9 @@ STAGES = {
     "export": "export",
     "report": "report",
     "strategies": "strategies",
+    "train": "train_student",
+    "eval": "eval_student",
+    "compare": "compare_strategies",
 }
 
 #: What `persyn run` runs, in order.

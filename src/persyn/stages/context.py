@@ -47,6 +47,9 @@ EXPORTS_FILE = "export.json"  # export: what each export wrote, by strategy
 STRATEGIES_DIR = "strategies"  # strategies: <name>/, one dataset per baseline
 STRATEGIES_FILE = "strategies.json"  # strategies: each strategy's figures
 REPORT_DIR = "report"  # report: index.html and its figures
+STUDENTS_DIR = "students"  # train: <strategy>/ with the trained student (model/, train.json)
+EVALS_FILE = "evals.json"  # eval: each model's metrics on each eval set (rows are in the store)
+COMPARE_FILE = "compare.json"  # compare: the strategies' table, the teachers' accuracy
 
 
 class StageError(PersynError, RuntimeError):

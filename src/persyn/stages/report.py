@@ -92,6 +92,7 @@ def run(ctx: RunContext) -> Path:
         router_name="router",
         headline_stages=["calibration", "routed"],
         quality=ctx.result("score").summary(),
+        comparison=ctx.result("compare"),
     )
     out = write_report(data, ctx.path(REPORT_DIR))
     ctx.store.log_event("report", "done", f"report written to {out}")

@@ -162,6 +162,14 @@ class Scores:
         if work:
             score_answer_rows(ctx, stage, work, prompts)
 
+    def answer_values(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
+        """The stored answer checks (1 right, 0 wrong) of the responses of (prompt id, teacher)
+        pairs, where there is one (prompts without a reference answer have none)."""
+        gks = self.ctx.gen_keys()
+        keys = [ResponseKey(pid, t, gks[t]) for pid, t in pairs]
+        rows = self.ctx.store.get_scores(QUALITY, self.answers_key(), keys)
+        return [r.value for r in rows.values() if r.value is not None]
+
     def labels(self, quality: np.ndarray, learnability: np.ndarray) -> np.ndarray:
         """The combined labels `(1 - alpha) * z(r_q) + alpha * z(r_l)` (router.alpha, normalisation)."""
         from persyn.scoring.labels import combine_labels

@@ -37,9 +37,8 @@ from typing import Any
 
 import numpy as np
 
-from persyn.stages.context import QUALITY, STRATEGIES_DIR, STRATEGIES_FILE, RunContext, StageError
+from persyn.stages.context import STRATEGIES_DIR, STRATEGIES_FILE, RunContext, StageError
 from persyn.stages.export_records import build_records, dataset_files, left_out_notes, write_dataset
-from persyn.store import ResponseKey
 
 #: The strategies this stage builds (a name per baseline, plus PerSyn's own dataset).
 STRATEGIES = ("persyn", "strong", "family-strong", "random", "mix", "car", "oracle")
@@ -296,10 +295,7 @@ def _calibration_metrics(ctx, res: StrategyResult, assignment, cal_pos, q, lm, l
 
 
 def _accuracy(ctx: RunContext, res: StrategyResult, assignment) -> None:
-    gks = ctx.gen_keys()
-    keys = [ResponseKey(pid, t, gks[t]) for pid, t in assignment]
-    scores = ctx.store.get_scores(QUALITY, ctx.result("score").answers_key(), keys)
-    vals = [r.value for r in scores.values() if r.value is not None]
+    vals = ctx.result("score").answer_values(assignment)
     res.n_accuracy = len(vals)
     res.accuracy = float(np.mean(vals)) if vals else None
 

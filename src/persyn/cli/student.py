@@ -1,0 +1,135 @@
+"""The student's commands: `persyn train`, `persyn eval` and `persyn compare` (stages train, eval,
+compare; docs/student.md)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from persyn.cli.common import _CONFIG, SET_HELP, _err, _out, _pipeline, _report_error
+from persyn.errors import PersynError
+
+RETRAIN_HELP = "Train again although a finished (or differently configured) student is in the folder."
+STRATEGY_NAMES = "persyn, strong, family-strong, mix, car, random, oracle"
+
+
+def _interval(d: dict) -> str:
+    if not d or d.get("n", 0) == 0 or d.get("mean") is None:
+        return "-"
+    return f"{d['mean']:.3f} [{d['low']:.3f}, {d['high']:.3f}] (n={d['n']})"
+
+
+def train(
+    config: Path = _CONFIG,
+    strategy: str = typer.Option("persyn", "--strategy", help=f"Whose dataset: {STRATEGY_NAMES}."),
+    examples: int | None = typer.Option(
+        None,
+        "--examples",
+        help="Train on this many rows (a seeded draw; default: train.examples, else all).",
+    ),
+    retrain: bool = typer.Option(False, "--retrain", help=RETRAIN_HELP),
+    overrides: list[str] = typer.Option([], "--set", help=SET_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print train.json only."),
+) -> None:
+    """Fine-tune the student on a strategy's dataset with TRL's SFTTrainer (the `train:` section:
+    LoRA or full, epochs, learning rate...). Writes <run>/students/<strategy>/ (model, tokenizer,
+    train.json); a killed training resumes from its last checkpoint, a finished one is not redone."""
+    try:
+        with _pipeline(config, overrides=overrides) as pipe:
+            result = pipe.train(strategy, examples=examples, retrain=retrain)
+    except PersynError as exc:
+        _report_error(exc)
+    info = result.info
+    if as_json:
+        print(json.dumps(info, indent=2))
+        return
+    loss = info.get("loss_curve") or []
+    _out.print(
+        f"[bold]{strategy}[/]: {info['examples']} examples, {info['steps']} steps"
+        + (f", loss {loss[0][1]:.3f} -> {loss[-1][1]:.3f}" if loss else "")
+        + f", {info['wall_s']:.0f} s ({info['dtype']} on {info['device']})"
+        + ("  (already trained)" if result.reused else ""),
+        soft_wrap=True,
+    )
+    _out.print(f"  model: {result.model_dir}")
+
+
+def evaluate(
+    config: Path = _CONFIG,
+    model: str = typer.Option(
+        "base", "--model", help="base (the untrained student), a trained strategy's name, or a model folder."
+    ),
+    overrides: list[str] = typer.Option([], "--set", help=SET_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON only."),
+) -> None:
+    """Evaluate a student on the held-out sets of `eval:` (greedy answers through the engine):
+    accuracy by the answer verifier and the reference answer's log-likelihood where items have
+    answers; the judge's score and the two-order win rate against the untrained student where they
+    do not. Each with a 95% bootstrap interval. Answers and scores are rows of the run store: a
+    re-run computes only what is missing."""
+    try:
+        with _pipeline(config, overrides=overrides) as pipe:
+            results = pipe.evaluate(model)
+    except PersynError as exc:
+        _report_error(exc)
+    if as_json:
+        print(json.dumps({name: r.to_dict() for name, r in results.items()}, indent=2))
+        return
+    from rich.table import Table
+
+    t = Table(title=f"eval · {model}")
+    for col in ("set", "metric", "mean [95% interval] (n)"):
+        t.add_column(col)
+    for name, r in results.items():
+        for metric, iv in r.metrics.items():
+            t.add_row(name, metric, _interval(iv.to_dict()))
+    _out.print(t)
+
+
+def compare(
+    config: Path = _CONFIG,
+    strategies: str | None = typer.Option(
+        None,
+        "--strategies",
+        help=f"Comma-separated, from: {STRATEGY_NAMES} (default: persyn, strong, mix, car, random, and "
+        "family-strong when a teacher shares the student's family).",
+    ),
+    oracle: bool = typer.Option(
+        False,
+        "--oracle",
+        help="Add the full oracle (every teacher answers every prompt, as in Generate-then-Select).",
+    ),
+    retrain: bool = typer.Option(False, "--retrain", help=RETRAIN_HELP),
+    overrides: list[str] = typer.Option([], "--set", help=SET_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print compare.json only."),
+) -> None:
+    """Build each strategy's dataset, train the student on each with identical settings, seed and
+    number of examples, evaluate each beside the untrained student, and print one table (the
+    paper's Table 2): every metric with its interval, the paired difference against the untrained
+    student and against Strong, and each strategy's generation cost. Also <run>/compare.json and a
+    section of the report. Every step resumes."""
+    try:
+        with _pipeline(config, overrides=overrides) as pipe:
+            table = pipe.compare(strategies, oracle=oracle, retrain=retrain)
+            doc = pipe.ctx.result("compare")
+            report = pipe.run_dir / "report" / "index.html"
+    except PersynError as exc:
+        _report_error(exc)
+    if as_json:
+        print(json.dumps(doc, indent=2))
+        return
+    _out.print(table.render(), soft_wrap=True)
+    teachers = doc.get("teachers") or {}
+    if teachers:
+        _out.print("teachers' own accuracy (calibration prompts with answers):")
+        for name, iv in teachers.items():
+            _out.print(f"  {name}: {_interval(iv)}")
+    _err.print(f"compare.json and the report: {report}")
+
+
+def register_student_commands(app: typer.Typer) -> None:
+    app.command("train")(train)
+    app.command("eval")(evaluate)
+    app.command("compare")(compare)
