@@ -400,8 +400,10 @@ def demo(
     ),
     force: bool = typer.Option(False, "--force", help="Start the demo afresh (deletes the demo directory)."),
 ) -> None:
-    """Run the whole pipeline on the bundled demo prompts with three real zoo teachers
-    (Qwen2.5-Coder-0.5B, Gemma-3-270M, SmolLM2-135M), student SmolLM2-135M, on CPU. Its size
+    """Run the whole pipeline on the bundled demo prompts with three real zoo teachers (Qwen2.5-Coder-0.5B
+    with its working, the same model told to give the number only, Gemma-3-270M after worked
+    examples) for the student SmolLM2-135M, on CPU; then `persyn compare` on the written config
+    trains and evaluates the student on each strategy's data. Its size
     suits the machine: 160 prompts (48 calibration, 96 new tokens) where models run in bfloat16,
     96 (32, 64) on a CPU without native bfloat16."""
     from persyn.demo.project import DemoSettingsError, demo_size, write_demo
