@@ -429,6 +429,7 @@ def demo(
     summary = _run_stage(cfg_path, "run", force=False, retry_failed=False, skip_bad_rows=False, overrides=())
     print_summary(summary)
     _out.print(f"  config:  {cfg_path}   (re-run: persyn run {cfg_path})")
+    _out.print(f"  next:    persyn compare {cfg_path}   (the student trained on each strategy's data)")
 
 
 register_student_commands(app)  # train, eval, compare: after the dataset commands in --help
