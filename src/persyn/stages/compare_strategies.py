@@ -118,7 +118,6 @@ def run(
     }
     ctx.write_artifact(COMPARE_FILE, doc)
     ctx.store.log_event("compare", "done", f"{len(names)} strategies, {n} examples each", examples=n)
-    ctx.ui.say(table.render())
     return table
 
 
