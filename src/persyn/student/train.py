@@ -186,7 +186,8 @@ def optimizer_steps(settings: TrainSettings, n_examples: int) -> int:
 
 
 def sft_config(settings: TrainSettings, output_dir: str | Path, device, dtype, n_examples: int, **overrides):
-    """The `SFTConfig` for these settings (shared with benchmarks/train.py's bare run)."""
+    """The `SFTConfig` for these settings (benchmarks/train.py spells its bare run out on purpose: the
+    baseline is what a user would write without persyn)."""
     import torch
     from trl import SFTConfig
 
@@ -308,6 +309,17 @@ def last_checkpoint(ckpt_dir: Path) -> Path | None:
 # ----------------------------------------------------------------------------- train
 
 
+def _same_training(path: Path, fp: str, what: str) -> dict:
+    """The training recorded in `path` (train.json or started.json), if it is this one (`fp`)."""
+    info = json.loads(path.read_text())
+    if info.get("fingerprint") != fp:
+        raise TrainingConflict(
+            f"{path.parent} holds {what} training of other settings, data or base model "
+            f"(fingerprint {info.get('fingerprint')} != {fp}); use another folder or force=True"
+        )
+    return info
+
+
 def _fingerprint(settings: TrainSettings, data_hash: str, base_name: str) -> str:
     return content_key("train", settings.fingerprint(), data_hash, base_name)
 
@@ -384,20 +396,10 @@ def train_student(
             elif p.exists():
                 p.unlink()
     if result_path.is_file():
-        info = json.loads(result_path.read_text())
-        if info.get("fingerprint") != fp:
-            raise TrainingConflict(
-                f"{out} holds a finished training of other settings, data or base model "
-                f"(fingerprint {info.get('fingerprint')} != {fp}); use another folder or force=True"
-            )
+        info = _same_training(result_path, fp, "a finished")
         return TrainResult(out, model_dir, adapter_dir if settings.lora else None, fp, info, reused=True)
     if started_path.is_file():
-        started = json.loads(started_path.read_text())
-        if started.get("fingerprint") != fp:
-            raise TrainingConflict(
-                f"{out} holds an unfinished training of other settings, data or base model "
-                f"(fingerprint {started.get('fingerprint')} != {fp}); use another folder or force=True"
-            )
+        _same_training(started_path, fp, "an unfinished")
     out.mkdir(parents=True, exist_ok=True)
     write_json(
         started_path,
