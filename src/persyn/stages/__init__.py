@@ -10,9 +10,12 @@ store holds; a stage whose output later stages use also has `result(ctx)`, which
 back for the current config without redoing anything (or raises StageError naming the command to
 run first). Stages never import each other: they ask the run context (`ctx.result("route")`,
 `ctx.run_stage("export")`), which finds them here. docs/architecture.md has the rule for adding one.
-Helper modules, not stages: `context` (the run context), `ingest`, `embeddings` (prompt embeddings
-cached in the store), `costs` (prices, mean tokens, the ledger), `export_records` (dataset rows
-from the store), `student_data` (the student's training rows, for train and compare).
+The stage modules are those in `STAGES`, and `ingest` (run by the pipeline when a run opens, not
+registered). The other modules are not stages: `context` (the run context), and helpers that stages
+share and that import no stage: `embeddings` (prompt embeddings cached in the store), `costs`
+(prices, mean tokens, the ledger), `export_records` (dataset rows from the store),
+`student_data` (the student's training rows, for train and compare).
+tests/test_architecture.py enforces both rules.
 """
 
 from persyn.stages.context import RunContext, StageError, WorkCounts

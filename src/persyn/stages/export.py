@@ -55,12 +55,8 @@ def run(ctx: RunContext) -> ExportResult:
     """Export the PerSyn dataset of the current routes into `<run>/dataset/`."""
     routes = ctx.result("route").routes
     ids = ctx.working_ids()
-    assignment = list(zip(routes.prompt_ids, routes.assigned, strict=True))
-    scores = (
-        {pid: routes.scores[i] for i, pid in enumerate(routes.prompt_ids)}
-        if routes.scores is not None
-        else None
-    )
+    assignment = routes.pairs()
+    scores = routes.scores_by_id()
     records, left = build_records(ctx, assignment, "persyn", router_scores=scores)
     generations: dict[str, dict[str, int]] = {}
     tokens: dict[str, dict[str, int]] = {}

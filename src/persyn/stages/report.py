@@ -34,7 +34,7 @@ def run(ctx: RunContext) -> Path:
     cfg = ctx.config
     ids = ctx.working_ids()
     routes = ctx.result("route").routes
-    assignment = list(zip(routes.prompt_ids, routes.assigned, strict=True))
+    assignment = routes.pairs()
     route_map = dict(assignment)
     allocation = {t: 0 for t in ctx.teachers}
     for _, t in assignment:
@@ -68,11 +68,7 @@ def run(ctx: RunContext) -> Path:
     # A few sample rows spread over the dataset (deterministic).
     k = min(cfg.output.samples, len(assignment))
     picks = [assignment[i] for i in np.linspace(0, len(assignment) - 1, num=k, dtype=int)] if k else []
-    scores = (
-        {pid: routes.scores[i] for i, pid in enumerate(routes.prompt_ids)}
-        if routes.scores is not None
-        else None
-    )
+    scores = routes.scores_by_id()
     samples, _ = build_records(ctx, picks, "persyn", router_scores=scores)
     strategies = {
         name: {k: v for k, v in r.figures().items() if isinstance(v, int | float) and not isinstance(v, bool)}

@@ -177,6 +177,16 @@ class RouteSet:
     def __len__(self) -> int:
         return len(self.prompt_ids)
 
+    def pairs(self) -> list[tuple[str, str]]:
+        """(prompt id, teacher) of every route, in order."""
+        return list(zip(self.prompt_ids, self.assigned, strict=True))
+
+    def scores_by_id(self) -> dict[str, np.ndarray] | None:
+        """Each prompt's router scores over `teacher_names`, or None where they were not kept."""
+        if self.scores is None:
+            return None
+        return {pid: self.scores[i] for i, pid in enumerate(self.prompt_ids)}
+
 
 @dataclass(frozen=True)
 class Event:

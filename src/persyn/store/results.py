@@ -24,7 +24,8 @@ from persyn.store.schema import (
 
 
 class ResultTables:
-    """Responses and scores; mixed into `RunStore`, whose `_read`, `_conn` and `transaction` it uses."""
+    """Responses and scores; mixed into `RunStore`, whose `_read`, `_write_many`, `_conn` and
+    `transaction` it uses."""
 
     # ------------------------------------------------------------------ responses
 
@@ -59,9 +60,7 @@ class ResultTables:
         if not params:
             return 0
         with self.transaction():
-            before = self._conn.total_changes
-            self._conn.executemany(UPSERT_RESPONSE, params)
-            return self._conn.total_changes - before
+            return self._write_many(UPSERT_RESPONSE, params)
 
     def response_status(self, teacher: str, gen_key: str, prompt_ids: Sequence[str]) -> dict[str, Status]:
         """The stored status of each of `prompt_ids` that has a row ('ok' or 'error')."""
@@ -202,9 +201,7 @@ class ResultTables:
         if not params:
             return 0
         with self.transaction():
-            before = self._conn.total_changes
-            self._conn.executemany(UPSERT_SCORE, params)
-            return self._conn.total_changes - before
+            return self._write_many(UPSERT_SCORE, params)
 
     def _score_rows(self, kind: str, scorer_key: str, keys: Iterable[ResponseKey] | None) -> list[tuple]:
         cols = "teacher, gen_key, prompt_id, value, error, meta, created_at"

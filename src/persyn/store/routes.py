@@ -15,7 +15,8 @@ from persyn.store.schema import chunks, dumps, loads, marks
 
 
 class RouteTables:
-    """Routes and embeddings; mixed into `RunStore`, whose `_read`, `_conn` and `transaction` it uses."""
+    """Routes and embeddings; mixed into `RunStore`, whose `_read`, `_write_many`, `_conn` and
+    `transaction` it uses."""
 
     # ------------------------------------------------------------------ routes
 
@@ -58,13 +59,11 @@ class RouteTables:
                 raise StoreError(
                     f"router {router_key!r} was stored with teachers {json.loads(row[0])}, not {names}"
                 )
-            before = self._conn.total_changes
-            self._conn.executemany(
+            return self._write_many(
                 "INSERT INTO routes(router_key, prompt_id, teacher, scores) VALUES (?, ?, ?, ?) "
                 "ON CONFLICT(router_key, prompt_id) DO NOTHING",
                 [(router_key, p, a, b) for p, a, b in zip(prompt_ids, assigned, blobs, strict=True)],
             )
-            return self._conn.total_changes - before
 
     def get_routes(self, router_key: str, prompt_ids: Sequence[str] | None = None) -> RouteSet | None:
         """Stored routes of one router, for `prompt_ids` (those routed, in that order) or for all

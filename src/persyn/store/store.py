@@ -211,6 +211,13 @@ class RunStore(ResultTables, RouteTables, EvalTables):
         with self._mutex:
             return self._conn.execute(sql, params).fetchall()
 
+    def _write_many(self, sql: str, params: Sequence[Sequence[Any]]) -> int:
+        """Run one statement over many rows inside the current transaction; returns how many rows
+        it changed (an upsert that keeps the stored row counts none)."""
+        before = self._conn.total_changes
+        self._conn.executemany(sql, params)
+        return self._conn.total_changes - before
+
     # ------------------------------------------------------------------ prompts
 
     def put_prompts(self, prompts: Iterable[Prompt], *, batch_size: int = 20_000) -> int:

@@ -1,5 +1,5 @@
 """The student's side: fine-tune the student on a strategy's dataset (TRL), evaluate it through the
-engine protocol, and compare strategies with bootstrap intervals (PAPER.md Table 2).
+engine protocol, and compare strategies with bootstrap intervals (the paper's Table 2).
 
     settings.py   the `train:` and `eval:` config sections
     train.py      `train_student`: SFTTrainer, LoRA or full, resumable, train.json

@@ -1,5 +1,5 @@
 """Comparing strategies fairly: the same number of examples for each, identical training, and one
-table in the shape of the paper's Table 2 (PAPER.md), as data.
+table in the shape of the paper's Table 2 (arXiv 2510.10925), as data.
 
     sets = equal_subsamples({"persyn": ex1, "strong": ex2, ...}, n=300, seed=0)
     ...train each on sets[name] with the same TrainSettings...
