@@ -13,6 +13,7 @@ import torch
 
 from persyn.engines import ContextLengthError, EngineError, EngineSpec, GenerationParams
 from persyn.engines.decoding import decode
+from persyn.engines.linear import RowBlockLinear
 from persyn.engines.transformers_engine import SeededGumbelNoise, TransformersEngine, _pad
 from persyn.zoo import resolve_model
 
@@ -127,6 +128,7 @@ def test_batch_invariance_follows_the_spec(tiny_engine_factory):
     assert on.batch_invariant and not off.batch_invariant
     assert on.model.config._attn_implementation != off.model.config._attn_implementation
     assert on.fingerprint == off.fingerprint  # speed and exactness, not what the model says
+    assert isinstance(on.model.lm_head, RowBlockLinear) and type(off.model.lm_head) is torch.nn.Linear
     assert_close(off.loglik(PROMPTS, RESPONSES), on.loglik(PROMPTS, RESPONSES), 1e-4)
 
 
@@ -195,6 +197,29 @@ def test_greedy_is_reproducible_and_batch_invariant(tiny_engine):
     alone = [tiny_engine.generate([p], GREEDY)[0].text for p in PROMPTS]
     assert alone == [g.text for g in first]
     assert len({g.text for g in first}) > 1  # the prompts matter
+
+
+def test_a_one_token_prompt_prefills_like_any_other(tiny_engine_factory):
+    """A prompt of one token alone is prefilled in the row blocks of whole sequences, as it is next
+    to longer prompts, not in those of decoding steps (linear.py): its first logits are the same
+    bits either way. (float32 MKL rounds 8-row and 64-row blocks differently on the Xeon.)"""
+    engine = tiny_engine_factory(0, template="completion", completion_template="{prompt}")
+    assert len(engine.prompt_ids("Hello")) == 1
+    first: list[torch.Tensor] = []
+
+    def keep_first_logits(module, args, output):
+        if not first:
+            first.append(output.logits[:, -1].clone())
+
+    hook = engine.model.register_forward_hook(keep_first_logits)
+    try:
+        engine.generate(["Hello"], GREEDY)
+        alone = first.pop()[0]
+        engine.generate(["Hello", PROMPTS[2]], GREEDY)
+        together = first.pop()[0]
+    finally:
+        hook.remove()
+    assert torch.equal(alone, together)
 
 
 def _padded(engine, prompts):

@@ -11,11 +11,10 @@ row are real (``row_spans``: padding cut off, once per forward pass), and the ro
 through ``scaled_dot_product_attention`` in float32, with no mask when decoding (a new token sees
 all its keys), ``is_causal`` for a whole sequence, or the mask's slice (sliding windows). The
 kernel then sees the same tensors, shaped the same, whatever the batch: the result is the same to
-the bit. The other matmuls (linear layers) give per-row results that do not depend on the batch
-size in bf16 on CPU, except for a single row, which the engine decodes as a twin pair. With both,
-texts and logliks in bf16 were bit-identical across batch compositions in every check we ran
-(tests/test_transformers_engine.py, tests/test_attention.py). In float32 the linear layers
-themselves round differently by batch size, so there invariance holds up to float noise (~1e-7).
+the bit. The other matmuls, the linear layers, round a row differently by how many rows they
+multiply (bf16 and float32, by CPU: linear.py), so the engine runs them in row blocks of a fixed
+size. With both, texts and logliks were bit-identical across batch compositions in every check we
+ran (tests/test_transformers_engine.py, tests/test_attention.py, tests/test_linear.py).
 
 Attention this path does not cover (soft-capping, attention sinks, unknown arguments, no mask)
 runs in float64 over the whole batch and is rounded back: sums grouped differently then differ

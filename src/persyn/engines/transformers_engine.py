@@ -43,6 +43,7 @@ from persyn.engines.attention import keep_freed_memory
 from persyn.engines.attention import register as register_exact_attention
 from persyn.engines.base import EngineError, Generation, GenerationParams, LocalChecks, check_pairs
 from persyn.engines.decoding import decode
+from persyn.engines.linear import use_row_blocks
 from persyn.engines.logprobs import (
     DEFAULT_CHUNK_BYTES,
     chunked_token_logprobs,
@@ -93,8 +94,9 @@ class TransformersEngine(LocalChecks):
 
     def __init__(self, spec: EngineSpec, batch_invariant: bool | None = None):
         """``batch_invariant`` (default: on for CPU, off for GPU): run attention row by row on each
-        row's own tokens and decode lone rows as twin pairs, so that a row's results do not depend
-        on the rows batched with it (see attention.py); costs a few percent of generation
+        row's own tokens, linear layers in row blocks of a fixed size (CPU only: linear.py) and
+        decode lone rows as twin pairs, so that a row's results do not depend on the rows batched
+        with it (see attention.py); costs a few percent of generation
         throughput on CPU (docs/engines.md). None: the spec's
         ``batch_invariant``, whose own default is on for CPU and off for GPU."""
         self.spec = spec
@@ -138,6 +140,10 @@ class TransformersEngine(LocalChecks):
             raise EngineError(f"cannot load model {spec.model!r} (resolved to {self.path!r}): {exc}") from exc
         self.model.to(self.device).eval()
         self.dtype = self.model.dtype
+        if self.batch_invariant and self.device.type == "cpu":
+            # CPU GEMMs round a row differently by the number of rows (linear.py); on GPU the
+            # model's own layers are kept, as its attention is.
+            use_row_blocks(self.model)
         tok = self.tokenizer
         self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
         if self.pad_id is None:
@@ -231,7 +237,10 @@ class TransformersEngine(LocalChecks):
             # A lone row would decode through matrix-vector kernels, which round differently from
             # the matrix-matrix ones used for every batch; a twin row keeps it on the batch path.
             ids, prompts = ids * 2, prompts * 2
-        input_ids, mask = _pad(ids, self.pad_id, left=True, device=self.device)
+        # At least two positions: a prefill of one position per row would look like a decoding step
+        # to the row-blocked linear layers (linear.py) and round unlike the same prompt in a batch.
+        width = 2 if self.batch_invariant else 1
+        input_ids, mask = _pad(ids, self.pad_id, left=True, device=self.device, min_width=width)
         new = decode(
             self.model,
             input_ids,
@@ -453,8 +462,8 @@ class TransformersEngine(LocalChecks):
 # helpers
 
 
-def _pad(seqs: list[list[int]], pad_id: int, left: bool, device: torch.device):
-    width = max(len(s) for s in seqs)
+def _pad(seqs: list[list[int]], pad_id: int, left: bool, device: torch.device, min_width: int = 1):
+    width = max(min_width, *(len(s) for s in seqs))
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(seqs), width), dtype=torch.long)
     for row, s in enumerate(seqs):
