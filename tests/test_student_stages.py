@@ -137,13 +137,14 @@ def test_eval_refuses_prompts_the_student_may_have_trained_on(student_run, tmp_p
 
 def test_train_is_not_redone_and_other_settings_are_refused_without_retrain(student_run):
     root, cfg = student_run
-    res = cli(["train", str(cfg), "--strategy", "strong", "--examples", "8"])
+    # car: a strategy the compare test (same run) did not train
+    res = cli(["train", str(cfg), "--strategy", "car", "--examples", "8"])
     assert res.exit_code == 0, res.output
-    again = cli(["train", str(cfg), "--strategy", "strong", "--examples", "8"])
+    again = cli(["train", str(cfg), "--strategy", "car", "--examples", "8"])
     assert again.exit_code == 0 and "already trained" in again.stdout
-    other = cli(["train", str(cfg), "--strategy", "strong", "--examples", "8", "--set", "train.epochs=2"])
+    other = cli(["train", str(cfg), "--strategy", "car", "--examples", "8", "--set", "train.epochs=2"])
     assert other.exit_code == 2 and "--retrain" in other.stderr
-    model = root / "run" / "students" / "strong" / "model"
+    model = root / "run" / "students" / "car" / "model"
     assert cli(["eval", str(cfg), "--model", str(model)]).exit_code == 0
-    unknown = cli(["eval", str(cfg), "--model", "car"])
-    assert unknown.exit_code == 2 and "persyn train CONFIG --strategy car" in unknown.stderr
+    unknown = cli(["eval", str(cfg), "--model", "mix"])
+    assert unknown.exit_code == 2 and "persyn train CONFIG --strategy mix" in unknown.stderr
