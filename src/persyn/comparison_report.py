@@ -26,7 +26,7 @@ def _columns(doc: dict[str, Any]) -> list[str]:
 
 
 def plot_comparison(doc: dict[str, Any], path: Path) -> None:
-    from persyn.html_report import _new_figure, _save, _style
+    from persyn.html_report import _count_axis, _new_figure, _save, _style
 
     rows = doc["table"]["rows"]
     names = [r["name"] for r in rows]
@@ -42,7 +42,7 @@ def plot_comparison(doc: dict[str, Any], path: Path) -> None:
         if col == "cost":
             vals = [(r.get("cost") or {}).get("generations") or 0 for r in rows]
             ax.barh(ys, vals, color=colors)
-            ax.xaxis.set_major_formatter(_short_count_formatter())
+            _count_axis(ax.xaxis)
             ax.set_title("generations to build the data", fontsize=10, loc="left")
         else:
             means, lo, hi = [], [], []
@@ -64,14 +64,6 @@ def plot_comparison(doc: dict[str, Any], path: Path) -> None:
         ha="left",
     )
     _save(fig, path)
-
-
-def _short_count_formatter():
-    from matplotlib.ticker import FuncFormatter
-
-    from persyn.html_report import _short_count
-
-    return FuncFormatter(_short_count)
 
 
 def _cell(m: dict[str, Any] | None) -> str:
