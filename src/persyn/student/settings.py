@@ -62,7 +62,8 @@ class TrainSettings(_Section):
     # The compute dtype; `auto` follows persyn.hardware (bf16 where the CPU computes it natively).
     # Weights stay float32 (bf16 runs as autocast), so small updates are not rounded away.
     dtype: Literal["auto", "bfloat16", "float32", "float16"] = "auto"
-    save_steps: int = Field(default=50, ge=1)  # checkpoint every N optimizer steps (resume point)
+    # checkpoint every N optimizer steps (resume point); at most a quarter of the training apart
+    save_steps: int = Field(default=50, ge=1)
     # Recompute activations in the backward pass: less memory, ~30% more compute (TRL's default is
     # on; a small student on CPU does not need it).
     gradient_checkpointing: bool = False

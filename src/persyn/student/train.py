@@ -210,7 +210,9 @@ def sft_config(settings: TrainSettings, output_dir: str | Path, device, dtype, n
         bf16=dtype == torch.bfloat16,
         fp16=dtype == torch.float16,
         save_strategy="steps",
-        save_steps=settings.save_steps,
+        # At least four resume points per training: a short one (a small student on CPU may have 20
+        # steps of several minutes) would otherwise never checkpoint and a kill would lose it all.
+        save_steps=min(settings.save_steps, max(1, math.ceil(optimizer_steps(settings, n_examples) / 4))),
         save_total_limit=1,
         logging_strategy="steps",
         logging_steps=1,
