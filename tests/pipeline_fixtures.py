@@ -148,6 +148,27 @@ def events(run_dir: Path, stage: str | None = None) -> list[dict]:
         ]
 
 
+def event_count(run_dir: Path) -> int:
+    """How many events the store holds: pass it to `work_starts` to read one later run's events."""
+    with db(run_dir) as con:
+        return con.execute("SELECT COUNT(*) FROM events").fetchone()[0]
+
+
+def work_starts(run_dir: Path, stage: str, since: int = 0) -> dict[str, dict]:
+    """The start/resume event of each unit (teacher) of `stage` among the events after the first
+    `since`: what one run set out to do, by teacher. A teacher with no work logs no event."""
+    evs = events(run_dir)[since:]
+    return {e["counts"]["unit"]: e for e in evs if e["stage"] == stage and e["kind"] in ("start", "resume")}
+
+
+def routed_teachers(run_dir: Path) -> set[str]:
+    """The teachers the current routes send at least one prompt to."""
+    key = (state(run_dir, "route") or {}).get("router_key")
+    with db(run_dir) as con:
+        q = "SELECT DISTINCT teacher FROM routes" + (" WHERE router_key = ?" if key else "")
+        return {r[0] for r in con.execute(q, (key,) if key else ())}
+
+
 def subset(run_dir: Path, name: str) -> list[str]:
     with db(run_dir) as con:
         return [

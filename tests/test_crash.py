@@ -16,7 +16,20 @@ import sys
 from pathlib import Path
 
 import pytest
-from pipeline_fixtures import C, N, T, cli, events, responses, routes, scores, tiny_config, write_prompts
+from pipeline_fixtures import (
+    C,
+    N,
+    T,
+    cli,
+    event_count,
+    events,
+    responses,
+    routes,
+    scores,
+    tiny_config,
+    work_starts,
+    write_prompts,
+)
 
 pytest.importorskip("persyn.engines.transformers_engine")
 
@@ -85,18 +98,16 @@ def test_sigkill_in_calibrate_and_in_generate_then_resume(tmp_path):
     assert 0 < before_crash <= 2 * BATCH
 
     # 3. Resumed to the end: exactly the clean run's rows, scores, routes and dataset.
+    since = event_count(run)
     res = persyn(["run", str(cfg)])
     assert res.returncode == 0, res.stderr
     _same_store(tmp_path / "clean", run)
     assert len(responses(run)) == C * T + (N - C)
     # The last run counted the rows made before the crash as done and generated exactly the rest.
     clean_done = sum(e["counts"]["done"] for e in _starts(tmp_path / "clean", "generate"))
-    evs = events(run, "generate")
-    last = max(
-        i for i, e in enumerate(evs) if e["kind"] in ("resume", "start") and e["counts"]["unit"] == "t1"
-    )
-    done_after = sum(e["counts"]["done"] for e in evs[last:] if e["kind"] in ("resume", "start"))
-    new_after = sum(e["counts"]["new"] for e in evs[last:] if e["kind"] == "done")
+    done_after = sum(e["counts"]["done"] for e in work_starts(run, "generate", since).values())
+    finished = [e for e in events(run)[since:] if e["stage"] == "generate" and e["kind"] == "done"]
+    new_after = sum(e["counts"]["new"] for e in finished)
     assert done_after == clean_done + before_crash
     assert new_after == (N - C) - before_crash
     assert "done earlier" in res.stderr

@@ -16,13 +16,16 @@ from pipeline_fixtures import (
     base_run,
     cli,
     copy_run,
+    event_count,
     events,
     responses,
+    routed_teachers,
     routes,
     scores,
     state,
     subset,
     tiny_config,
+    work_starts,
 )
 
 pytest.importorskip("persyn.engines.transformers_engine")
@@ -125,13 +128,15 @@ def test_resume_events_and_second_run_does_nothing(tmp_path, base, monkeypatch):
     root = copy_run(base, tmp_path / "again")
     before = responses(root / "run")
     spy = GenerateSpy(monkeypatch)
+    since = event_count(root / "run")
     res = cli(["run", str(root / "persyn.yaml")])
     assert res.exit_code == 0, res.output
     assert spy.total_generated == 0
     assert responses(root / "run") == before
-    # The resume line of each teacher: everything done earlier, nothing to do.
-    last = [e for e in events(root / "run", "generate") if e["kind"] in ("resume", "start")][-T:]
-    assert all(e["counts"]["todo"] == 0 for e in last)
+    # This run's resume line of each teacher with routed prompts: everything done earlier, nothing to do.
+    last = work_starts(root / "run", "generate", since)
+    assert set(last) == routed_teachers(root / "run") and last
+    assert all(e["counts"]["todo"] == 0 for e in last.values())
     assert "0 to do" in res.stderr
 
 
