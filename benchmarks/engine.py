@@ -1,16 +1,26 @@
 """Engine benchmark: the transformers engine against bare transformers, measured side by side.
 
-    .venv/bin/python benchmarks/engine.py                 # everything (~10 min on 2 CPU cores)
-    .venv/bin/python benchmarks/engine.py --only generate --models smollm2-135m-instruct --reps 3
+    flock /tmp/persyn-heavy.lock nice -n 19 .venv/bin/python benchmarks/engine.py    # (a), ~8 min on 2 cores
+    .venv/bin/python benchmarks/engine.py --models smollm2-135m-instruct --prompts 32 --batches 8 32
+    .venv/bin/python benchmarks/engine.py --only loglik          # (b)
+    .venv/bin/python benchmarks/engine.py --only threads         # (c)
 
-(a) generate: engine.generate against a bare ``model.generate`` loop on the same prompts, batches
-    (the engine's: sorted by length, batch_size rows), greedy, same max_new_tokens and stop tokens.
-    The engine runs with ``dtype: auto`` (persyn.hardware: bfloat16 where the CPU computes it
-    natively, else float32), as shipped (batch-invariant attention on CPU) and with
-    ``batch_invariant=False``; the bare loop runs in both dtypes, so a wrong default shows up as a
-    ratio. Throughput = completion tokens per second; goal: engine >= 0.95x the faster bare dtype.
-    The engine drops finished rows from the batch (engines/decoding.py), which ``model.generate``
-    does not, so the gap grows with ``--max-new-tokens`` when answers end at different lengths.
+(a) generate (the default), per zoo teacher: the engine exactly as `persyn run` and `persyn demo`
+    use it (spec defaults: dtype auto, batch size from persyn.hardware.batch_rows, plain kernels)
+    against bare ``model.generate`` at every batch size of ``--batches`` (default 8 16 32 64), all
+    on the same ``--prompts`` demo instructions (default 64), sorted by length and cut into batches
+    as the engine cuts them, greedy, the same ``--max-new-tokens`` (default 64) and stop tokens,
+    in the same dtype: the one persyn.hardware picks for this CPU (bfloat16 only where the CPU
+    computes it natively; on an AVX2-only CPU bf16 is emulated, ~50x slower, so float32).
+    Throughput = completion tokens (up to and including the stop token) per second. Printed: each
+    variant's tok/s, the engine's ratio against the best bare generate of any batch size (goal >=
+    0.95), and the GEMM-bound ceiling: the model's linear layers timed as plain GEMMs with
+    rows = the engine's batch size, in the same dtype and threads (GFLOP/s at the model's shapes);
+    ceiling tok/s = GFLOP/s / GFLOP per token (2 x the linear layers' weights; attention's few
+    FLOPs at these lengths left out), and the share of it the engine reaches.
+    ``--invariant`` adds the engine with ``batch_invariant=True`` (what the batch-invariant
+    kernels would cost); ``--other-dtype`` adds bare generate in the other dtype at the engine's
+    batch size (to see that the dtype rule picked the faster one).
     To see the AVX2 branch on a CPU with native bf16: ``ATEN_CPU_CAPABILITY=avx2
     ONEDNN_MAX_CPU_ISA=AVX2`` (the header prints what torch then reports).
 (b) loglik on Gemma-3-270M (262K vocabulary), 8 sequences x 200 tokens: engine.loglik against
@@ -22,10 +32,10 @@
     the cores persyn counts for this process (persyn.hardware.usable_cores), alternating within each
     repetition, wall clock (threads only change elapsed time). Ratio = tok/s against the best count.
 
-Timing: variants alternate within each repetition (ABC, CBA, ...), medians reported. ``--clock
-wall`` (default) is elapsed time with torch's threads; on a shared machine other processes inflate
-it at random, so ``--clock cpu --threads 1`` measures this process's CPU time on one thread, which
-contention barely touches (no thread waits on a descheduled sibling).
+Timing: variants alternate within each repetition (ABC, CBA, ...), medians reported; each variant
+is warmed up on one short batch first. ``--clock wall`` (default) is elapsed time with torch's
+threads; on a shared machine other processes inflate it at random, so ``--clock cpu --threads 1``
+measures this process's CPU time on one thread, which contention barely touches.
 
 Memory: each measurement in a fresh process: load the model, run once
 (warm-up), reset the kernel's peak-RSS counter (``/proc/self/clear_refs``), run again and read
@@ -55,7 +65,8 @@ from persyn.engines import EngineSpec, GenerationParams  # noqa: E402
 from persyn.engines.transformers_engine import TransformersEngine, _pad  # noqa: E402
 from persyn.hardware import describe_machine, dtype_name, ensure_threads, usable_cores  # noqa: E402
 
-PROMPTS = [
+TEACHERS = ["smollm2-135m-instruct", "gemma3-270m", "qwen2.5-coder-0.5b-instruct"]
+SHORT_PROMPTS = [
     "What is the capital of France?",
     "Explain photosynthesis to a ten year old.",
     "Write a haiku about the sea.",
@@ -64,15 +75,21 @@ PROMPTS = [
     "Describe how to make a cup of tea.",
     "Why is the sky blue? Answer briefly.",
     "Write a Python function that reverses a string.",
-    "What are the main causes of the French Revolution?",
-    "Summarise the plot of Romeo and Juliet in two sentences.",
-    "How do vaccines work?",
-    "Translate 'good morning, how are you?' into Spanish.",
-    "What is the difference between a list and a tuple in Python?",
-    "Suggest a name for a bakery that sells only bread.",
-    "How many minutes are in a day? Show the calculation.",
-    "Write a short motivational message for a runner.",
 ]
+PROMPTS = SHORT_PROMPTS  # (b)'s and (c)'s prompts
+
+
+def demo_instructions(n: int) -> list[str]:
+    """`n` of the demo's bundled instructions, spread over its categories (deterministic)."""
+    from importlib import resources
+
+    lines = resources.files("persyn.demo").joinpath("instructions.jsonl").read_text(encoding="utf-8").splitlines()
+    rows = [json.loads(x)["prompt"] for x in lines if x.strip()]
+    if n > len(rows):
+        raise SystemExit(f"--prompts {n}: the demo has {len(rows)} instructions")
+    return [rows[i * len(rows) // n] for i in range(n)]
+
+
 LOGLIK_PROMPT_TOKENS, LOGLIK_TOTAL_TOKENS, LOGLIK_BATCH = 50, 200, 8
 
 
@@ -80,23 +97,23 @@ LOGLIK_PROMPT_TOKENS, LOGLIK_TOTAL_TOKENS, LOGLIK_BATCH = 50, 200, 8
 # (a) generation
 
 
-def bare_generate_factory(engine: TransformersEngine, params: GenerationParams, dtype: torch.dtype):
-    """A bare model.generate loop over exactly the engine's batches (same order, padding, stops),
-    on the model loaded in `dtype` as transformers loads it by default (its default attention)."""
-    from transformers import AutoModelForCausalLM
+def length_sorted_ids(engine: TransformersEngine, prompts: list[str]) -> list[list[int]]:
+    """The prompts' token ids in the order the engine batches them (by length; engine.generate)."""
+    return sorted((engine.prompt_ids(p) for p in prompts), key=len)
 
-    model = AutoModelForCausalLM.from_pretrained(engine.path, dtype=dtype).eval()
-    ids = sorted((engine.prompt_ids(p) for p in PROMPTS), key=len)
-    batches = [ids[i : i + engine.batch_size] for i in range(0, len(ids), engine.batch_size)]
+
+def bare_generate(model, engine: TransformersEngine, ids: list[list[int]], batch: int, max_new: int):
+    """A bare model.generate loop over `ids` in batches of `batch` (left padding, greedy, the
+    engine's stop tokens); returns the completion tokens up to and including each stop."""
     stop = sorted(engine.stop_ids)
 
     def run() -> int:
         tokens = 0
         with torch.inference_mode():
-            for batch in batches:
-                x, mask = _pad(batch, engine.pad_id, left=True, device=engine.device)
+            for s in range(0, len(ids), batch):
+                x, mask = _pad(ids[s : s + batch], engine.pad_id, left=True, device=engine.device)
                 out = model.generate(
-                    input_ids=x, attention_mask=mask, max_new_tokens=params.max_new_tokens, do_sample=False,
+                    input_ids=x, attention_mask=mask, max_new_tokens=max_new, do_sample=False,
                     temperature=None, top_p=None, top_k=None, eos_token_id=stop, pad_token_id=engine.pad_id,
                 )  # fmt: skip
                 for row in out[:, x.shape[1] :].tolist():
@@ -114,17 +131,67 @@ def other_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype == torch.bfloat16 else torch.bfloat16
 
 
-def bench_generate(alias: str, reps: int, max_new_tokens: int) -> dict:
-    engine = TransformersEngine(EngineSpec(model=alias, batch_size=8))  # dtype auto
-    fast = TransformersEngine(EngineSpec(model=alias, batch_size=8), batch_invariant=False)
-    params = GenerationParams(max_new_tokens=max_new_tokens)
-    variants = {
-        "engine": lambda: sum(g.completion_tokens for g in engine.generate(PROMPTS, params)),
-        "fast": lambda: sum(g.completion_tokens for g in fast.generate(PROMPTS, params)),
-        "bare": bare_generate_factory(engine, params, engine.dtype),
-        "bare_other": bare_generate_factory(engine, params, other_dtype(engine.dtype)),
-    }
-    for run in variants.values():  # warm-up
+def linear_shapes(model) -> dict[tuple[int, int], int]:
+    """(in_features, out_features) -> how many linear layers of that shape a forward pass runs."""
+    shapes: dict[tuple[int, int], int] = {}
+    for m in model.modules():
+        if isinstance(m, torch.nn.Linear):
+            key = (m.in_features, m.out_features)
+            shapes[key] = shapes.get(key, 0) + 1
+    return shapes
+
+
+def gemm_ceiling(model, rows: int, dtype: torch.dtype, reps: int = 5) -> dict:
+    """Time each linear shape of `model` as a plain GEMM with `rows` rows (median of `reps`) and
+    add them up: one decoding step of `rows` sequences if it were nothing but its GEMMs."""
+    shapes = linear_shapes(model)
+    g = torch.Generator().manual_seed(0)
+    step_s, flops = 0.0, 0
+    with torch.inference_mode():
+        for (n_in, n_out), count in shapes.items():
+            w = torch.randn(n_out, n_in, generator=g).to(dtype)
+            x = torch.randn(rows, n_in, generator=g).to(dtype)
+            torch.nn.functional.linear(x, w)  # warm-up
+            times = []
+            for _ in range(reps):
+                t0 = CLOCK()
+                torch.nn.functional.linear(x, w)
+                times.append(CLOCK() - t0)
+            step_s += statistics.median(times) * count
+            flops += 2 * n_in * n_out * count
+    gflops = flops * rows / step_s / 1e9
+    return {"rows": rows, "gflop_per_token": flops / 1e9, "gflop_per_s": gflops, "tok_per_s": rows / step_s}
+
+
+def bench_generate(alias: str, reps: int, max_new: int, n_prompts: int, batches: list[int], *,
+                   invariant: bool, other: bool) -> dict:  # fmt: skip
+    from transformers import AutoModelForCausalLM
+
+    prompts = demo_instructions(n_prompts)
+    engine = TransformersEngine(EngineSpec(model=alias))  # exactly the pipeline's defaults
+    params = GenerationParams(max_new_tokens=max_new)
+    ids = length_sorted_ids(engine, prompts)
+    bare = AutoModelForCausalLM.from_pretrained(engine.path, dtype=engine.dtype).eval()
+
+    def engine_run(e: TransformersEngine, items: list[str]):
+        return lambda: sum(g.completion_tokens for g in e.generate(items, params))
+
+    variants = {"engine": engine_run(engine, prompts)}
+    warm = {"engine": engine_run(engine, prompts[:8])}
+    extra = []
+    if invariant:
+        inv = TransformersEngine(EngineSpec(model=alias, batch_size=engine.batch_size), batch_invariant=True)
+        extra.append(inv)
+        variants["engine_invariant"] = engine_run(inv, prompts)
+        warm["engine_invariant"] = engine_run(inv, prompts[:8])
+    for b in batches:
+        variants[f"bare_{b}"] = bare_generate(bare, engine, ids, b, max_new)
+        warm[f"bare_{b}"] = bare_generate(bare, engine, ids[:8], b, 8)
+    if other:
+        slow = AutoModelForCausalLM.from_pretrained(engine.path, dtype=other_dtype(engine.dtype)).eval()
+        variants["bare_other"] = bare_generate(slow, engine, ids, engine.batch_size, max_new)
+        warm["bare_other"] = bare_generate(slow, engine, ids[:8], 8, 4)
+    for run in warm.values():
         run()
     times: dict[str, list[float]] = {k: [] for k in variants}
     tokens: dict[str, int] = {}
@@ -134,14 +201,20 @@ def bench_generate(alias: str, reps: int, max_new_tokens: int) -> dict:
             t0 = CLOCK()
             tokens[name] = variants[name]()
             times[name].append(CLOCK() - t0)
-    engine.close()
-    fast.close()
+    ceiling = gemm_ceiling(bare, engine.batch_size, engine.dtype)
     med = {k: statistics.median(v) for k, v in times.items()}
-    auto = engine.dtype
-    return {
-        "model": alias, "dtype": dtype_name(auto), "other_dtype": dtype_name(other_dtype(auto)),
-        "median_s": med, "tokens": tokens, "tok_per_s": {k: tokens[k] / med[k] for k in med}, "runs": times,
+    tps = {k: tokens[k] / med[k] for k in med}
+    best_bare = max((k for k in tps if k.startswith("bare_") and k != "bare_other"), key=tps.get)
+    result = {
+        "model": alias, "dtype": dtype_name(engine.dtype), "dtype_reason": engine.dtype_reason,
+        "batch_size": engine.batch_size, "batch_size_reason": engine.batch_size_reason,
+        "prompts": n_prompts, "max_new_tokens": max_new, "median_s": med, "tokens": tokens, "tok_per_s": tps,
+        "runs": times, "best_bare": best_bare, "ratio": tps["engine"] / tps[best_bare], "ceiling": ceiling,
+        "share_of_ceiling": tps["engine"] / ceiling["tok_per_s"],
     }  # fmt: skip
+    for e in (engine, *extra):
+        e.close()
+    return result
 
 
 def bench_threads(alias: str, reps: int, max_new_tokens: int, counts: list[int]) -> dict:
@@ -302,8 +375,12 @@ def machine() -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", choices=["generate", "loglik", "threads"], default=None)
-    ap.add_argument("--models", nargs="+", default=["smollm2-135m-instruct", "gemma3-270m"])
-    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--models", nargs="+", default=TEACHERS)
+    ap.add_argument("--reps", type=int, default=1)
+    ap.add_argument("--prompts", type=int, default=64, help="(a): how many demo instructions")
+    ap.add_argument("--batches", type=int, nargs="+", default=[8, 16, 32, 64], help="(a): bare batch sizes")
+    ap.add_argument("--invariant", action="store_true", help="(a): also the batch-invariant kernels")
+    ap.add_argument("--other-dtype", action="store_true", help="(a): also bare generate in the other dtype")
     ap.add_argument("--mem-reps", type=int, default=3)
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--loglik-model", default="gemma3-270m")
@@ -330,32 +407,38 @@ def main() -> None:
     report: dict = {"machine": machine(), "clock": args.clock, "command": " ".join(sys.argv)}
 
     if args.only in (None, "generate"):
-        table = Table(title=f"(a) generate: {len(PROMPTS)} prompts, batch 8, greedy, "
-                      f"max_new_tokens={args.max_new_tokens}, median of {args.reps}")  # fmt: skip
-        cols = ("model", "variant", "dtype", f"{args.clock} s", "tokens", "tok/s",
-                "vs the faster bare dtype (goal >= 0.95)")  # fmt: skip
-        for col in cols:
+        table = Table(title=f"(a) generate: {args.prompts} demo instructions, greedy, max_new_tokens="
+                      f"{args.max_new_tokens}, {args.clock} clock, median of {args.reps}")  # fmt: skip
+        for col in ("model", "variant", "dtype", "batch", f"{args.clock} s", "tokens", "tok/s",
+                    "vs best bare (goal >= 0.95)", "share of GEMM ceiling"):  # fmt: skip
             table.add_column(col, justify="right")
         report["generate"] = []
         for name in args.models:
-            r = bench_generate(f"zoo:{name}", args.reps, args.max_new_tokens)
+            r = bench_generate(f"zoo:{name}", args.reps, args.max_new_tokens, args.prompts, args.batches,
+                               invariant=args.invariant, other=args.other_dtype)  # fmt: skip
             report["generate"].append(r)
-            tps = r["tok_per_s"]
-            best = max(tps["bare"], tps["bare_other"])
-            auto, other = r["dtype"], r["other_dtype"]
-            for variant, label, dtype in (("engine", "engine (dtype auto)", auto),
-                                          ("fast", "engine, invariance off", auto),
-                                          ("bare", "bare generate", auto),
-                                          ("bare_other", "bare generate", other)):  # fmt: skip
-                table.add_row(name, label, dtype, f"{r['median_s'][variant]:.2f}", str(r["tokens"][variant]),
-                              f"{tps[variant]:.1f}", f"{tps[variant] / best:.2f}x")  # fmt: skip
-            r["dtype_ratio"] = tps["bare"] / tps["bare_other"]
+            tps, best, ceil = r["tok_per_s"], r["tok_per_s"][r["best_bare"]], r["ceiling"]["tok_per_s"]
+            for v in tps:
+                label, batch, dtype = v, str(r["batch_size"]), r["dtype"]
+                if v == "engine":
+                    label = "engine, as the pipeline runs it"
+                elif v == "engine_invariant":
+                    label = "engine, batch_invariant=True"
+                elif v == "bare_other":
+                    label, dtype = "bare generate, other dtype", dtype_name(other_dtype(getattr(torch, r["dtype"])))
+                else:
+                    label, batch = "bare generate" + (" (best)" if v == r["best_bare"] else ""), v.split("_")[1]
+                table.add_row(name, label, dtype, batch, f"{r['median_s'][v]:.2f}", str(r["tokens"][v]),
+                              f"{tps[v]:.1f}", f"{tps[v] / best:.2f}x", f"{tps[v] / ceil:.0%}")  # fmt: skip
         console.print(table)
         for r in report["generate"]:
+            c = r["ceiling"]
             console.print(
-                f"{r['model']}: bare generate in the dtype auto picks ({r['dtype']}) runs "
-                f"[bold]{r['dtype_ratio']:.2f}x[/] the other ({r['other_dtype']}) on this machine "
-                "(below 1: auto picked the slower one)"
+                f"{r['model']}: engine [bold]{r['ratio']:.2f}x[/] the best bare generate "
+                f"({r['best_bare'].replace('_', ' at batch ')}); batch {r['batch_size']} "
+                f"({r['batch_size_reason']}); GEMM ceiling at {c['rows']} rows: {c['gflop_per_s']:.0f} GFLOP/s "
+                f"/ {c['gflop_per_token']:.2f} GFLOP per token = {c['tok_per_s']:.0f} tok/s, engine at "
+                f"[bold]{r['share_of_ceiling']:.0%}[/] of it; dtype {r['dtype']} ({r['dtype_reason']})"
             )
 
     if args.only == "threads":
@@ -375,7 +458,7 @@ def main() -> None:
                               f"{r['tok_per_s'][n] / best:.2f}x")  # fmt: skip
         console.print(table)
 
-    if args.only in (None, "loglik"):
+    if args.only == "loglik":
         alias = f"zoo:{args.loglik_model}"
         t = bench_loglik_time(alias, args.reps)
         m = bench_loglik_memory(alias, args.mem_reps)

@@ -9,7 +9,7 @@ import pytest
 
 from persyn.engines.base import ContextLengthError, EngineError, Generation, GenerationParams
 from persyn.engines.spec import EngineSpec
-from persyn.executors import Job, WorkItem, run_batch
+from persyn.executors import Job, WorkItem, run_batch, todo_positions
 from persyn.executors.local import LocalExecutor
 
 
@@ -142,6 +142,36 @@ def test_local_executor_lru_loads_once_and_closes_before_loading_the_next():
     ex.close()
     assert sorted(log[-2:]) == [("close", "a"), ("close", "c")]
     assert ex.loads == {"a": 1, "b": 1, "c": 1}
+
+
+def test_batches_are_cut_from_the_whole_list_so_a_resume_runs_the_same_batches():
+    """Job.positions: the batches of a job whose earlier items are partly done are the batches of
+    the whole list minus the done items, so a resumed run groups its prompts as the first run did."""
+    spec = EngineSpec(model="a")
+    wanted = [f"p{i}" for i in range(10)]
+    whole = Job("a", spec, "generate", items(*wanted), GenerationParams(), batch_size=4)
+    first = [[it.prompt for it in b] for b in whole.batches()]
+    assert first == [wanted[0:4], wanted[4:8], wanted[8:10]]
+    # A crash after the first batch, and two prompts of the third done by an earlier stage.
+    todo = set(wanted[4:8]) | {"p9"}
+    pos = todo_positions(wanted, todo)
+    resumed = Job("a", spec, "generate", items(*[wanted[i] for i in pos]), GenerationParams(), 4, pos)
+    assert [[it.prompt for it in b] for b in resumed.batches()] == [wanted[4:8], ["p9"]]
+    # Without a size of its own, the job takes the executor's (the engine's rows per pass).
+    unsized = Job("a", spec, "generate", items(*[wanted[i] for i in pos]), GenerationParams(), positions=pos)
+    assert [len(b) for b in unsized.batches(3)] == [2, 2, 1]  # windows [3,6), [6,9), [9,12)
+    with pytest.raises(ValueError, match="increase"):
+        Job("a", spec, "generate", items("x", "y"), GenerationParams(), positions=[1, 0])
+
+
+def test_local_executor_batches_at_the_engines_own_size():
+    log: list = []
+    engine = FakeEngine(EngineSpec(model="a"), log)
+    engine.batch_size = 4  # a local model's rows per forward pass (persyn.hardware.batch_rows)
+    ex = LocalExecutor(max_loaded=1, loader=lambda spec: engine)
+    job = Job("a", EngineSpec(model="a"), "generate", items(*[f"p{i}" for i in range(10)]), GenerationParams())
+    assert ex.batch_rows(job.spec) == 4
+    assert [len(b) for b in ex.run(job)] == [4, 4, 2]
 
 
 def test_batches_cover_every_item_once():

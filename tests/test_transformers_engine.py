@@ -15,6 +15,7 @@ from persyn.engines import ContextLengthError, EngineError, EngineSpec, Generati
 from persyn.engines.decoding import decode
 from persyn.engines.linear import RowBlockLinear
 from persyn.engines.transformers_engine import SeededGumbelNoise, TransformersEngine, _pad
+from conftest import make_engine
 from persyn.zoo import resolve_model
 
 PROMPTS = [
@@ -108,7 +109,7 @@ def test_loglik_chunk_boundaries_change_nothing(fresh_tiny):
 
 
 def test_loglik_is_independent_of_padding_and_batch(tiny_engine_factory):
-    engine = tiny_engine_factory(0, batch_size=2)
+    engine = tiny_engine_factory(0, batch_size=2, batch_invariant=True)
     batched = engine.loglik(PROMPTS, RESPONSES)
     alone = [engine.loglik([p], [r])[0] for p, r in zip(PROMPTS, RESPONSES, strict=True)]
     reordered = engine.loglik(PROMPTS[::-1], RESPONSES[::-1])[::-1]
@@ -116,15 +117,15 @@ def test_loglik_is_independent_of_padding_and_batch(tiny_engine_factory):
 
 
 def test_loglik_bf16_is_batch_invariant(tiny_engine_factory):
-    engine = tiny_engine_factory(0, dtype="bfloat16", batch_size=3)
+    engine = tiny_engine_factory(0, dtype="bfloat16", batch_size=3, batch_invariant=True)
     alone = [engine.loglik([p], [r])[0] for p, r in zip(PROMPTS, RESPONSES, strict=True)]
     assert engine.loglik(PROMPTS, RESPONSES) == alone
 
 
 def test_batch_invariance_follows_the_spec(tiny_engine_factory):
-    """On by default on CPU; a config turns it off with `batch_invariant: false` (plain kernels,
-    same values up to float noise)."""
-    on, off = tiny_engine_factory(0), tiny_engine_factory(0, batch_invariant=False)
+    """Off by default (the pipeline's batches make resumes exact without it); a config turns it
+    on with `batch_invariant: true` (same values up to float noise)."""
+    on, off = tiny_engine_factory(0, batch_invariant=True), tiny_engine_factory(0)
     assert on.batch_invariant and not off.batch_invariant
     assert on.model.config._attn_implementation != off.model.config._attn_implementation
     assert on.fingerprint == off.fingerprint  # speed and exactness, not what the model says
@@ -191,7 +192,8 @@ def test_softcapped_head_matches_model_forward(tmp_path):
 # generate
 
 
-def test_greedy_is_reproducible_and_batch_invariant(tiny_engine):
+def test_greedy_is_reproducible_and_batch_invariant(tiny_engine_factory):
+    tiny_engine = tiny_engine_factory(0, batch_invariant=True)
     first = tiny_engine.generate(PROMPTS, GREEDY)
     assert [g.text for g in tiny_engine.generate(PROMPTS, GREEDY)] == [g.text for g in first]
     alone = [tiny_engine.generate([p], GREEDY)[0].text for p in PROMPTS]
@@ -203,7 +205,7 @@ def test_a_one_token_prompt_prefills_like_any_other(tiny_engine_factory):
     """A prompt of one token alone is prefilled in the row blocks of whole sequences, as it is next
     to longer prompts, not in those of decoding steps (linear.py): its first logits are the same
     bits either way. (float32 MKL rounds 8-row and 64-row blocks differently on the Xeon.)"""
-    engine = tiny_engine_factory(0, template="completion", completion_template="{prompt}")
+    engine = tiny_engine_factory(0, template="completion", completion_template="{prompt}", batch_invariant=True)
     assert len(engine.prompt_ids("Hello")) == 1
     first: list[torch.Tensor] = []
 
@@ -247,7 +249,7 @@ def _staggered_stops(free: list[list[int]]) -> set[int]:
 def test_decode_matches_model_generate_while_rows_leave(tiny_engine_factory):
     """Rows finishing at different steps leave the batch; every row's tokens are still exactly
     model.generate's (bf16, batch-invariant attention), and the batch really shrinks."""
-    engine = tiny_engine_factory(0, dtype="bfloat16")
+    engine = tiny_engine_factory(0, dtype="bfloat16", batch_invariant=True)
     input_ids, mask = _padded(engine, PROMPTS)
     stops = _staggered_stops(decode(engine.model, input_ids, mask, max_new_tokens=16, stop_ids=set()))
     batch_sizes = []
@@ -272,7 +274,7 @@ def test_decode_matches_model_generate_while_rows_leave(tiny_engine_factory):
 
 def test_sampled_rows_keep_their_noise_when_others_leave(tiny_engine_factory):
     """Seeded sampling with rows leaving: each row's tokens equal its tokens decoded alone."""
-    engine = tiny_engine_factory(0, dtype="bfloat16")
+    engine = tiny_engine_factory(0, dtype="bfloat16", batch_invariant=True)
 
     def sample(prompts, stops):
         ids, m = _padded(engine, prompts)
@@ -287,7 +289,7 @@ def test_sampled_rows_keep_their_noise_when_others_leave(tiny_engine_factory):
 
 
 def test_sampling_is_seeded_per_prompt_not_per_batch(tiny_engine_factory):
-    engine = tiny_engine_factory(0, batch_size=2)
+    engine = tiny_engine_factory(0, batch_size=2, batch_invariant=True)
     together = [g.text for g in engine.generate(PROMPTS, SAMPLED)]
     alone = [engine.generate([p], SAMPLED)[0].text for p in PROMPTS]
     shuffled = [g.text for g in engine.generate(PROMPTS[::-1], SAMPLED)][::-1]
@@ -517,15 +519,16 @@ def test_smollm_stops_at_end_of_turn(smollm_engine):
 
 
 @pytest.mark.zoo
-@pytest.mark.parametrize("name", ["smollm_engine", "gemma_engine"])
-def test_zoo_bf16_sampling_is_batch_invariant(name, request):
-    """A prompt samples the same text alone, in a pair and in the whole batch (SmolLM2: 30 narrow
-    layers; Gemma 3: sliding-window layers, one key/value head)."""
-    engine = request.getfixturevalue(name)
+@pytest.mark.parametrize("model", ["zoo:smollm2-135m-instruct", "zoo:gemma3-270m"])
+def test_zoo_bf16_sampling_is_batch_invariant(model):
+    """With `batch_invariant: true`, a prompt samples the same text alone, in a pair and in the
+    whole batch (SmolLM2: 30 narrow layers; Gemma 3: sliding-window layers, one key/value head)."""
+    engine = make_engine(model, batch_invariant=True)
     params = GenerationParams(max_new_tokens=24, temperature=1.0, seed=11)
     together = [g.text for g in engine.generate(PROMPTS, params)]
     alone = [engine.generate([p], params)[0].text for p in PROMPTS]
     pairs = [engine.generate([p, PROMPTS[-1 - i]], params)[0].text for i, p in enumerate(PROMPTS)]
+    engine.close()
     assert together == alone == pairs
 
 

@@ -31,7 +31,7 @@ from persyn.config_errors import KeyedProblems, format_validation_error
 from persyn.engines.base import GenerationParams
 from persyn.engines.spec import EngineSpec
 from persyn.errors import PersynError
-from persyn.store.keys import config_hash
+from persyn.store.keys import config_hash, without_speed_settings
 from persyn.student.settings import EvalSettings, TrainSettings
 
 __all__ = [
@@ -262,8 +262,10 @@ class ExecutorConfig(_Section):
     kind: Literal["local", "ray"] = "local"
     # Ray: the cluster to join ("auto", "host:6379", "ray://host:10001"); None starts a local one.
     address: str | None = None
-    # Rows per store transaction: a crash loses at most this many rows of work.
-    batch_size: int = Field(default=32, ge=1)
+    # Rows per batch, and per store transaction: a crash loses at most this many rows of work.
+    # None: the model's own batch size (a local model's rows per forward pass, chosen from the
+    # machine and the model by persyn.hardware; 32 for HTTP and vLLM engines).
+    batch_size: int | None = Field(default=None, ge=1)
     # Engines kept loaded between uses (a teacher that is also the student or the judge is loaded
     # once). None: 1 when a GPU is present (free each model before the next), else 4. On Ray: pools
     # kept alive (None: 1 when a pool uses GPUs, else 4; fewer when the cluster cannot hold more).
@@ -446,8 +448,9 @@ class Config(_Section):
 
     def manifest_dict(self) -> dict[str, Any]:
         """The part of the config that changes results: what the run directory's manifest records
-        and hashes. Leaves out where and how work runs (output, executor, skip_bad_rows)."""
-        d = self.to_dict()
+        and hashes. Leaves out where and how work runs (output, executor, skip_bad_rows, the
+        engines' batch size and batch-invariant kernels)."""
+        d = without_speed_settings(self.to_dict())
         d.pop("output", None)
         d.pop("executor", None)
         d.pop("train", None)

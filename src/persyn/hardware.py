@@ -17,6 +17,23 @@ explicit count (config `executor.threads`, a Ray replica's `num_cpus`), else `OM
 else the physical cores this process may run on: those of its affinity mask, capped by a cgroup CPU
 quota (containers, CI runners), which torch's own default ignores. Engines built directly from
 Python leave the pool as the caller set it. `persyn doctor` prints all of it (`describe_machine`).
+
+Batch size (`batch_rows`): how many rows a local model runs per forward pass when its spec leaves
+`batch_size` unset, from the device, the threads and the model's shape:
+* CPU: `CPU_ROWS_PER_THREAD` rows per torch thread (2 threads: 64), between 16 and 256. Decoding
+  is a chain of GEMMs with one row per sequence, and a CPU GEMM of few rows is bound by reading its
+  weights: measured on 2 cores (docs/engines.md), a float32 GEMM of Qwen2.5-0.5B's shapes runs at
+  about 38 GFLOP/s with 16 rows, 66 with 64 and 105 with 256, so rows are nearly free up to where
+  the cores' arithmetic, not the weights' traffic, is the limit. Past 64 rows per 2 cores the
+  gain in `generate` shrinks (attention and the per-row work grow with the rows) while a crash
+  loses more and progress moves in coarser steps.
+* GPU: `GPU_ROWS` (vLLM is the GPU engine that batches continuously; this one keeps it simple).
+* Both: at most as many rows as a quarter of the device's total memory holds in key/value cache
+  for `CONTEXT_FOR_MEMORY` tokens per row (a fixed budget from the machine's total, not its free
+  memory, so that a resumed run picks the same size as the run it resumes). An out-of-memory
+  error still halves the batch (engines/transformers_engine.py).
+The pipeline cuts its store transactions at the same size (executor.batch_size unset), so a
+batch is one forward pass of the model over a fixed group of prompts (docs/pipeline.md).
 """
 
 from __future__ import annotations
@@ -228,6 +245,75 @@ def current_threads() -> Threads:
     if _THREADS is not None and _THREADS.n == n:
         return _THREADS
     return Threads(n, "torch's default" if _THREADS is None else "changed outside persyn")
+
+
+# ------------------------------------------------------------------------------------------------
+# batch size
+
+#: Rows per torch thread on CPU (see the module docstring).
+CPU_ROWS_PER_THREAD = 32
+CPU_ROWS_MIN, CPU_ROWS_MAX = 16, 256
+GPU_ROWS = 64
+#: Tokens per row (prompt and answer) that the key/value cache budget must hold.
+CONTEXT_FOR_MEMORY = 2048
+#: Share of the device's total memory that the key/value cache of one batch may take.
+MEMORY_SHARE = 0.25
+
+
+def total_memory(device: torch.device | str) -> int | None:
+    """Bytes of memory on `device` (the machine's RAM for a CPU), or None if unknown."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    if device.type != "cpu":
+        return None
+    try:
+        pages, size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+    return pages * size if pages > 0 and size > 0 else None
+
+
+def kv_bytes_per_token(config: Any, dtype_bytes: int) -> int:
+    """Key/value cache bytes one token takes in every layer of a transformers `config`."""
+    layers = getattr(config, "num_hidden_layers", None) or 1
+    heads = getattr(config, "num_attention_heads", None) or 1
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    head_dim = getattr(config, "head_dim", None) or (getattr(config, "hidden_size", 0) // heads)
+    return 2 * layers * kv_heads * max(1, head_dim) * dtype_bytes
+
+
+@dataclass(frozen=True)
+class BatchRows:
+    n: int
+    reason: str
+
+
+def batch_rows(
+    device: torch.device | str,
+    *,
+    threads: int,
+    kv_bytes_token: int,
+    memory: int | None = None,
+) -> BatchRows:
+    """Rows per forward pass for a local model (the rule in the module docstring). `memory`:
+    the device's total bytes (default: `total_memory(device)`)."""
+    device = torch.device(device)
+    if device.type == "cpu":
+        n = min(CPU_ROWS_MAX, max(CPU_ROWS_MIN, CPU_ROWS_PER_THREAD * threads))
+        reason = f"{CPU_ROWS_PER_THREAD} rows per thread x {threads} threads"
+    else:
+        n, reason = GPU_ROWS, "the GPU default"
+    memory = total_memory(device) if memory is None else memory
+    if memory and kv_bytes_token > 0:
+        fits = int(memory * MEMORY_SHARE) // (kv_bytes_token * CONTEXT_FOR_MEMORY)
+        if fits < n:
+            n = max(1, fits)
+            reason = (
+                f"the key/value cache of {CONTEXT_FOR_MEMORY} tokens per row in a quarter of "
+                f"{memory / 2**30:.0f} GiB"
+            )
+    return BatchRows(n, reason)
 
 
 # ------------------------------------------------------------------------------------------------

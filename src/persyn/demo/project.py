@@ -60,7 +60,6 @@ quality: {{method: auto, judge: {{model: zoo:qwen2.5-coder-0.5b-instruct}}}}
 calibration: {{size: {calibration}, selection: diverse}}
 router: {{encoder: zoo:minilm-l6-v2, alpha: 0.4}}
 output: {{dir: ., dataset_name: persyn-demo}}
-executor: {{batch_size: 16}}
 # The student's side (persyn train / eval / compare); the eval files are held out from the prompts.
 train: {{epochs: 1, lora: {{r: 16, alpha: 32, dropout: 0.05, target: all-linear}}}}
 eval:

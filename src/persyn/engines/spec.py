@@ -38,11 +38,15 @@ class EngineSpec(BaseModel):
     judge_template: str | None = None
     dtype: Literal["auto", "bfloat16", "float32", "float16"] = "auto"
     device: str = "auto"
-    batch_size: int = Field(default=8, ge=1)
+    # Rows per forward pass (transformers engine). None: chosen from the device, the threads and
+    # the model's shape (persyn.hardware.batch_rows).
+    batch_size: int | None = Field(default=None, ge=1)
     max_model_len: int | None = Field(default=None, ge=16)
     trust_remote_code: bool = False
-    # transformers engine: row-by-row attention so a row's result does not depend on its batch
-    # (None: on for CPU, off for GPU; costs a few percent of CPU generation, docs/engines.md).
+    # transformers engine: batch-invariant kernels (row-by-row attention, row-blocked linear
+    # layers), so a row's result does not depend on the rows batched with it. Off by default: the
+    # pipeline batches the same prompts together on every run, which keeps resumed runs exact
+    # without them (docs/engines.md, "Batch invariance"); they cost up to 2x on CPU. None: off.
     batch_invariant: bool | None = None
     # OpenAI-compatible servers. The key itself never appears in a config: name the variable.
     base_url: str | None = None

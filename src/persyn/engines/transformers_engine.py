@@ -53,7 +53,14 @@ from persyn.engines.logprobs import (
 )
 from persyn.engines.rendering import Renderer, fingerprint, row_seed
 from persyn.engines.spec import EngineSpec, resolve_model
-from persyn.hardware import dtype_name, dtype_reason, resolve_device, resolve_dtype
+from persyn.hardware import (
+    batch_rows,
+    dtype_name,
+    dtype_reason,
+    kv_bytes_per_token,
+    resolve_device,
+    resolve_dtype,
+)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -93,12 +100,12 @@ class TransformersEngine(LocalChecks):
     """A transformers model behind the engine protocol (see module docstring)."""
 
     def __init__(self, spec: EngineSpec, batch_invariant: bool | None = None):
-        """``batch_invariant`` (default: on for CPU, off for GPU): run attention row by row on each
-        row's own tokens, linear layers in row blocks of a fixed size (CPU only: linear.py) and
-        decode lone rows as twin pairs, so that a row's results do not depend on the rows batched
-        with it (see attention.py); costs a few percent of generation
-        throughput on CPU (docs/engines.md). None: the spec's
-        ``batch_invariant``, whose own default is on for CPU and off for GPU."""
+        """``batch_invariant`` (None: the spec's, off by default): run attention row by row on
+        each row's own tokens, linear layers in row blocks of a fixed size (CPU only: linear.py)
+        and decode lone rows as twin pairs, so that a row's results do not depend on the rows
+        batched with it (see attention.py). Nothing in the pipeline needs it: its batches are the
+        same groups of prompts on every run (executors.Job.positions). It costs up to 2x of
+        generation throughput on CPU (docs/engines.md)."""
         self.spec = spec
         self.path = resolve_model(spec.model)
         self.device = resolve_device(spec.device)
@@ -117,9 +124,7 @@ class TransformersEngine(LocalChecks):
         self.dtype_reason = dtype_reason(spec.dtype, self.device)
         cls = AutoModelForSequenceClassification if self.kind == "reward" else AutoModelForCausalLM
         if batch_invariant is None:
-            batch_invariant = spec.batch_invariant
-        if batch_invariant is None:  # on GPU the model's default kernels are kept for speed and memory
-            batch_invariant = self.device.type == "cpu"
+            batch_invariant = bool(spec.batch_invariant)
         self.batch_invariant = batch_invariant
         if self.device.type == "cpu":
             keep_freed_memory()  # decoding on CPU re-allocates large blocks every step (attention.py)
@@ -157,7 +162,14 @@ class TransformersEngine(LocalChecks):
 
         text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
         self.max_len = spec.max_model_len or _context_length(text_config, tok)
-        self.batch_size = spec.batch_size
+        # Rows per forward pass: the spec's, else the machine's rule for this model (persyn.hardware).
+        rows = batch_rows(
+            self.device,
+            threads=torch.get_num_threads(),
+            kv_bytes_token=kv_bytes_per_token(text_config, self.dtype.itemsize),
+        )
+        self.batch_size = spec.batch_size or rows.n
+        self.batch_size_reason = "set in the spec" if spec.batch_size else rows.reason
         self.logit_chunk_bytes = DEFAULT_CHUNK_BYTES
         self.fingerprint = self._fingerprint()
 
@@ -193,6 +205,8 @@ class TransformersEngine(LocalChecks):
             "dtype_reason": self.dtype_reason,
             "device": str(self.device),
             "threads": torch.get_num_threads() if self.device.type == "cpu" else None,
+            "batch_size": self.batch_size,
+            "batch_size_reason": self.batch_size_reason,
         }
 
     def render(self, prompt: str) -> str:

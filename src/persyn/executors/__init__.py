@@ -53,9 +53,11 @@ __all__ = [
     "Job",
     "Verb",
     "WorkItem",
+    "engine_batch_rows",
     "engine_description",
     "make_executor",
     "run_batch",
+    "todo_positions",
 ]
 
 Verb = Literal["generate", "loglik", "judge", "reward"]
@@ -72,26 +74,65 @@ class WorkItem:
     response: str | None = None  # scoring verbs only
 
 
+#: Rows per batch when neither the job nor the engine says (HTTP and vLLM engines batch themselves).
+DEFAULT_BATCH_SIZE = 32
+
+
 @dataclass
 class Job:
+    """One engine and one verb over `items`, run in batches of `batch_size` items (None: the
+    engine's own batch size, `Executor.batch_rows`); each batch is one store transaction.
+
+    `positions`: each item's index in the whole list of work the job belongs to, done items
+    included (items in that order). Batches are then cut from that whole list, at multiples of the
+    batch size, and keep the items still to do: an item lands in the same batch, with the same
+    companions, whatever was done before. A resumed run thus runs the very batches the
+    interrupted run would have run (a crash loses whole batches: each is one transaction), and a
+    model whose results depend on the rows batched together still writes the same rows."""
+
     name: str  # for progress and logs: "calibrate/qwen"
     spec: EngineSpec
     verb: Verb
     items: list[WorkItem]
     params: GenerationParams | None = None  # generate only
-    batch_size: int = 32
+    batch_size: int | None = None
+    positions: list[int] | None = None
 
     def __post_init__(self) -> None:
         if self.verb not in VERBS:
             raise ValueError(f"unknown verb {self.verb!r}; expected one of {VERBS}")
         if self.verb == "generate" and self.params is None:
             raise ValueError("a generate job needs GenerationParams")
-        if self.batch_size < 1:
+        if self.batch_size is not None and self.batch_size < 1:
             raise ValueError("batch_size must be >= 1")
+        if self.positions is not None:
+            if len(self.positions) != len(self.items):
+                raise ValueError("a job needs one position per item")
+            if any(b <= a for a, b in zip(self.positions, self.positions[1:])):
+                raise ValueError("positions must increase")
 
-    def batches(self) -> Iterator[list[WorkItem]]:
-        for s in range(0, len(self.items), self.batch_size):
-            yield self.items[s : s + self.batch_size]
+    def batches(self, size: int | None = None) -> Iterator[list[WorkItem]]:
+        """The job's batches; `size` (an executor's `batch_rows`) applies when the job sets none."""
+        size = self.batch_size or size or DEFAULT_BATCH_SIZE
+        if self.positions is None:
+            for s in range(0, len(self.items), size):
+                yield self.items[s : s + size]
+            return
+        batch: list[WorkItem] = []
+        window = None
+        for pos, item in zip(self.positions, self.items, strict=True):
+            if batch and pos // size != window:
+                yield batch
+                batch = []
+            window = pos // size
+            batch.append(item)
+        if batch:
+            yield batch
+
+
+def todo_positions(wanted: Sequence[Any], todo: Any) -> list[int]:
+    """The positions (in `wanted`) of the keys in `todo` (a container), for `Job.positions`."""
+    return [i for i, key in enumerate(wanted) if key in todo]
 
 
 @dataclass
@@ -126,6 +167,11 @@ class Executor(ABC):
     def run(self, job: Job) -> Iterator[BatchResult]:
         """Yield the job's results batch by batch as they finish; every item exactly once."""
 
+    def batch_rows(self, spec: EngineSpec) -> int | None:
+        """The engine's own rows per batch (a local transformers model's `batch_size`, chosen by
+        persyn.hardware), or None: the default. May load the engine."""
+        return None
+
     def describe(self, spec: EngineSpec) -> dict[str, Any]:
         """How the engine of `spec` runs (`engine_description`). May load the engine."""
         return {"engine": spec.engine, "model": spec.model, "fingerprint": self.fingerprint(spec)}
@@ -159,6 +205,12 @@ def make_executor(config: ExecutorConfig, roles: Mapping[str, EngineSpec] | None
             raise ConfigError(f"executor.kind 'ray' needs Ray: `pip install 'persyn[ray]'` ({exc})") from exc
         return RayExecutor(config, roles)
     raise ValueError(f"unknown executor kind {config.kind!r}")
+
+
+def engine_batch_rows(engine: Engine) -> int | None:
+    """A local engine's rows per forward pass (`TransformersEngine.batch_size`), else None."""
+    rows = getattr(engine, "batch_size", None)
+    return rows if isinstance(rows, int) and rows > 0 else None
 
 
 def engine_description(engine: Engine, spec: EngineSpec) -> dict[str, Any]:
@@ -277,7 +329,7 @@ class JobEngine:
     log-likelihood that fails comes back NaN, as a missing score does everywhere else."""
 
     def __init__(
-        self, executor: Executor, spec: EngineSpec, *, score_verb: Verb = "judge", batch_size: int = 32
+        self, executor: Executor, spec: EngineSpec, *, score_verb: Verb = "judge", batch_size: int | None = None
     ):
         self.executor, self.spec, self.score_verb, self.batch_size = executor, spec, score_verb, batch_size
 

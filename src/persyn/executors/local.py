@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 
 from persyn.engines.base import Engine
 from persyn.engines.spec import EngineSpec
-from persyn.executors import BatchResult, Executor, Job, engine_description, run_batch
+from persyn.executors import BatchResult, Executor, Job, engine_batch_rows, engine_description, run_batch
 
 log = logging.getLogger(__name__)
 
@@ -71,11 +71,14 @@ class LocalExecutor(Executor):
     def describe(self, spec: EngineSpec) -> dict:
         return engine_description(self.engine(spec), spec)
 
+    def batch_rows(self, spec: EngineSpec) -> int | None:
+        return engine_batch_rows(self.engine(spec))
+
     def run(self, job: Job) -> Iterator[BatchResult]:
         if not job.items:
             return
         engine = self.engine(job.spec)
-        for items in job.batches():
+        for items in job.batches(engine_batch_rows(engine)):
             yield run_batch(engine, job, items)
 
     def release(self, spec: EngineSpec | None = None) -> None:

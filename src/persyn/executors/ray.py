@@ -38,7 +38,16 @@ from ray.exceptions import ActorDiedError, ObjectLostError, RayActorError
 from persyn.config import ExecutorConfig, PoolConfig
 from persyn.engines.base import EngineError
 from persyn.engines.spec import EngineSpec
-from persyn.executors import BatchResult, Executor, ItemResult, Job, WorkItem, engine_description, run_batch
+from persyn.executors import (
+    BatchResult,
+    Executor,
+    ItemResult,
+    Job,
+    WorkItem,
+    engine_batch_rows,
+    engine_description,
+    run_batch,
+)
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +94,7 @@ class Replica:
         return {
             "fingerprint": self.engine.fingerprint,
             "engine": engine_description(self.engine, self.spec),
+            "batch_rows": engine_batch_rows(self.engine),
             "pid": os.getpid(),
             "node": ray.get_runtime_context().get_node_id(),
         }
@@ -282,13 +292,19 @@ class RayExecutor(Executor):
         first = pool.ready[pool.live()[0]]
         return {**first["engine"], "replicas": len(pool.live())}
 
+    def batch_rows(self, spec: EngineSpec) -> int | None:
+        pool = self._pool(spec)
+        self._wait_ready(pool)
+        return pool.ready[pool.live()[0]].get("batch_rows")
+
     def run(self, job: Job) -> Iterator[BatchResult]:
         if not job.items:
             return
         pool = self._pool(job.spec)
         self._wait_ready(pool)
-        job_ref = ray.put(replace(job, items=[]))
-        todo: deque[tuple[int, list[WorkItem]]] = deque(enumerate(job.batches()))
+        rows = pool.ready[pool.live()[0]].get("batch_rows")
+        job_ref = ray.put(replace(job, items=[], positions=None))
+        todo: deque[tuple[int, list[WorkItem]]] = deque(enumerate(job.batches(rows)))
         losses: dict[int, int] = {}
         running: dict[Any, tuple[int, int, list[WorkItem]]] = {}  # ref -> (replica, batch, items)
         load: dict[int, int] = {}

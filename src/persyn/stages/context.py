@@ -32,10 +32,10 @@ from persyn.atomic import atomic_write, remove, write_json
 from persyn.config import Config
 from persyn.engines.spec import EngineSpec
 from persyn.errors import PersynError
-from persyn.executors import BatchResult, Executor, Job, WorkItem
+from persyn.executors import BatchResult, Executor, Job, WorkItem, todo_positions
 from persyn.progress import Progress
 from persyn.store import ResponseKey, ResponseRow, RunStore, ScoreRow, make_gen_key
-from persyn.store.keys import digest
+from persyn.store.keys import SPEED_ONLY_SPEC_KEYS, digest
 
 # The run directory beside the store and its manifest: every file and folder a stage writes.
 PROMPTS_DIR = "prompts"  # ingest: load_report.json, bad_rows.jsonl, duplicates.jsonl, too_long.jsonl
@@ -110,7 +110,8 @@ class RunContext:
         return self.config.teacher_names
 
     @property
-    def batch_size(self) -> int:
+    def batch_size(self) -> int | None:
+        """Rows per batch set in the config, or None: each model's own (`Executor.batch_rows`)."""
         return self.config.executor.batch_size
 
     # ------------------------------------------------------------------ prompt sets
@@ -141,6 +142,8 @@ class RunContext:
         from the loaded engine."""
         key = spec_digest(spec)
         known = self.store.get_state("fingerprints", {})
+        if key not in known:
+            key = next((k for k in legacy_spec_digests(spec) if k in known), key)
         if key in known and not verify:
             return known[key]
         if self.executor is None:
@@ -253,8 +256,13 @@ class RunContext:
         params = cfg.generation_for(teacher).params()
         params_dict = asdict(params)
         prompts = {p.id: p for p in store.get_prompts(todo)}
-        items = [WorkItem(ResponseKey(pid, teacher, gk), prompts[pid].text) for pid in todo]
-        job = Job(f"{stage}/{teacher}", cfg.teacher_spec(teacher), "generate", items, params, self.batch_size)
+        # Batches are cut from the whole list `ids`, done prompts included (Job.positions): a
+        # resumed run generates the same batches of prompts as an uninterrupted one.
+        positions = todo_positions(ids, set(todo))
+        items = [WorkItem(ResponseKey(ids[i], teacher, gk), prompts[ids[i]].text) for i in positions]
+        job = Job(
+            f"{stage}/{teacher}", cfg.teacher_spec(teacher), "generate", items, params, self.batch_size, positions
+        )
         t0 = time.perf_counter()
         with self.ui.task(f"{stage} · {teacher}", total=len(items)) as advance:
             for batch in self._executor().run(job):
@@ -331,7 +339,26 @@ def spec_digest(spec: EngineSpec) -> str:
     auto` loads in a dtype that depends on the machine (and the fingerprint with it), so the key
     names what `auto` resolves to here: a run moved to another kind of CPU loads the model again
     to learn its fingerprint instead of keying new rows by the old one."""
-    key = digest(spec.model_dump_json())
+    return _spec_key(spec.model_dump_json(exclude=set(SPEED_ONLY_SPEC_KEYS)), spec)
+
+
+#: Engine spec defaults of older persyn versions whose spec digests included them.
+_LEGACY_SPEC_DEFAULTS = ({"batch_size": 8},)
+
+
+def legacy_spec_digests(spec: EngineSpec) -> list[str]:
+    """The keys an older persyn remembered `spec`'s fingerprint under: the whole spec, speed
+    settings included, with the batch size it then defaulted to. Found, they save a model load."""
+    keys = [_spec_key(spec.model_dump_json(), spec)]
+    for defaults in _LEGACY_SPEC_DEFAULTS:
+        update = {k: v for k, v in defaults.items() if getattr(spec, k) is None}
+        if update:
+            keys.append(_spec_key(spec.model_copy(update=update).model_dump_json(), spec))
+    return keys
+
+
+def _spec_key(dumped: str, spec: EngineSpec) -> str:
+    key = digest(dumped)
     if spec.engine == "transformers" and spec.dtype == "auto":
         from persyn.hardware import dtype_name, resolve_device, resolve_dtype
 

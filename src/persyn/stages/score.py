@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from persyn.executors import Job, WorkItem
+from persyn.executors import Job, WorkItem, todo_positions
 from persyn.stages.context import LEARNABILITY, QUALITY, RunContext, StageError, WorkCounts
 from persyn.store import Prompt, ResponseKey, ResponseRow, ScoreRow
 
@@ -218,7 +218,11 @@ def run(ctx: RunContext, prompt_ids: Sequence[str] | None = None, *, stage: str 
         else:
             kind = scores.quality_engine_kind()
             items = [WorkItem(k, by_id[k.prompt_id].text, r.text) for k, r in work]
-            job = Job(unit, ctx.config.quality.engine, kind, items, batch_size=ctx.batch_size)  # type: ignore[arg-type]
+            # Batches cut from all of the method's pairs (Job.positions): the same on a resume.
+            positions = todo_positions([k for k, _ in pairs], todo)
+            job = Job(
+                unit, ctx.config.quality.engine, kind, items, batch_size=ctx.batch_size, positions=positions  # type: ignore[arg-type]
+            )
             result_counts[unit] = ctx.run_score_job(stage, job, QUALITY, mkey)
 
     # ---- learnability, by the student
@@ -230,7 +234,12 @@ def run(ctx: RunContext, prompt_ids: Sequence[str] | None = None, *, stage: str 
         rows = {r.key: r for t in teachers for r in responses[t].values()}
         items = [WorkItem(k, by_id[k.prompt_id].text, rows[k].text) for k in keys if k in todo]
         job = Job(
-            "learnability", ctx.config.student.engine_spec(), "loglik", items, batch_size=ctx.batch_size
+            "learnability",
+            ctx.config.student.engine_spec(),
+            "loglik",
+            items,
+            batch_size=ctx.batch_size,
+            positions=todo_positions(keys, todo),
         )
         result_counts["learnability"] = ctx.run_score_job(stage, job, LEARNABILITY, lkey)
 
@@ -247,7 +256,7 @@ def score_answer_rows(ctx: RunContext, stage: str, work, by_id: dict[str, Prompt
     scorer = AnswerScorer(p.answer_checker, timeout_s=p.answer_timeout_s)
     counts = WorkCounts("quality answers", wanted=len(work))
     t0 = time.perf_counter()
-    bs = max(ctx.batch_size, 256)  # answer matching is cheap: fewer, larger transactions
+    bs = max(ctx.batch_size or 0, 256)  # answer matching is cheap: fewer, larger transactions
     for s in range(0, len(work), bs):
         chunk = work[s : s + bs]
         verdicts = scorer.verdicts(

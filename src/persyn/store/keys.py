@@ -52,6 +52,24 @@ def digest(value: Any, chars: int | None = 16, *, spaced: bool = False) -> str:
     return h.hexdigest()[:chars]
 
 
+#: Engine spec settings that change how fast a model runs, not what it writes: rows per forward
+#: pass and the batch-invariant kernels (whose rows equal the plain kernels' up to float noise).
+SPEED_ONLY_SPEC_KEYS = ("batch_size", "batch_invariant")
+
+
+def without_speed_settings(value: Any) -> Any:
+    """`value` (a config as plain data) without SPEED_ONLY_SPEC_KEYS in any engine spec (a mapping
+    with `model` and `engine`): what a run's identity does not depend on."""
+    if isinstance(value, Mapping):
+        spec = "model" in value and "engine" in value
+        return {
+            k: without_speed_settings(v) for k, v in value.items() if not (spec and k in SPEED_ONLY_SPEC_KEYS)
+        }
+    if isinstance(value, list):
+        return [without_speed_settings(v) for v in value]
+    return value
+
+
 def config_hash(config: Mapping[str, Any]) -> str:
     """The full digest of a config's canonical JSON: the manifest's identity of a config."""
     return digest(dict(config), None)

@@ -19,7 +19,7 @@ from typing import Any
 
 from persyn.atomic import write_json
 from persyn.credentials import find_secrets
-from persyn.store.keys import canonical_json, config_hash
+from persyn.store.keys import canonical_json, config_hash, without_speed_settings
 from persyn.store.records import StoreError
 
 __all__ = ["MANIFEST_NAME", "ConfigMismatchError", "check_no_secrets", "read_manifest", "reconcile_manifest"]
@@ -92,7 +92,11 @@ def reconcile_manifest(
         return manifest
     if manifest.get("config_hash") == new_hash:
         return manifest
-    changed = _changed_keys(manifest.get("config") or {}, config)
+    old_config = manifest.get("config") or {}
+    if config_hash(without_speed_settings(old_config)) == config_hash(without_speed_settings(config)):
+        # Recorded by a persyn that kept engine speed settings in the identity: the same config.
+        return manifest
+    changed = _changed_keys(old_config, config)
     if not force:
         raise ConfigMismatchError(
             f"{run_dir} was made with another config (hash {str(manifest.get('config_hash'))[:12]}, now "
