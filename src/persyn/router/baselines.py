@@ -1,4 +1,10 @@
-"""Baselines with the router's interface: random, strongest, CAR, Mix, kNN, oracle (docs/method.md).
+"""Baselines with the router's interface: random, strongest, CAR, Mix, family-strong, kNN, oracle
+(docs/method.md).
+
+`build_baselines` is the one place that fits them from calibration matrices: the report's
+measurement (stage train-router), the strategies' datasets (stage strategies, `persyn compare`) and
+`persyn router eval` all call it, so the "weak teacher for Mix" and the Family-Strong pick are made
+once, and a new baseline added there reaches all three.
 
 Fitted baselines learn from the calibration matrices (n_calib x n_teachers, NaN = missing):
 quality `r_q`, learnability `r_l` (mean log-likelihood) and combined labels `r`.
@@ -9,10 +15,12 @@ whatever batch or order it arrives in, so a resumed run routes exactly as a clea
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 
+from persyn.defaults import CAR_BETA, KNN_K, MIX_SHARE
 from persyn.router.base import Router
 from persyn.router.encoders import EmbeddingCache, PromptEncoder, embed_prompts
 
@@ -84,7 +92,7 @@ class StrongestRouter(FixedRouter):
         super().__init__(teachers, _nanmean_columns(quality, "quality", teachers), "strongest")
 
 
-def car_scores(quality: np.ndarray, learnability: np.ndarray, beta: float = 3.0) -> np.ndarray:
+def car_scores(quality: np.ndarray, learnability: np.ndarray, beta: float = CAR_BETA) -> np.ndarray:
     """CAR = r / (1 + beta * L) per teacher.
 
     r is the teacher's mean quality after min-max scaling *all* calibration quality scores to [0, 1]
@@ -105,7 +113,7 @@ class CARRouter(FixedRouter):
     """Compatibility-adjusted reward: the single teacher with the highest CAR writes everything."""
 
     def __init__(
-        self, teachers: Sequence[str], quality: np.ndarray, learnability: np.ndarray, beta: float = 3.0
+        self, teachers: Sequence[str], quality: np.ndarray, learnability: np.ndarray, beta: float = CAR_BETA
     ):
         if beta < 0:
             raise ValueError(f"CAR beta must be >= 0, got {beta}")
@@ -121,7 +129,9 @@ class MixRouter(Router):
 
     name = "mix"
 
-    def __init__(self, teachers: Sequence[str], strong: str, weak: str, share: float = 0.2, seed: int = 0):
+    def __init__(
+        self, teachers: Sequence[str], strong: str, weak: str, share: float = MIX_SHARE, seed: int = 0
+    ):
         if not 0.0 <= share <= 1.0:
             raise ValueError(f"Mix share must be in [0, 1], got {share}")
         self.teachers = list(teachers)
@@ -149,7 +159,7 @@ class KNNRouter(Router):
         teachers: Sequence[str],
         embeddings: np.ndarray,
         labels: np.ndarray,
-        k: int = 10,
+        k: int = KNN_K,
         encoder: PromptEncoder | None = None,
         cache: EmbeddingCache | None = None,
     ):
@@ -221,3 +231,93 @@ class OracleRouter(Router):
                 raise OracleError(f"oracle needs every teacher's label; prompt {i} lacks {missing}")
             out[i] = row
         return out
+
+
+@dataclass
+class Baselines:
+    """What `build_baselines` fitted: name -> router (in the report's order), and a note per
+    baseline it could not fit (why)."""
+
+    routers: dict[str, Router] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    #: Mix's (strong, weak) teachers, when Mix was fitted.
+    mix_pair: tuple[str, str] | None = None
+
+    def skipped(self, name: str) -> str:
+        """The note that says why `name` was not fitted (for an error message)."""
+        return next(
+            (n for n in self.notes if n.startswith(f"baseline {name} ")), f"baseline {name} not fitted"
+        )
+
+
+def mix_weak_teacher(teachers: Sequence[str], strong: str, rank: np.ndarray) -> str | None:
+    """The weak teacher for Mix: the best of `rank` (CAR where it could be computed, else mean
+    quality) other than the strong one; None with a single teacher."""
+    order = np.argsort(-np.asarray(rank, dtype=np.float64), kind="stable")
+    return next((teachers[i] for i in order if teachers[i] != strong), None)
+
+
+def build_baselines(
+    teachers: Sequence[str],
+    quality: np.ndarray | None,
+    learnability: np.ndarray | None = None,
+    labels: np.ndarray | None = None,
+    embeddings: np.ndarray | None = None,
+    *,
+    seed: int = 0,
+    car_beta: float = CAR_BETA,
+    mix_share: float = MIX_SHARE,
+    mix_weak: str | None = None,
+    knn_k: int = KNN_K,
+    family: Collection[str] = (),
+) -> Baselines:
+    """Every baseline these calibration matrices allow (n_calib x n_teachers, NaN = missing):
+
+    - random: always;
+    - strongest (best mean quality) and family-strong (the same among `family`): need `quality`;
+    - car: needs `learnability` too;
+    - mix: `mix_share` to the strongest, the rest to `mix_weak`, by default the best CAR teacher
+      other than the strongest (best mean quality when CAR could not be fitted);
+    - knn: needs `labels` (combined labels) and the calibration prompts' `embeddings`.
+    A baseline that cannot be fitted (a teacher without any score, ...) is left out with a note.
+    The oracle is not fitted: it is the true labels of the prompts being evaluated."""
+    teachers = list(teachers)
+    out = Baselines({"random": RandomRouter(teachers, seed=seed)})
+
+    def attempt(name: str, build: Callable[[], Router]) -> Router | None:
+        try:
+            out.routers[name] = build()
+            return out.routers[name]
+        except ValueError as exc:
+            out.notes.append(f"baseline {name} skipped: {exc}")
+            return None
+
+    if quality is None:
+        out.notes.append(
+            "baseline strongest, car, mix and family-strong skipped: no calibration quality scores"
+        )
+    else:
+        strong = attempt("strongest", lambda: StrongestRouter(teachers, quality))
+        if learnability is None:
+            out.notes.append("baseline car skipped: no learnability scores")
+        else:
+            attempt("car", lambda: CARRouter(teachers, quality, learnability, beta=car_beta))
+        if strong is not None:
+            assert isinstance(strong, StrongestRouter)
+            rank = strong.teacher_scores
+            if "car" in out.routers:
+                rank = car_scores(quality, learnability, car_beta)  # type: ignore[arg-type]
+            weak = mix_weak or mix_weak_teacher(teachers, strong.choice, rank)
+            if weak is None or weak == strong.choice:
+                out.notes.append(
+                    f"baseline mix skipped: it needs two teachers, but the weak one is the strong one, {weak}"
+                )
+            elif attempt("mix", lambda: MixRouter(teachers, strong.choice, weak, share=mix_share, seed=seed)):
+                out.mix_pair = (strong.choice, weak)
+            fam = [t for t in teachers if t in set(family)]
+            if fam:
+                means = np.where([t in fam for t in teachers], strong.teacher_scores, -np.inf)
+                attempt("family-strong", lambda: FixedRouter(teachers, means, "family-strong"))
+    if labels is not None and embeddings is not None:
+        attempt("knn", lambda: KNNRouter(teachers, embeddings, labels, k=knn_k))
+    return out

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from persyn.defaults import ROUTER
 from persyn.router.base import Router
 from persyn.router.encoders import (
     DEFAULT_ENCODER,
@@ -146,23 +147,23 @@ def _head_device(head: nn.Module) -> torch.device:
 class TrainConfig:
     """How the router trains. `alpha`/`normalisation` only record how the labels were made."""
 
-    hidden: int = 256
-    layers: int = 1
-    dropout: float = 0.1
-    lr: float = 1e-3
-    weight_decay: float = 1e-2
-    batch_prompts: int = 64
-    max_epochs: int = 300
-    patience: int = 20
-    val_fraction: float = 0.15
+    hidden: int = ROUTER.hidden
+    layers: int = ROUTER.layers
+    dropout: float = ROUTER.dropout
+    lr: float = ROUTER.learning_rate
+    weight_decay: float = ROUTER.weight_decay
+    batch_prompts: int = ROUTER.batch_prompts
+    max_epochs: int = ROUTER.max_epochs
+    patience: int = ROUTER.patience
+    val_fraction: float = ROUTER.val_fraction
     seed: int = 0
     finetune_encoder: bool = False
-    encoder_lr: float = 2e-5
+    encoder_lr: float = ROUTER.encoder_lr
     #: Stop after this many optimiser steps (end-to-end runs on a budget; tests).
     max_steps: int | None = None
     embed_batch_size: int = 64
     alpha: float = DEFAULT_ALPHA
-    normalisation: str = "zscore"
+    normalisation: str = ROUTER.normalisation
 
     def __post_init__(self) -> None:
         if self.hidden < 1 or self.layers < 0 or self.batch_prompts < 1 or self.max_epochs < 1:

@@ -37,11 +37,9 @@ from typing import Any
 
 import numpy as np
 
+from persyn.defaults import STRATEGIES
 from persyn.stages.context import STRATEGIES_DIR, STRATEGIES_FILE, RunContext, StageError
 from persyn.stages.export_records import build_records, dataset_files, left_out_notes, write_dataset
-
-#: The strategies this stage builds (a name per baseline, plus PerSyn's own dataset).
-STRATEGIES = ("persyn", "strong", "family-strong", "random", "mix", "car", "oracle")
 
 
 @dataclass
@@ -107,11 +105,29 @@ def parse_strategies(text: str | list[str]) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+#: Strategy -> the baseline router (persyn.router.baselines) that picks its teachers.
+BASELINE_OF = {
+    "strong": "strongest",
+    "family-strong": "family-strong",
+    "random": "random",
+    "mix": "mix",
+    "car": "car",
+}
+
+
+def fit_strategy_baselines(cfg, teachers: list[str], q: np.ndarray, lm: np.ndarray):
+    """The baselines that pick the strategies' teachers, fitted on every calibration prompt by the
+    function the report's measurement uses (`build_baselines`), with the config's settings."""
+    from persyn.router.baselines import build_baselines
+
+    return build_baselines(teachers, q, lm, **cfg.baseline_settings())
+
+
 def _assignments(
     ctx: RunContext, names: list[str], oracle: bool
 ) -> dict[str, tuple[str, list[tuple[str, str]]]]:
     """name -> (scope, [(prompt id, teacher)])."""
-    from persyn.router.baselines import CARRouter, MixRouter, RandomRouter, StrongestRouter, car_scores
+    from persyn.router.baselines import FixedRouter
 
     cfg = ctx.config
     teachers = ctx.teachers
@@ -121,6 +137,7 @@ def _assignments(
     q, lm = scores.matrices(cal)
     if np.isnan(q).all():
         raise StageError("no calibration scores yet: run `persyn score CONFIG` first")
+    fitted = fit_strategy_baselines(cfg, teachers, q, lm)
     texts: list[str] | None = None
 
     def all_texts() -> list[str]:
@@ -131,43 +148,24 @@ def _assignments(
             texts = [texts[pos[i]] for i in ids]
         return texts
 
-    strong = StrongestRouter(teachers, q)
     out: dict[str, tuple[str, list[tuple[str, str]]]] = {}
     for name in names:
-        if name == "persyn":
-            routes = ctx.result("route").routes
-            out[name] = ("all", list(zip(routes.prompt_ids, routes.assigned, strict=True)))
-        elif name == "strong":
-            out[name] = ("all", [(pid, strong.choice) for pid in ids])
-        elif name == "family-strong":
-            fam = cfg.family_teachers()
-            if not fam:
+        router = fitted.routers.get(BASELINE_OF.get(name, name))
+        if name in BASELINE_OF and router is None:
+            if name == "family-strong" and not cfg.family_teachers():
                 raise StageError(
                     "family-strong needs student.family and at least one teacher with that family "
                     f"(student.family = {cfg.student.family!r}; teacher families: "
                     f"{ {t.name: t.family for t in cfg.teachers} })"
                 )
-            best = max(fam, key=lambda t: strong.teacher_scores[teachers.index(t)])
-            out[name] = ("all", [(pid, best) for pid in ids])
-        elif name == "random":
-            routed = RandomRouter(teachers, seed=cfg.seed).route(all_texts())
-            out[name] = ("all", list(zip(ids, routed, strict=True)))
-        elif name == "car":
-            car = CARRouter(teachers, q, lm, beta=cfg.baselines.car_beta).choice
-            out[name] = ("all", [(pid, car) for pid in ids])
-        elif name == "mix":
-            weak = cfg.baselines.mix_weak
-            if weak is None:
-                rank = car_scores(q, lm, cfg.baselines.car_beta)
-                weak = next(
-                    teachers[i] for i in np.argsort(-rank, kind="stable") if teachers[i] != strong.choice
-                )
-            if weak == strong.choice:
-                raise StageError(f"mix needs two teachers, but baselines.mix_weak is the strong one ({weak})")
-            routed = MixRouter(
-                teachers, strong.choice, weak, share=cfg.baselines.mix_share, seed=cfg.seed
-            ).route(all_texts())
-            out[name] = ("all", list(zip(ids, routed, strict=True)))
+            raise StageError(f"cannot build strategy {name!r}: {fitted.skipped(BASELINE_OF[name])}")
+        if name == "persyn":
+            routes = ctx.result("route").routes
+            out[name] = ("all", list(zip(routes.prompt_ids, routes.assigned, strict=True)))
+        elif isinstance(router, FixedRouter):  # strong, family-strong, car: one teacher writes everything
+            out[name] = ("all", [(pid, router.choice) for pid in ids])
+        elif router is not None:  # random, mix: a seeded draw per prompt
+            out[name] = ("all", list(zip(ids, router.route(all_texts()), strict=True)))
         elif name == "oracle":
             if oracle:
                 out[name] = ("all", [])  # filled after every teacher answered and was scored
@@ -181,12 +179,13 @@ def _assignments(
 
 def run(
     ctx: RunContext,
-    names: list[str] | str = ("persyn", "strong", "random", "mix", "car"),
+    names: list[str] | str | None = None,
     *,
     oracle: bool = False,
 ) -> dict[str, StrategyResult]:
-    """Build the datasets of `names`, generating only what the store lacks; see the module docstring."""
-    names = parse_strategies(names)
+    """Build the datasets of `names` (default: the config's default set, persyn.defaults),
+    generating only what the store lacks; see the module docstring."""
+    names = ctx.config.default_strategies(oracle) if names is None else parse_strategies(names)
     teachers = ctx.teachers
     ids = ctx.working_ids()
     cal = ctx.calibration_ids()
