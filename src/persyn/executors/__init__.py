@@ -1,8 +1,8 @@
 """Executors: where model work runs. The pipeline driver hands a `Job` to an executor and writes
 the `BatchResult`s it yields to the store; executors never open the store.
 
-Modules: `base` (`Job`, `WorkItem`, `Executor`, `run_batch`, `make_executor`), `local` (this
-process), `ray` (a Ray cluster).
+Modules: `base` (`Job`, `WorkItem`, `Executor`, `run_batch`), `factory` (`make_executor`), `local`
+(this process), `ray` (a Ray cluster).
 This file only re-exports the package's public names.
 """
 
@@ -15,9 +15,9 @@ from persyn.executors.base import (
     Verb,
     WorkItem,
     engine_description,
-    make_executor,
     run_batch,
 )
+from persyn.executors.factory import make_executor
 
 __all__ = [
     "BatchResult",

@@ -136,7 +136,12 @@ def run(ctx: RunContext) -> RouteResult:
             res.reused = True
             return res
 
-    router = load_router(router_path, expected_teachers=teachers, cache=ctx.store.embedding_cache())
+    router = load_router(
+        router_path,
+        expected_teachers=teachers,
+        device=ctx.config.router.device,
+        cache=ctx.store.embedding_cache(),
+    )
     ctx.ui.say(f"[bold]route[/]: {len(ids)} prompts ({len(ids) - len(cal & set(ids))} outside calibration)")
     emb = embed_ids(ctx, ids, stage="route", encoder=router.encoder)
     scores = router.scores([""] * len(ids), embeddings=emb) if len(ids) else np.zeros((0, len(teachers)))
