@@ -90,6 +90,40 @@ def test_largest_module_is_under_600_lines():
     assert not big, f"split these modules (one idea each): {big}"
 
 
+#: A function longer than this carries its reason in a `# long: ...` comment on the line above it.
+MAX_FUNCTION_LINES = 80
+
+
+def long_functions(path: Path) -> list[str]:
+    """Functions (methods, nested ones too) over MAX_FUNCTION_LINES lines without a `# long:` reason
+    on the line above their first decorator or `def`."""
+    text = path.read_text()
+    lines = text.splitlines()
+    out = []
+    for node in ast.walk(ast.parse(text, filename=str(path))):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            n = node.end_lineno - node.lineno + 1
+            first = min([node.lineno, *(d.lineno for d in node.decorator_list)])
+            above = lines[first - 2].strip() if first >= 2 else ""
+            if n > MAX_FUNCTION_LINES and not above.startswith("# long:"):
+                out.append(f"{node.name} ({n} lines, line {node.lineno})")
+    return out
+
+
+def test_the_long_function_scan_sees_one_without_a_reason(tmp_path):
+    body = "".join(f"    x{i} = {i}\n" for i in range(MAX_FUNCTION_LINES))
+    src = tmp_path / "m.py"
+    src.write_text(
+        f"def short():\n    pass\n\n\ndef long():\n{body}\n\n# long: a reason\ndef excused():\n{body}"
+    )
+    assert long_functions(src) == [f"long ({MAX_FUNCTION_LINES + 1} lines, line 5)"]
+
+
+def test_no_function_over_80_lines_without_a_reason():
+    bad = {str(p.relative_to(SRC)): f for p in sorted(SRC.rglob("*.py")) if (f := long_functions(p))}
+    assert not bad, f"split these functions, or write `# long: <why>` above them: {bad}"
+
+
 def test_no_reference_to_notes_outside_the_repository():
     """The method's equations and the model notes live in docs/ (method.md, models.md); the paper
     is cited as arXiv 2510.10925. Names built here so that this file does not match itself."""

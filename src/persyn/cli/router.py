@@ -91,7 +91,7 @@ def train(
     """Train a quality-only router on a score file (it has no learnability to weigh)."""
     from persyn.router.encoders import EncoderError, load_encoder
     from persyn.router.io import save_router
-    from persyn.router.model import TrainConfig, holdout_mask, prompt_hash, train_router
+    from persyn.router.model import TrainConfig, holdout_mask, prompt_hash
     from persyn.scoring.labels import QUALITY_ONLY, quality_labels
 
     m = _load_scores(scores)
@@ -119,33 +119,7 @@ def train(
         f"{len(m)} prompts x {len(m.teachers)} models; training on {len(fit)}, holding out {int(test.sum())}",
         highlight=False,
     )
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        TextColumn("{task.fields[info]}"),
-        TimeElapsedColumn(),
-        console=_err,
-        transient=True,
-    ) as bar:
-        task = bar.add_task("training", total=max_epochs, info="")
-
-        def on_epoch(info: dict) -> None:
-            vl = info["val_loss"]
-            bar.update(
-                task,
-                completed=info["epoch"],
-                info=f"epoch {info['epoch']} loss {info['train_loss']:.3f}"
-                + (f" val {vl:.3f}" if vl is not None else ""),
-            )
-
-        try:
-            router, report = train_router(
-                fit.prompts, labels, fit.teachers, encoder=enc, config=cfg, progress=on_epoch
-            )
-        except ValueError as exc:
-            _fail(str(exc))
+    router, report = _train_with_bar(fit, labels, enc, cfg)
     split = {
         "seed": seed,
         "test_size": test_size,
@@ -165,6 +139,37 @@ def train(
         f"  evaluate: persyn router eval --router {out} --scores {scores}",
         highlight=False,
     )
+
+
+def _train_with_bar(fit, labels, enc, cfg):
+    """`train_router` with a progress bar of epochs on stderr; a ValueError ends the command."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from persyn.router.model import train_router
+
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        console=_err,
+        transient=True,
+    ) as bar:
+        task = bar.add_task("training", total=cfg.max_epochs, info="")
+
+        def on_epoch(info: dict) -> None:
+            vl = info["val_loss"]
+            bar.update(
+                task,
+                completed=info["epoch"],
+                info=f"epoch {info['epoch']} loss {info['train_loss']:.3f}"
+                + (f" val {vl:.3f}" if vl is not None else ""),
+            )
+
+        try:
+            return train_router(fit.prompts, labels, fit.teachers, encoder=enc, config=cfg, progress=on_epoch)
+        except ValueError as exc:
+            _fail(str(exc))
 
 
 def _fmt(v, digits: int = 3) -> str:
@@ -219,8 +224,7 @@ def evaluate(
     """
     from persyn.router.baselines import OracleRouter
     from persyn.router.io import RouterFileError, load_router, read_router_config
-    from persyn.router.metrics import compare, json_safe
-    from persyn.router.model import prompt_hash
+    from persyn.router.metrics import compare
     from persyn.scoring.labels import QUALITY_ONLY, quality_labels
 
     try:
@@ -236,16 +240,7 @@ def evaluate(
     m = m.reorder(teachers)
     if mix_weak is not None and mix_weak not in teachers:
         _fail(f"Mix weak teacher {mix_weak!r} is not one of {teachers}")
-    seen = set(cfg.get("train", {}).get("seen_prompts", []))
-    hashes = [prompt_hash(p) for p in m.prompts]
-    unseen = np.array([h not in seen for h in hashes], dtype=bool)
-    stored_test = set(cfg.get("split", {}).get("test_prompts", []))
-    if stored_test and {h for h, u in zip(hashes, unseen, strict=True) if u} == stored_test:
-        where = "the router's held-out split of its training file"
-    elif unseen.all():
-        where = "the whole file (no prompt was seen in training)"
-    else:
-        where = f"the file minus {int((~unseen).sum())} prompt(s) seen in training"
+    unseen, where = _unseen(cfg, m.prompts)
     ev = _complete(m.subset(unseen))
     if len(ev) == 0:
         _fail(f"no prompt of {scores} is left to evaluate on ({where})")
@@ -257,24 +252,25 @@ def evaluate(
         )
     labels = quality_labels(ev.values, normalisation)
 
-    # Baselines fit on calibration scores: --calibration, the router's own copy, or the seen rows.
-    calib = None
-    if calibration is not None:
-        calib = _load_scores(calibration)
-    elif (router_dir / CALIBRATION_FILE).is_file():
-        calib = _load_scores(router_dir / CALIBRATION_FILE)
-    elif (~unseen).any():
-        calib = m.subset(~unseen)
-    if calib is not None:
-        if sorted(calib.teachers) != sorted(teachers):
-            _fail(f"calibration scores models {calib.teachers}, the router {teachers}")
-        calib = calib.reorder(teachers)
+    calib = _calibration_scores(calibration, router_dir, m, unseen, teachers)
 
     with _err.status("loading router"):
         try:
             router = load_router(router_dir, expected_teachers=teachers, device=device)
         except RouterFileError as exc:
             _fail(str(exc))
+    matrices, notes = _all_matrices(router, teachers, ev, calib, normalisation, seed, mix_share, mix_weak, k)
+    matrices["oracle"] = OracleRouter(teachers, ev.prompts, labels).scores(ev.prompts)
+    results = compare(matrices, labels, teachers, quality=ev.values)
+
+    if as_json:
+        _print_json(results)
+    else:
+        _print_table(results, teachers, f"{len(ev)} prompts: {where}", normalisation, notes)
+
+
+def _all_matrices(router, teachers, ev, calib, normalisation, seed, mix_share, mix_weak, k):
+    """The router's scores of the evaluation prompts and every baseline's, with the notes."""
     with _err.status(f"embedding {len(ev)} prompts"):
         emb = router.embed(ev.prompts)
     matrices = {"router": router.scores(ev.prompts, embeddings=emb)}
@@ -295,26 +291,61 @@ def evaluate(
         knn_k=k,
     )
     matrices.update(baselines)
-    matrices["oracle"] = OracleRouter(teachers, ev.prompts, labels).scores(ev.prompts)
-    results = compare(matrices, labels, teachers, quality=ev.values)
+    return matrices, notes
 
-    if as_json:
-        keys = (
-            "hit@1",
-            "hit@3",
-            "regret",
-            "mean_score",
-            "oracle_gain_recovered",
-            "mean_label",
-            "n",
-            "n_ranked",
-            "allocation",
-        )
-        payload = {name: {k_: r.get(k_) for k_ in keys} for name, r in results.items()}
-        sys.stdout.write(json.dumps(json_safe(payload), allow_nan=False) + "\n")
-        return
+
+def _unseen(cfg: dict, prompts) -> tuple[np.ndarray, str]:
+    """Which prompts the router never saw in training, and how to describe them."""
+    from persyn.router.model import prompt_hash
+
+    seen = set(cfg.get("train", {}).get("seen_prompts", []))
+    hashes = [prompt_hash(p) for p in prompts]
+    unseen = np.array([h not in seen for h in hashes], dtype=bool)
+    stored_test = set(cfg.get("split", {}).get("test_prompts", []))
+    if stored_test and {h for h, u in zip(hashes, unseen, strict=True) if u} == stored_test:
+        return unseen, "the router's held-out split of its training file"
+    if unseen.all():
+        return unseen, "the whole file (no prompt was seen in training)"
+    return unseen, f"the file minus {int((~unseen).sum())} prompt(s) seen in training"
+
+
+def _calibration_scores(calibration: Path | None, router_dir: Path, m, unseen: np.ndarray, teachers):
+    """The scores the baselines fit on: --calibration, the router's own copy, or the seen rows."""
+    calib = None
+    if calibration is not None:
+        calib = _load_scores(calibration)
+    elif (router_dir / CALIBRATION_FILE).is_file():
+        calib = _load_scores(router_dir / CALIBRATION_FILE)
+    elif (~unseen).any():
+        calib = m.subset(~unseen)
+    if calib is not None:
+        if sorted(calib.teachers) != sorted(teachers):
+            _fail(f"calibration scores models {calib.teachers}, the router {teachers}")
+        calib = calib.reorder(teachers)
+    return calib
+
+
+def _print_json(results: dict) -> None:
+    from persyn.router.metrics import json_safe
+
+    keys = (
+        "hit@1",
+        "hit@3",
+        "regret",
+        "mean_score",
+        "oracle_gain_recovered",
+        "mean_label",
+        "n",
+        "n_ranked",
+        "allocation",
+    )
+    payload = {name: {k_: r.get(k_) for k_ in keys} for name, r in results.items()}
+    sys.stdout.write(json.dumps(json_safe(payload), allow_nan=False) + "\n")
+
+
+def _print_table(results: dict, teachers, title: str, normalisation: str, notes: list[str]) -> None:
     # One table, routers as columns: it stays readable however many models there are.
-    table = Table(title=f"{len(ev)} prompts: {where}", title_justify="left")
+    table = Table(title=title, title_justify="left")
     table.add_column("metric")
     for name in results:
         table.add_column(name, justify="right")

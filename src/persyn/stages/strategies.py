@@ -202,48 +202,17 @@ def run(
         ctx.ui.say(f"[bold]strategies[/]: {name}")
         start = _response_total(ctx)
         if name == "oracle" and scope == "all":
-            # Generate-then-Select: every teacher answers every prompt; score them all.
-            for t in teachers:
-                ctx.generate_responses("strategies", t, ids)
-            sc = ctx.run_stage("score", prompt_ids=ids, stage="strategies")
-            labels = scores.labels(sc.quality, sc.learnability)
-            keep = ~np.isnan(labels).all(axis=1)
-            best = np.argmax(np.where(np.isnan(labels), -np.inf, labels), axis=1)
-            assignment = [(ids[i], teachers[best[i]]) for i in np.flatnonzero(keep)]
+            assignment = _full_oracle(ctx, ids, scores)
         else:
-            per_teacher: dict[str, list[str]] = {}
-            for pid, t in assignment:
-                per_teacher.setdefault(t, []).append(pid)
-            for t in teachers:
-                if per_teacher.get(t):
-                    ctx.generate_responses("strategies", t, per_teacher[t])
+            _generate(ctx, assignment)
         new = _response_total(ctx) - start
         scores.check_answers(assignment, stage="strategies")
         if name == "persyn":
             exp = ctx.run_stage("export")
             path, rows, counts = exp.path, exp.n_rows, exp.teacher_counts
-            records = None
         else:
-            records, left = build_records(ctx, assignment, name)
-            counts = {t: sum(1 for r in records if r.teacher == t) for t in teachers}
             path = ctx.path(STRATEGIES_DIR, name)
-            gens = {t: {"dataset": v} for t, v in counts.items() if v}
-            toks: dict[str, dict[str, int]] = {}
-            for r in records:
-                tk = toks.setdefault(r.teacher, {"prompt": 0, "completion": 0})
-                tk["prompt"] += r.generation.get("prompt_tokens") or 0
-                tk["completion"] += r.generation.get("completion_tokens") or 0
-            notes = [
-                f"Baseline strategy {name!r} built from PerSyn run {ctx.store.run_dir.name}.",
-                *left_out_notes(left),
-            ]
-            if scope == "calibration":
-                notes.append("Oracle on the calibration prompts only (labels need every teacher's response).")
-            if records:
-                write_dataset(
-                    ctx, records, path, strategy=name, generations=gens, tokens=toks, cost=None, notes=notes
-                )
-            rows = len(records)
+            rows, counts = _write_baseline_dataset(ctx, name, scope, assignment, path)
         if name == "random":
             standalone = n
         elif name == "oracle":
@@ -263,10 +232,55 @@ def run(
             rows=rows,
             new=new,
         )
-        del records
     _write_summary(ctx, results)
     ctx.ui.say(f"strategies: {_response_total(ctx) - before} new generations in all")
     return results
+
+
+def _full_oracle(ctx: RunContext, ids: list[str], scores) -> list[tuple[str, str]]:
+    """Generate-then-Select: every teacher answers every prompt, all are scored, and each prompt
+    goes to its best combined label."""
+    teachers = ctx.teachers
+    for t in teachers:
+        ctx.generate_responses("strategies", t, ids)
+    sc = ctx.run_stage("score", prompt_ids=ids, stage="strategies")
+    labels = scores.labels(sc.quality, sc.learnability)
+    keep = ~np.isnan(labels).all(axis=1)
+    best = np.argmax(np.where(np.isnan(labels), -np.inf, labels), axis=1)
+    return [(ids[i], teachers[best[i]]) for i in np.flatnonzero(keep)]
+
+
+def _generate(ctx: RunContext, assignment: list[tuple[str, str]]) -> None:
+    """Each teacher answers the prompts assigned to it that the store does not hold yet."""
+    per_teacher: dict[str, list[str]] = {}
+    for pid, t in assignment:
+        per_teacher.setdefault(t, []).append(pid)
+    for t in ctx.teachers:
+        if per_teacher.get(t):
+            ctx.generate_responses("strategies", t, per_teacher[t])
+
+
+def _write_baseline_dataset(ctx: RunContext, name: str, scope: str, assignment, path: Path):
+    """A baseline's dataset exported like the main one -> (rows, rows per teacher)."""
+    records, left = build_records(ctx, assignment, name)
+    counts = {t: sum(1 for r in records if r.teacher == t) for t in ctx.teachers}
+    gens = {t: {"dataset": v} for t, v in counts.items() if v}
+    toks: dict[str, dict[str, int]] = {}
+    for r in records:
+        tk = toks.setdefault(r.teacher, {"prompt": 0, "completion": 0})
+        tk["prompt"] += r.generation.get("prompt_tokens") or 0
+        tk["completion"] += r.generation.get("completion_tokens") or 0
+    notes = [
+        f"Baseline strategy {name!r} built from PerSyn run {ctx.store.run_dir.name}.",
+        *left_out_notes(left),
+    ]
+    if scope == "calibration":
+        notes.append("Oracle on the calibration prompts only (labels need every teacher's response).")
+    if records:
+        write_dataset(
+            ctx, records, path, strategy=name, generations=gens, tokens=toks, cost=None, notes=notes
+        )
+    return len(records), counts
 
 
 def _response_total(ctx: RunContext) -> int:

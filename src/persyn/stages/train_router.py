@@ -137,9 +137,7 @@ def measure(
 
 
 def run(ctx: RunContext) -> RouterResult:
-    from persyn.router.io import save_router
-    from persyn.router.metrics import json_safe
-    from persyn.router.model import holdout_mask, train_router
+    from persyn.router.model import holdout_mask
 
     cfg = ctx.config
     ids = ctx.calibration_ids()
@@ -155,15 +153,7 @@ def run(ctx: RunContext) -> RouterResult:
     teachers = ctx.teachers
     prompts = ctx.store.get_prompts(ids)
     texts = [p.text for p in prompts]
-    scores = ctx.result("score")
-    q, lm = scores.matrices(ids)
-    if np.isnan(q).all():
-        raise StageError("no quality scores for the calibration prompts: run `persyn score CONFIG` first")
-    if cfg.router.alpha > 0 and np.isnan(lm).all():
-        raise StageError(
-            "no learnability scores for the calibration prompts: run `persyn score CONFIG` first"
-        )
-    labels = scores.labels(q, lm)
+    q, lm, labels = _labels(ctx, ids)
     encoder = load_router_encoder(ctx)
     emb = embed_ids(ctx, ids, stage="train-router", encoder=encoder)
     test = holdout_mask(texts, cfg.router.test_fraction, cfg.seed, salt="test")
@@ -176,24 +166,7 @@ def run(ctx: RunContext) -> RouterResult:
     )
 
     def train(mask: np.ndarray, what: str):
-        sel = np.flatnonzero(mask)
-        # Epochs, up to max_epochs: early stopping usually ends sooner, and the bar then jumps to the end.
-        with ctx.ui.task(f"train-router · {what}", total=tcfg.max_epochs) as advance:
-            try:
-                out = train_router(
-                    [texts[i] for i in sel],
-                    labels[sel],
-                    teachers,
-                    encoder=encoder,
-                    config=tcfg,
-                    cache=cache,
-                    embeddings=None if tcfg.finetune_encoder else emb[sel],
-                    progress=lambda info: advance(1),
-                )
-            except ValueError as exc:
-                raise StageError(f"cannot train the router ({what}): {exc}") from exc
-            advance(tcfg.max_epochs - out[1].epochs)
-            return out
+        return _train(ctx, np.flatnonzero(mask), what, texts, labels, encoder, tcfg, cache, emb)
 
     metrics: dict[str, Any] = {}
     notes: list[str] = []
@@ -228,23 +201,68 @@ def run(ctx: RunContext) -> RouterResult:
         "metrics": metrics,
         "notes": notes,
     }
-    extra = {
-        "train_key": key,
-        "calibration_prompts": len(ids),
-        "held_out": int(test.sum()),
-        "refit": bool(cfg.router.refit and test.any()),
-    }
-    with atomic_path(path) as tmp:  # the folder appears complete (weights and metrics) or not at all
-        save_router(final, tmp, extra={"persyn": extra})
-        ctx.write_artifact(f"{ROUTERS_DIR}/{tmp.name}/{METRICS_FILE}", json_safe(doc))
-    ctx.store.set_state("router", {"key": key, "path": str(path)})
+    doc = _save(ctx, final, path, doc, refit=bool(cfg.router.refit and test.any()))
     rm = metrics.get("router", {})
     msg = f"router {key} trained ({report.n_train_pairs} pairs)"
     if rm:
         msg += f"; held out: hit@1 {_f(rm.get('hit@1'))}, regret {_f(rm.get('regret'))}"
     ctx.store.log_event("train-router", "done", msg, key=key)
     ctx.ui.say(f"[dim]train-router[/] {msg}")
-    return RouterResult(path, key, metrics, trained=True, doc=json_safe(doc))
+    return RouterResult(path, key, metrics, trained=True, doc=doc)
+
+
+def _labels(ctx: RunContext, ids: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Quality, learnability and combined labels of the calibration prompts (StageError if unscored)."""
+    scores = ctx.result("score")
+    q, lm = scores.matrices(ids)
+    if np.isnan(q).all():
+        raise StageError("no quality scores for the calibration prompts: run `persyn score CONFIG` first")
+    if ctx.config.router.alpha > 0 and np.isnan(lm).all():
+        raise StageError(
+            "no learnability scores for the calibration prompts: run `persyn score CONFIG` first"
+        )
+    return q, lm, scores.labels(q, lm)
+
+
+def _train(ctx: RunContext, sel, what: str, texts, labels, encoder, tcfg, cache, emb):
+    """A router trained on the calibration prompts `sel`, with a bar of epochs."""
+    from persyn.router.model import train_router
+
+    # Epochs, up to max_epochs: early stopping usually ends sooner, and the bar then jumps to the end.
+    with ctx.ui.task(f"train-router · {what}", total=tcfg.max_epochs) as advance:
+        try:
+            out = train_router(
+                [texts[i] for i in sel],
+                labels[sel],
+                ctx.teachers,
+                encoder=encoder,
+                config=tcfg,
+                cache=cache,
+                embeddings=None if tcfg.finetune_encoder else emb[sel],
+                progress=lambda info: advance(1),
+            )
+        except ValueError as exc:
+            raise StageError(f"cannot train the router ({what}): {exc}") from exc
+        advance(tcfg.max_epochs - out[1].epochs)
+        return out
+
+
+def _save(ctx: RunContext, router, path: Path, doc: dict[str, Any], *, refit: bool) -> dict[str, Any]:
+    """Write the router and its metrics.json into `path` (all or nothing); returns the document."""
+    from persyn.router.io import save_router
+    from persyn.router.metrics import json_safe
+
+    extra = {
+        "train_key": doc["train_key"],
+        "calibration_prompts": doc["n_calibration"],
+        "held_out": doc["n_test"],
+        "refit": refit,
+    }
+    with atomic_path(path) as tmp:  # the folder appears complete (weights and metrics) or not at all
+        save_router(router, tmp, extra={"persyn": extra})
+        ctx.write_artifact(f"{ROUTERS_DIR}/{tmp.name}/{METRICS_FILE}", json_safe(doc))
+    ctx.store.set_state("router", {"key": doc["train_key"], "path": str(path)})
+    return json_safe(doc)
 
 
 def _f(v) -> str:
