@@ -234,14 +234,55 @@ class OracleRouter(Router):
 
 
 @dataclass
+class Calibration:
+    """What the baselines are fitted on: the calibration matrices (n_calib x n_teachers, NaN =
+    missing; None = not available), the prompts' embeddings, the settings, and the baselines
+    fitted before this one (Mix reads strongest and CAR)."""
+
+    teachers: list[str]
+    quality: np.ndarray | None
+    learnability: np.ndarray | None
+    labels: np.ndarray | None
+    embeddings: np.ndarray | None
+    seed: int = 0
+    car_beta: float = CAR_BETA
+    mix_share: float = MIX_SHARE
+    mix_weak: str | None = None
+    knn_k: int = KNN_K
+    family: Collection[str] = ()
+    fitted: dict[str, Router] = field(default_factory=dict)
+
+    def need(self, what: str) -> np.ndarray:
+        """The matrix `what` ("quality", "learnability", "labels", "embeddings"), or Skip."""
+        value = getattr(self, what)
+        if value is None:
+            raise Skip(f"no {what}" + (" scores" if what in ("quality", "learnability") else ""))
+        return value
+
+
+class Skip(Exception):
+    """A baseline these inputs do not allow; the message says why (it becomes a note)."""
+
+
+class NotApplicable(Exception):
+    """A baseline that does not apply to this pool (Family-Strong without a family): no note."""
+
+
+@dataclass
 class Baselines:
-    """What `build_baselines` fitted: name -> router (in the report's order), and a note per
+    """What `build_baselines` fitted: name -> router (in `BASELINES` order), and a note per
     baseline it could not fit (why)."""
 
     routers: dict[str, Router] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
-    #: Mix's (strong, weak) teachers, when Mix was fitted.
-    mix_pair: tuple[str, str] | None = None
+
+    @property
+    def mix_pair(self) -> tuple[str, str] | None:
+        """Mix's (strong, weak) teachers, when Mix was fitted."""
+        mix = self.routers.get("mix")
+        if not isinstance(mix, MixRouter):
+            return None
+        return mix.teachers[mix.strong], mix.teachers[mix.weak]
 
     def skipped(self, name: str) -> str:
         """The note that says why `name` was not fitted (for an error message)."""
@@ -255,6 +296,63 @@ def mix_weak_teacher(teachers: Sequence[str], strong: str, rank: np.ndarray) -> 
     quality) other than the strong one; None with a single teacher."""
     order = np.argsort(-np.asarray(rank, dtype=np.float64), kind="stable")
     return next((teachers[i] for i in order if teachers[i] != strong), None)
+
+
+def _random(c: Calibration) -> Router:
+    return RandomRouter(c.teachers, seed=c.seed)
+
+
+def _strongest(c: Calibration) -> Router:
+    return StrongestRouter(c.teachers, c.need("quality"))
+
+
+def _car(c: Calibration) -> Router:
+    return CARRouter(c.teachers, c.need("quality"), c.need("learnability"), beta=c.car_beta)
+
+
+def _mix(c: Calibration) -> Router:
+    """`mix_share` to the strongest, the rest to `mix_weak`: by default the best CAR teacher other
+    than the strongest (best mean quality when CAR could not be fitted)."""
+    strong = c.fitted.get("strongest")
+    if not isinstance(strong, StrongestRouter):
+        raise Skip("it needs the strongest teacher")
+    car = c.fitted.get("car")
+    rank = car.teacher_scores if isinstance(car, CARRouter) else strong.teacher_scores
+    weak = c.mix_weak or mix_weak_teacher(c.teachers, strong.choice, rank)
+    if weak is None or weak == strong.choice:
+        raise Skip(f"it needs two teachers, but the weak one is the strong one, {weak}")
+    return MixRouter(c.teachers, strong.choice, weak, share=c.mix_share, seed=c.seed)
+
+
+def _family_strong(c: Calibration) -> Router:
+    """The strongest teacher among those of the student's family (`family`)."""
+    strong = c.fitted.get("strongest")
+    fam = set(c.family)
+    if not fam & set(c.teachers):
+        raise NotApplicable
+    if not isinstance(strong, StrongestRouter):
+        raise Skip("it needs the strongest teacher")
+    means = np.where([t in fam for t in c.teachers], strong.teacher_scores, -np.inf)
+    return FixedRouter(c.teachers, means, "family-strong")
+
+
+def _knn(c: Calibration) -> Router:
+    if c.labels is None or c.embeddings is None:
+        raise NotApplicable  # no labels or embeddings given: not asked for
+    return KNNRouter(c.teachers, c.embeddings, c.labels, k=c.knn_k)
+
+
+#: Every baseline, name -> how to fit it from the calibration, in the report's order (a fitter may
+#: read the ones before it). Adding a baseline is a `Router` subclass and one entry here: the
+#: report's measurement, the strategies and `persyn router eval` all build from this table.
+BASELINES: dict[str, Callable[[Calibration], Router]] = {
+    "random": _random,
+    "strongest": _strongest,
+    "car": _car,
+    "mix": _mix,
+    "family-strong": _family_strong,
+    "knn": _knn,
+}
 
 
 def build_baselines(
@@ -271,53 +369,21 @@ def build_baselines(
     knn_k: int = KNN_K,
     family: Collection[str] = (),
 ) -> Baselines:
-    """Every baseline these calibration matrices allow (n_calib x n_teachers, NaN = missing):
-
-    - random: always;
-    - strongest (best mean quality) and family-strong (the same among `family`): need `quality`;
-    - car: needs `learnability` too;
-    - mix: `mix_share` to the strongest, the rest to `mix_weak`, by default the best CAR teacher
-      other than the strongest (best mean quality when CAR could not be fitted);
-    - knn: needs `labels` (combined labels) and the calibration prompts' `embeddings`.
-    A baseline that cannot be fitted (a teacher without any score, ...) is left out with a note.
-    The oracle is not fitted: it is the true labels of the prompts being evaluated."""
-    teachers = list(teachers)
-    out = Baselines({"random": RandomRouter(teachers, seed=seed)})
-
-    def attempt(name: str, build: Callable[[], Router]) -> Router | None:
+    """Every baseline of `BASELINES` these calibration matrices allow (n_calib x n_teachers, NaN =
+    missing): random always; strongest and family-strong need `quality`; CAR `learnability` too;
+    kNN the combined `labels` and the prompts' `embeddings`. One that cannot be fitted (a teacher
+    without any score, ...) is left out with a note. The oracle is not fitted here: it is the true
+    labels of the prompts being evaluated."""
+    c = Calibration(
+        list(teachers), quality, learnability, labels, embeddings,
+        seed=seed, car_beta=car_beta, mix_share=mix_share, mix_weak=mix_weak, knn_k=knn_k, family=family,
+    )  # fmt: skip
+    out = Baselines()
+    for name, fit in BASELINES.items():
         try:
-            out.routers[name] = build()
-            return out.routers[name]
-        except ValueError as exc:
+            out.routers[name] = c.fitted[name] = fit(c)
+        except NotApplicable:
+            continue
+        except (Skip, ValueError) as exc:
             out.notes.append(f"baseline {name} skipped: {exc}")
-            return None
-
-    if quality is None:
-        out.notes.append(
-            "baseline strongest, car, mix and family-strong skipped: no calibration quality scores"
-        )
-    else:
-        strong = attempt("strongest", lambda: StrongestRouter(teachers, quality))
-        if learnability is None:
-            out.notes.append("baseline car skipped: no learnability scores")
-        else:
-            attempt("car", lambda: CARRouter(teachers, quality, learnability, beta=car_beta))
-        if strong is not None:
-            assert isinstance(strong, StrongestRouter)
-            rank = strong.teacher_scores
-            if "car" in out.routers:
-                rank = car_scores(quality, learnability, car_beta)  # type: ignore[arg-type]
-            weak = mix_weak or mix_weak_teacher(teachers, strong.choice, rank)
-            if weak is None or weak == strong.choice:
-                out.notes.append(
-                    f"baseline mix skipped: it needs two teachers, but the weak one is the strong one, {weak}"
-                )
-            elif attempt("mix", lambda: MixRouter(teachers, strong.choice, weak, share=mix_share, seed=seed)):
-                out.mix_pair = (strong.choice, weak)
-            fam = [t for t in teachers if t in set(family)]
-            if fam:
-                means = np.where([t in fam for t in teachers], strong.teacher_scores, -np.inf)
-                attempt("family-strong", lambda: FixedRouter(teachers, means, "family-strong"))
-    if labels is not None and embeddings is not None:
-        attempt("knn", lambda: KNNRouter(teachers, embeddings, labels, k=knn_k))
     return out
