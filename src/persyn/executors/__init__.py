@@ -6,28 +6,9 @@ Modules: `base` (`Job`, `WorkItem`, `Executor`, `run_batch`), `factory` (`make_e
 This file only re-exports the package's public names.
 """
 
-from persyn.executors.base import (
-    BatchResult,
-    Executor,
-    ItemResult,
-    Job,
-    JobEngine,
-    Verb,
-    WorkItem,
-    engine_description,
-    run_batch,
-)
-from persyn.executors.factory import make_executor
+# The modules' own __all__ lists are the one list of the package's public names.
+from persyn.executors import base, factory
+from persyn.executors.base import *  # noqa: F403
+from persyn.executors.factory import *  # noqa: F403
 
-__all__ = [
-    "BatchResult",
-    "Executor",
-    "ItemResult",
-    "JobEngine",
-    "Job",
-    "Verb",
-    "WorkItem",
-    "engine_description",
-    "make_executor",
-    "run_batch",
-]
+__all__ = base.__all__ + factory.__all__
