@@ -6,11 +6,11 @@
     .venv/bin/python benchmarks/engine.py --only threads         # (c)
 
 (a) generate (the default), per zoo teacher: the engine exactly as `persyn run` and `persyn demo`
-    use it (spec defaults: dtype auto, batch size from persyn.hardware.batch_rows, plain kernels)
+    use it (spec defaults: dtype auto, batch size from persyn.util.hardware.batch_rows, plain kernels)
     against bare ``model.generate`` at every batch size of ``--batches`` (default 8 16 32 64), all
     on the same ``--prompts`` demo instructions (default 64), sorted by length and cut into batches
     as the engine cuts them, greedy, the same ``--max-new-tokens`` (default 64) and stop tokens,
-    in the same dtype: the one persyn.hardware picks for this CPU (bfloat16 only where the CPU
+    in the same dtype: the one persyn.util.hardware picks for this CPU (bfloat16 only where the CPU
     computes it natively; on an AVX2-only CPU bf16 is emulated, ~50x slower, so float32).
     Throughput = completion tokens (up to and including the stop token) per second. Printed: each
     variant's tok/s, the engine's ratio against the best bare generate of any batch size (goal >=
@@ -29,7 +29,7 @@
     the weights >= 5x lower than naive.
 
 (c) threads (``--only threads``): engine generation (dtype auto) with 1, 2, ... torch threads up to
-    the cores persyn counts for this process (persyn.hardware.usable_cores), alternating within each
+    the cores persyn counts for this process (persyn.util.hardware.usable_cores), alternating within each
     repetition, wall clock (threads only change elapsed time). Ratio = tok/s against the best count.
 
 Timing: variants alternate within each repetition (ABC, CBA, ...), medians reported; each variant
@@ -63,7 +63,7 @@ import torch  # noqa: E402
 
 from persyn.engines import EngineSpec, GenerationParams  # noqa: E402
 from persyn.engines.transformers_engine import TransformersEngine, _pad  # noqa: E402
-from persyn.hardware import describe_machine, dtype_name, ensure_threads, usable_cores  # noqa: E402
+from persyn.util.hardware import describe_machine, dtype_name, ensure_threads, usable_cores  # noqa: E402
 
 TEACHERS = ["smollm2-135m-instruct", "gemma3-270m", "qwen2.5-coder-0.5b-instruct"]
 SHORT_PROMPTS = [
@@ -83,7 +83,9 @@ def demo_instructions(n: int) -> list[str]:
     """`n` of the demo's bundled instructions, spread over its categories (deterministic)."""
     from importlib import resources
 
-    lines = resources.files("persyn.demo").joinpath("instructions.jsonl").read_text(encoding="utf-8").splitlines()
+    lines = (
+        resources.files("persyn.demo").joinpath("instructions.jsonl").read_text(encoding="utf-8").splitlines()
+    )
     rows = [json.loads(x)["prompt"] for x in lines if x.strip()]
     if n > len(rows):
         raise SystemExit(f"--prompts {n}: the demo has {len(rows)} instructions")
@@ -425,9 +427,15 @@ def main() -> None:
                 elif v == "engine_invariant":
                     label = "engine, batch_invariant=True"
                 elif v == "bare_other":
-                    label, dtype = "bare generate, other dtype", dtype_name(other_dtype(getattr(torch, r["dtype"])))
+                    label, dtype = (
+                        "bare generate, other dtype",
+                        dtype_name(other_dtype(getattr(torch, r["dtype"]))),
+                    )
                 else:
-                    label, batch = "bare generate" + (" (best)" if v == r["best_bare"] else ""), v.split("_")[1]
+                    label, batch = (
+                        "bare generate" + (" (best)" if v == r["best_bare"] else ""),
+                        v.split("_")[1],
+                    )
                 table.add_row(name, label, dtype, batch, f"{r['median_s'][v]:.2f}", str(r["tokens"][v]),
                               f"{tps[v]:.1f}", f"{tps[v] / best:.2f}x", f"{tps[v] / ceil:.0%}")  # fmt: skip
         console.print(table)
@@ -436,8 +444,8 @@ def main() -> None:
             console.print(
                 f"{r['model']}: engine [bold]{r['ratio']:.2f}x[/] the best bare generate "
                 f"({r['best_bare'].replace('_', ' at batch ')}); batch {r['batch_size']} "
-                f"({r['batch_size_reason']}); GEMM ceiling at {c['rows']} rows: {c['gflop_per_s']:.0f} GFLOP/s "
-                f"/ {c['gflop_per_token']:.2f} GFLOP per token = {c['tok_per_s']:.0f} tok/s, engine at "
+                f"({r['batch_size_reason']}); GEMM ceiling at {c['rows']} rows: "
+                f"{c['gflop_per_s']:.0f} GFLOP/s / {c['gflop_per_token']:.2f} GFLOP per token = {c['tok_per_s']:.0f} tok/s, engine at "
                 f"[bold]{r['share_of_ceiling']:.0%}[/] of it; dtype {r['dtype']} ({r['dtype_reason']})"
             )
 

@@ -167,9 +167,11 @@ def test_batches_are_cut_from_the_whole_list_so_a_resume_runs_the_same_batches()
 def test_local_executor_batches_at_the_engines_own_size():
     log: list = []
     engine = FakeEngine(EngineSpec(model="a"), log)
-    engine.batch_size = 4  # a local model's rows per forward pass (persyn.hardware.batch_rows)
+    engine.batch_size = 4  # a local model's rows per forward pass (persyn.util.hardware.batch_rows)
     ex = LocalExecutor(max_loaded=1, loader=lambda spec: engine)
-    job = Job("a", EngineSpec(model="a"), "generate", items(*[f"p{i}" for i in range(10)]), GenerationParams())
+    job = Job(
+        "a", EngineSpec(model="a"), "generate", items(*[f"p{i}" for i in range(10)]), GenerationParams()
+    )
     assert ex.batch_rows(job.spec) == 4
     assert [len(b) for b in ex.run(job)] == [4, 4, 2]
 

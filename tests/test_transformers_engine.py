@@ -10,12 +10,12 @@ from collections import Counter
 
 import pytest
 import torch
+from conftest import make_engine
 
 from persyn.engines import ContextLengthError, EngineError, EngineSpec, GenerationParams
 from persyn.engines.decoding import decode
 from persyn.engines.linear import RowBlockLinear
 from persyn.engines.transformers_engine import SeededGumbelNoise, TransformersEngine, _pad
-from conftest import make_engine
 from persyn.zoo import resolve_model
 
 PROMPTS = [
@@ -205,7 +205,9 @@ def test_a_one_token_prompt_prefills_like_any_other(tiny_engine_factory):
     """A prompt of one token alone is prefilled in the row blocks of whole sequences, as it is next
     to longer prompts, not in those of decoding steps (linear.py): its first logits are the same
     bits either way. (float32 MKL rounds 8-row and 64-row blocks differently on the Xeon.)"""
-    engine = tiny_engine_factory(0, template="completion", completion_template="{prompt}", batch_invariant=True)
+    engine = tiny_engine_factory(
+        0, template="completion", completion_template="{prompt}", batch_invariant=True
+    )
     assert len(engine.prompt_ids("Hello")) == 1
     first: list[torch.Tensor] = []
 

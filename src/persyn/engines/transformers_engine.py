@@ -53,7 +53,7 @@ from persyn.engines.logprobs import (
 )
 from persyn.engines.rendering import Renderer, fingerprint, row_seed
 from persyn.engines.spec import EngineSpec, resolve_model
-from persyn.hardware import (
+from persyn.util.hardware import (
     batch_rows,
     dtype_name,
     dtype_reason,
@@ -119,7 +119,7 @@ class TransformersEngine(LocalChecks):
                 f"labels ({archs[0]})"
             )
         # `auto`: bf16 only on CPUs that compute it natively, else float32; the checkpoint's own
-        # dtype on GPU (persyn.hardware, the one rule for every model persyn loads).
+        # dtype on GPU (persyn.util.hardware, the one rule for every model persyn loads).
         dtype: Any = resolve_dtype(spec.dtype, self.device) or "auto"
         self.dtype_reason = dtype_reason(spec.dtype, self.device)
         cls = AutoModelForSequenceClassification if self.kind == "reward" else AutoModelForCausalLM
@@ -162,7 +162,7 @@ class TransformersEngine(LocalChecks):
 
         text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
         self.max_len = spec.max_model_len or _context_length(text_config, tok)
-        # Rows per forward pass: the spec's, else the machine's rule for this model (persyn.hardware).
+        # Rows per forward pass: the spec's, else the machine's rule for this model (persyn.util.hardware).
         rows = batch_rows(
             self.device,
             threads=torch.get_num_threads(),

@@ -221,7 +221,12 @@ def run(ctx: RunContext, prompt_ids: Sequence[str] | None = None, *, stage: str 
             # Batches cut from all of the method's pairs (Job.positions): the same on a resume.
             positions = todo_positions([k for k, _ in pairs], todo)
             job = Job(
-                unit, ctx.config.quality.engine, kind, items, batch_size=ctx.batch_size, positions=positions  # type: ignore[arg-type]
+                unit,
+                ctx.config.quality.engine,
+                kind,
+                items,
+                batch_size=ctx.batch_size,
+                positions=positions,  # type: ignore[arg-type]
             )
             result_counts[unit] = ctx.run_score_job(stage, job, QUALITY, mkey)
 
