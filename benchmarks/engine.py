@@ -445,7 +445,8 @@ def main() -> None:
                 f"{r['model']}: engine [bold]{r['ratio']:.2f}x[/] the best bare generate "
                 f"({r['best_bare'].replace('_', ' at batch ')}); batch {r['batch_size']} "
                 f"({r['batch_size_reason']}); GEMM ceiling at {c['rows']} rows: "
-                f"{c['gflop_per_s']:.0f} GFLOP/s / {c['gflop_per_token']:.2f} GFLOP per token = {c['tok_per_s']:.0f} tok/s, engine at "
+                f"{c['gflop_per_s']:.0f} GFLOP/s / {c['gflop_per_token']:.2f} GFLOP per token = "
+                f"{c['tok_per_s']:.0f} tok/s, engine at "
                 f"[bold]{r['share_of_ceiling']:.0%}[/] of it; dtype {r['dtype']} ({r['dtype_reason']})"
             )
 
