@@ -186,3 +186,34 @@ def test_hyperthreads_of_one_core_count_once(tmp_path):
     assert physical_cores({0, 1, 2, 3}, tmp_path) == 2
     assert physical_cores({0, 2}, tmp_path) == 1  # the affinity mask holds one core's two threads
     assert physical_cores({0, 7}, tmp_path) is None  # unknown CPU: the caller counts CPUs instead
+
+
+def test_batch_rows_follow_threads_and_the_memory_budget():
+    """One rule for the batch size (persyn.util.hardware.batch_rows): 32 rows per CPU thread within
+    [16, 256], cut to what a quarter of the device's total memory holds in key/value cache."""
+    from types import SimpleNamespace
+
+    from persyn.util.hardware import CONTEXT_FOR_MEMORY, batch_rows, kv_bytes_per_token
+
+    big = 1 << 40
+    assert batch_rows("cpu", threads=2, kv_bytes_token=1000, memory=big).n == 64
+    assert batch_rows("cpu", threads=1, kv_bytes_token=1000, memory=big).n == 32
+    assert batch_rows("cpu", threads=64, kv_bytes_token=1000, memory=big).n == 256
+    # Qwen2.5-0.5B's shape: 24 layers, 2 key/value heads of 64, float32: 24,576 bytes a token.
+    qwen = SimpleNamespace(
+        num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2, hidden_size=896
+    )
+    per_token = kv_bytes_per_token(qwen, 4)
+    assert per_token == 2 * 24 * 2 * 64 * 4
+    small = 40 * per_token * CONTEXT_FOR_MEMORY * 4  # a quarter of it holds 40 rows
+    rows = batch_rows("cpu", threads=2, kv_bytes_token=per_token, memory=small)
+    assert rows.n == 40 and "key/value cache" in rows.reason
+
+
+def test_the_engine_takes_the_machines_batch_size_unless_the_spec_sets_one(tiny_engine_factory):
+    from persyn.util.hardware import batch_rows
+
+    engine = tiny_engine_factory(0)
+    want = batch_rows("cpu", threads=torch.get_num_threads(), kv_bytes_token=1).n
+    assert engine.batch_size == want and engine.describe()["batch_size"] == want
+    assert tiny_engine_factory(0, batch_size=3).batch_size == 3
