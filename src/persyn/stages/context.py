@@ -8,8 +8,10 @@
     ctx.generate_responses("generate", "qwen", ids)   # model work -> store rows, batch by batch
 
 The driver is the only writer: `generate_responses` and `run_score_job` take the executor's
-results and write each batch in one store transaction (`executor.batch_size` rows), so a crash
-loses at most the batch in flight. Before any work, each unit logs the resume line
+results and write each batch in one store transaction (`executor.batch_size` rows, else the
+model's own batch size), so a crash loses at most the batch in flight. Batches are cut from the
+whole list of a step's work (`Job.positions`), so a resumed run runs the batches an uninterrupted
+run would have run, and writes the same rows. Before any work, each unit logs the resume line
 ("calibrate qwen: 40 done earlier, 24 to do") to the store's events and to the console.
 
 Engine fingerprints (part of every store key) are remembered in the store's state by engine spec,
