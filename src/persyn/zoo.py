@@ -458,11 +458,13 @@ def _convert_gguf(entry: ZooEntry, out: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from persyn.gguf_fast import faster_gguf_loading
     from persyn.progress import quiet_libraries
 
     gguf = _verified_gguf(entry, out.parent)
     # One persyn bar; transformers' own (loading, dequantising, "Writing model shards") stay quiet.
-    with quiet_libraries(), _gguf_progress(entry.alias):
+    # faster_gguf_loading: the same folder, about Nx sooner (gguf_fast.py, docs/models.md).
+    with quiet_libraries(), _gguf_progress(entry.alias), faster_gguf_loading():
         tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         # float32: the dequantised Q4 weights are kept exactly; engines pick their own compute dtype.
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
