@@ -1,4 +1,5 @@
-"""Faster GGUF conversion through transformers' own loader (used by `zoo._convert_gguf`).
+"""GGUF conversion through transformers' own loader, faster and with one persyn progress bar (used
+by `zoo._convert_gguf`).
 
 For the zoo's architectures (llama, gemma3, qwen2) transformers loads a GGUF file through its legacy
 path, `load_gguf_checkpoint`, which parses the whole file with gguf-py's `GGUFReader` three times
@@ -31,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["faster_gguf_loading"]
+__all__ = ["faster_gguf_loading", "gguf_progress"]
 
 
 def _plain_reader_class():
@@ -143,3 +144,28 @@ def faster_gguf_loading() -> Iterator[None]:
         for owner, name, value in reversed(saved):
             setattr(owner, name, value)
         readers.clear()
+
+
+@contextlib.contextmanager
+def gguf_progress(label: str) -> Iterator[None]:
+    """Show transformers' GGUF dequantisation as one persyn bar (count, rate, ETA) instead of its
+    own tqdm bar, which it draws whatever its progress-bar setting says."""
+    import transformers.modeling_gguf_pytorch_utils as gguf_utils
+
+    from persyn.progress import Progress, stderr_console
+
+    ui = Progress(stderr_console())
+
+    def bar(iterable, *args, **kwargs):
+        items = list(iterable)
+        with ui.task(f"{label} · dequantising GGUF tensors", total=len(items)) as advance:
+            for item in items:
+                yield item
+                advance(1)
+
+    original = gguf_utils.tqdm
+    gguf_utils.tqdm = bar
+    try:
+        yield
+    finally:
+        gguf_utils.tqdm = original
