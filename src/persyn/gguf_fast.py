@@ -152,7 +152,7 @@ def gguf_progress(label: str) -> Iterator[None]:
     own tqdm bar, which it draws whatever its progress-bar setting says."""
     import transformers.modeling_gguf_pytorch_utils as gguf_utils
 
-    from persyn.progress import Progress, stderr_console
+    from persyn.util.progress import Progress, stderr_console
 
     ui = Progress(stderr_console())
 

@@ -33,7 +33,7 @@ from typing import Literal
 
 from filelock import FileLock, Timeout
 
-from persyn.errors import PersynError
+from persyn.util.errors import PersynError
 
 ZOO_PREFIX = "zoo:"
 MARKER = "persyn_zoo.json"
@@ -458,7 +458,7 @@ def _convert_gguf(entry: ZooEntry, out: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from persyn.gguf_fast import faster_gguf_loading, gguf_progress
-    from persyn.progress import quiet_libraries
+    from persyn.util.progress import quiet_libraries
 
     gguf = _verified_gguf(entry, out.parent)
     # One persyn bar; transformers' own (loading, dequantising, "Writing model shards") stay quiet.

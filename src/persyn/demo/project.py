@@ -14,8 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from persyn.atomic import atomic_write
-from persyn.demo import (
+from persyn.demo.bundled import (
     INSTRUCTION_CATEGORIES,
     LEVELS,
     demo_eval_prompts,
@@ -24,8 +23,9 @@ from persyn.demo import (
     instruction_pool,
     write_jsonl,
 )
-from persyn.errors import PersynError
 from persyn.store.store import RunStore
+from persyn.util.atomic import atomic_write
+from persyn.util.errors import PersynError
 
 __all__ = [
     "CONCISE_SYSTEM_PROMPT",

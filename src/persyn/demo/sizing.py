@@ -93,7 +93,7 @@ def measure_speed(seconds: float = 1.0) -> Speed:
     looked up: a busy machine gets a smaller demo."""
     import torch
 
-    from persyn.hardware import ensure_threads, resolve_device, resolve_dtype
+    from persyn.util.hardware import ensure_threads, resolve_device, resolve_dtype
 
     threads = ensure_threads()
     device = resolve_device("auto")
@@ -164,7 +164,7 @@ SIZE_FILE = "demo-size.json"
 
 
 def save_size(out: Path, size: DemoSize) -> Path:
-    from persyn.atomic import atomic_write
+    from persyn.util.atomic import atomic_write
 
     return atomic_write(Path(out) / SIZE_FILE, json.dumps(asdict(size), indent=1) + "\n")
 
