@@ -3,8 +3,8 @@ by `zoo._convert_gguf`).
 
 For the zoo's architectures (llama, gemma3, qwen2) transformers loads a GGUF file through its legacy
 path, `load_gguf_checkpoint`, which parses the whole file with gguf-py's `GGUFReader` three times
-(the tokenizer's config, the model's config, the weights). Profiled on a 2-core AMD EPYC (Zen 3,
-AVX2), cold cache (docs/models.md): most of a conversion went to that parse, one small numpy
+(the tokenizer's config, the model's config, the weights). Profiled on 2 cores of an AMD EPYC,
+cold cache (docs/models.md): most of a conversion went to that parse, one small numpy
 `memmap` view per vocabulary string (Gemma: 262K), then to gguf-py's numpy dequantisation and to
 building gguf's tensor-name map once per submodule. `faster_gguf_loading()` changes only how fast
 those run, never what they return:
