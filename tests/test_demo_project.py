@@ -234,3 +234,21 @@ def test_demo_sizes_once_and_a_rerun_resumes_that_size(tmp_path, monkeypatch):
     assert res.exit_code == 0, res.output
     assert sizing.load_size(out) == first and len(measured) == 1 and runs[1] == runs[0]
     assert "as first sized in" in res.stderr
+
+
+def test_demo_with_a_number_of_prompts_measures_nothing(tmp_path, monkeypatch):
+    from pipeline_fixtures import cli
+
+    import persyn.cli.commands as commands
+    from persyn.demo import sizing
+
+    def never():
+        raise AssertionError("measured although the prompts were given")
+
+    monkeypatch.setattr(sizing, "measure_speed", never)
+    monkeypatch.setattr(commands, "_run_stage", lambda cfg, *a, **k: cfg)
+    monkeypatch.setattr(commands, "print_summary", lambda summary: None)
+    res = cli(["demo", "--dir", str(tmp_path / "d"), "--prompts", "12"])
+    assert res.exit_code == 0, res.output
+    assert sizing.load_size(tmp_path / "d") == sizing.DemoSize(12, 8, 512, "set by options")
+    assert "demo: 12 prompts, 8 calibration, 512 new tokens (set by options)" in res.stderr

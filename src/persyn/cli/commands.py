@@ -431,8 +431,9 @@ def demo(
     size = sizing.load_size(out) if (out / "persyn-demo.yaml").is_file() else None
     if size is not None:
         why = f"as first sized in {out}: {size.why}"
-    elif prompts is not None and calibration is not None:
-        size, why = sizing.DemoSize(prompts, calibration, sizing.MAX_NEW_TOKENS, "set by options"), "options"
+    elif prompts is not None:
+        cal = sizing.calibration_for(prompts) if calibration is None else calibration
+        size, why = sizing.DemoSize(prompts, cal, sizing.MAX_NEW_TOKENS, "set by options"), "set by options"
     else:
         from persyn.zoo import ensure
 

@@ -27,6 +27,7 @@ __all__ = [
     "MAX_NEW_TOKENS",
     "DemoSize",
     "Speed",
+    "calibration_for",
     "load_size",
     "measure_speed",
     "predicted_seconds",
@@ -117,8 +118,10 @@ def measure_speed(seconds: float = 1.0) -> Speed:
     return Speed(gflops=flop * n / elapsed / 1e9, dtype=str(dtype).removeprefix("torch."), threads=threads.n)
 
 
-def _calibration(prompts: int) -> int:
-    return max(MIN_CALIBRATION, round(prompts * CALIBRATION_SHARE))
+def calibration_for(prompts: int) -> int:
+    """Calibration prompts for a demo of `prompts`: `CALIBRATION_SHARE`, at least `MIN_CALIBRATION`
+    (never more than the prompts)."""
+    return min(prompts, max(MIN_CALIBRATION, round(prompts * CALIBRATION_SHARE)))
 
 
 def _instructions(prompts: int, pool: int) -> int:
@@ -129,7 +132,7 @@ def predicted_seconds(prompts: int, speed: Speed, instruction_pool: int) -> floa
     """The demo's expected pipeline time at `prompts` prompts (calibration by `CALIBRATION_SHARE`,
     half instructions up to `instruction_pool`): every teacher answers the calibration prompts, and
     the rest go to one teacher each, counted as the costliest (Qwen with its working)."""
-    cal = _calibration(prompts)
+    cal = calibration_for(prompts)
     instr_share = _instructions(prompts, instruction_pool) / prompts
 
     def answer(teacher: str) -> float:
@@ -156,7 +159,7 @@ def size_for(speed: Speed, budget_s: float, instruction_pool: int) -> DemoSize:
     )
     if predicted > budget_s:
         why += " (the smallest demo; this machine is slower than the budget allows)"
-    return DemoSize(prompts, _calibration(prompts), MAX_NEW_TOKENS, why)
+    return DemoSize(prompts, calibration_for(prompts), MAX_NEW_TOKENS, why)
 
 
 #: Where `persyn demo` records the size it chose, so that a re-run resumes the same demo.
