@@ -20,16 +20,21 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
+HERE = Path(__file__).resolve().parent
+# Python puts this script's folder first on sys.path, where the sibling benchmark http.py would
+# shadow the standard library's http (torch imports it); tests/ holds the synthetic data.
+sys.path = [p for p in sys.path if Path(p or ".").resolve() != HERE]
+sys.path.insert(0, str(HERE.parent / "tests"))
 
-from persyn.router.encoders import MemoryEmbeddingCache, embed_prompts, load_encoder
-from persyn.router.model import TrainConfig, train_router
-from persyn.scoring.labels import combine_labels, make_pairs
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 # The synthetic calibration data lives with the tests that also use it (not in the package).
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from synthetic_router import distinct_prompts, make_synthetic  # noqa: E402
+
+from persyn.router.encoders import MemoryEmbeddingCache, embed_prompts, load_encoder  # noqa: E402
+from persyn.router.model import TrainConfig, train_router  # noqa: E402
+from persyn.scoring.labels import combine_labels, make_pairs  # noqa: E402
 
 
 def peak_rss_mb() -> float:

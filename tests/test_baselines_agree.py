@@ -132,3 +132,60 @@ def test_mix_weak_from_the_config_reaches_every_path(calibration):
     assert build_baselines(TEACHERS, q, lm, labels, emb, **cfg.baseline_settings()).mix_pair == ("a", "c")
     same = build_baselines(TEACHERS, q, lm, **_config(mix_weak="a").baseline_settings())
     assert "mix" not in same.routers and "weak one is the strong one" in same.skipped("mix")
+
+
+def test_one_default_strategy_set_for_the_cli_the_api_and_compare():
+    import inspect
+    from types import SimpleNamespace
+
+    from persyn.cli.commands import strategies as strategies_command
+    from persyn.defaults import DEFAULT_STRATEGIES
+    from persyn.pipeline import Pipeline
+    from persyn.stages import compare_strategies, strategies
+
+    cfg = _config()  # teachers b and c share the student's family
+    assert cfg.default_strategies() == ["persyn", "strong", "family-strong", "mix", "car", "random"]
+    assert cfg.default_strategies(oracle=True)[-1] == "oracle"
+    assert "oracle" not in DEFAULT_STRATEGIES  # the full oracle costs Generate-then-Select: on request
+    # None everywhere means "the config's default set": the command, the API and both stages.
+    assert inspect.signature(strategies_command).parameters["names"].default.default is None
+    assert inspect.signature(Pipeline.strategies).parameters["names"].default is None
+    assert inspect.signature(strategies.run).parameters["names"].default is None
+    assert compare_strategies.default_strategies(SimpleNamespace(config=cfg)) == cfg.default_strategies()
+
+
+def _string_constants(path):
+    import ast
+
+    tree = ast.parse(path.read_text())
+    docstrings = {
+        id(n.body[0].value)
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Module | ast.ClassDef | ast.FunctionDef)
+        and n.body
+        and isinstance(n.body[0], ast.Expr)
+        and isinstance(n.body[0].value, ast.Constant)
+    }
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Tuple | ast.List | ast.Set):
+            yield {e.value for e in node.elts if isinstance(e, ast.Constant) and isinstance(e.value, str)}
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
+            yield {node.value}
+
+
+def test_defaults_have_one_home():
+    """The default encoder and the list of strategy names are written once, in persyn/defaults.py."""
+    from pathlib import Path
+
+    import persyn
+    from persyn.defaults import ENCODER, STRATEGIES
+
+    src = Path(persyn.__file__).parent
+    hits = {}
+    for path in src.rglob("*.py"):
+        if path.name == "defaults.py":
+            continue
+        for values in _string_constants(path):
+            if ENCODER in values or len(values & set(STRATEGIES)) >= 4:
+                hits.setdefault(str(path.relative_to(src)), []).append(sorted(values)[:4])
+    assert not hits, hits

@@ -146,3 +146,109 @@ def test_other_settings_refused_once_a_run_exists(tmp_path):
         write_demo(tmp_path, n_prompts=16, calibration=8, eval_instructions=8)
     with pytest.raises(ValueError, match="eval_answer_limit"):
         write_demo(tmp_path / "b", n_prompts=16, calibration=8, eval_math=10, eval_answer_limit=11)
+
+
+# --------------------------------------------------------------------------------------------------
+# `persyn demo`: short-answer prompts, and the number of prompts from the measured speed
+
+
+def test_short_answer_draw_is_level_1_2_math_and_extraction(tmp_path):
+    from persyn.demo.project import SHORT_ANSWER_CATEGORIES, SHORT_ANSWER_LEVELS
+
+    cfg_path = write_demo(
+        tmp_path,
+        n_prompts=40,
+        calibration=12,
+        max_new_tokens=512,
+        math_levels=SHORT_ANSWER_LEVELS,
+        instruction_categories=SHORT_ANSWER_CATEGORIES,
+    )
+    cfg = load_config(cfg_path)
+    rows = _rows(cfg.prompts.path)
+    assert cfg.prompts.path.name == "prompts-20m20i-L12-extraction.jsonl"  # tells the draw apart
+    assert Counter(r["category"] for r in rows) == {"math": 20, "extraction": 20}
+    assert Counter(r["difficulty"] for r in rows if r["category"] == "math") == {1: 10, 2: 10}
+    assert cfg.generation.max_new_tokens == 512
+    held = {r["id"] for r in split_instructions()[1]}
+    assert not held & {r["id"] for r in rows}
+    # More prompts than the extraction pool holds: the rest is math.
+    many = write_demo(
+        tmp_path / "many", n_prompts=80, calibration=20, instruction_categories=SHORT_ANSWER_CATEGORIES
+    )
+    rows = _rows(load_config(many).prompts.path)
+    assert sum(r["category"] == "extraction" for r in rows) == 24 and len(rows) == 80
+
+
+def test_size_grows_with_the_measured_speed_and_never_shortens_answers():
+    from persyn.demo.sizing import (
+        MAX_NEW_TOKENS,
+        MAX_PROMPTS,
+        MIN_PROMPTS,
+        Speed,
+        predicted_seconds,
+        size_for,
+    )
+
+    sizes = [
+        size_for(Speed(g, "float32", 2), budget_s=400, instruction_pool=24) for g in (1, 30, 60, 120, 1e5)
+    ]
+    assert [s.prompts for s in sizes] == sorted(s.prompts for s in sizes)
+    assert sizes[0].prompts == MIN_PROMPTS and "slower than the budget" in sizes[0].why
+    assert sizes[-1].prompts == MAX_PROMPTS
+    assert all(s.max_new_tokens == MAX_NEW_TOKENS == 512 for s in sizes)
+    for s, g in zip(sizes[1:-1], (30, 60, 120), strict=True):
+        speed = Speed(g, "float32", 2)
+        assert predicted_seconds(s.prompts, speed, 24) <= 400 < predicted_seconds(s.prompts + 4, speed, 24)
+        assert s.calibration >= 8 and s.calibration < s.prompts
+        assert f"{g} GFLOP/s" in s.why
+
+
+def test_demo_sizes_once_and_a_rerun_resumes_that_size(tmp_path, monkeypatch):
+    from pipeline_fixtures import cli
+
+    import persyn.cli.commands as commands
+    import persyn.zoo
+    from persyn.demo import sizing
+
+    measured, converted, runs = [], [], []
+    monkeypatch.setattr(persyn.zoo, "ensure", converted.append)
+    monkeypatch.setattr(
+        sizing, "measure_speed", lambda: measured.append(1) or sizing.Speed(60.0, "float32", 2)
+    )
+    monkeypatch.setattr(commands, "_run_stage", lambda cfg, *a, **k: runs.append(cfg))
+    monkeypatch.setattr(commands, "print_summary", lambda summary: None)
+    out = tmp_path / "demo"
+    res = cli(["demo", "--dir", str(out)])
+    assert res.exit_code == 0, res.output
+    first = sizing.load_size(out)
+    assert first is not None and first.max_new_tokens == 512 and "GFLOP/s measured" in first.why
+    assert sorted(converted) == sorted(
+        ["zoo:qwen2.5-coder-0.5b-instruct", "zoo:gemma3-270m", "zoo:smollm2-135m-instruct"]
+    )
+    assert f"demo: {first.prompts} prompts, {first.calibration} calibration, 512 new tokens" in res.stderr
+    cfg = load_config(runs[0])
+    assert len(_rows(cfg.prompts.path)) == first.prompts and cfg.calibration.size == first.calibration
+    RunStore.open(out).close()  # a run exists now
+    monkeypatch.setattr(sizing, "measure_speed", lambda: sizing.Speed(1e5, "float32", 2))  # much faster now
+    res = cli(["demo", "--dir", str(out)])
+    assert res.exit_code == 0, res.output
+    assert sizing.load_size(out) == first and len(measured) == 1 and runs[1] == runs[0]
+    assert "as first sized in" in res.stderr
+
+
+def test_demo_with_a_number_of_prompts_measures_nothing(tmp_path, monkeypatch):
+    from pipeline_fixtures import cli
+
+    import persyn.cli.commands as commands
+    from persyn.demo import sizing
+
+    def never():
+        raise AssertionError("measured although the prompts were given")
+
+    monkeypatch.setattr(sizing, "measure_speed", never)
+    monkeypatch.setattr(commands, "_run_stage", lambda cfg, *a, **k: cfg)
+    monkeypatch.setattr(commands, "print_summary", lambda summary: None)
+    res = cli(["demo", "--dir", str(tmp_path / "d"), "--prompts", "12"])
+    assert res.exit_code == 0, res.output
+    assert sizing.load_size(tmp_path / "d") == sizing.DemoSize(12, 8, 512, "set by options")
+    assert "demo: 12 prompts, 8 calibration, 512 new tokens (set by options)" in res.stderr

@@ -288,3 +288,71 @@ def test_print_zoo_lists_every_alias(capsys, monkeypatch):
     out = capsys.readouterr().out
     for alias in zoo.known_aliases():
         assert alias in out
+
+
+# --------------------------------------------------------------------------------------------------
+# faster conversion (gguf_fast): the same results as transformers' own legacy GGUF path
+
+
+@pytest.mark.zoo
+def test_faster_gguf_loading_parses_the_same_metadata_and_restores_everything():
+    import gguf
+    import transformers.modeling_gguf_pytorch_utils as legacy
+
+    from persyn.gguf_fast import faster_gguf_loading
+
+    path = str(
+        zoo._chunk_path(zoo.ENTRIES["smollm2-135m-instruct"].chunks[0], zoo.ENTRIES["smollm2-135m-instruct"])
+    )
+    before = (gguf.GGUFReader, gguf.dequantize, gguf.get_tensor_name_map, legacy.load_gguf_checkpoint)
+    reference = legacy.load_gguf_checkpoint(path, return_tensors=False)
+    with faster_gguf_loading():
+        fast = legacy.load_gguf_checkpoint(path, return_tensors=False)
+        again = legacy.load_gguf_checkpoint(path, return_tensors=False)
+        again["config"]["vocab_size"] = -1  # a caller changing its copy changes nobody else's
+        assert legacy.load_gguf_checkpoint(path, return_tensors=False)["config"] == reference["config"]
+        reader = gguf.GGUFReader(path)
+        assert reader is gguf.GGUFReader(path)  # parsed once per file
+        plain = reader.tensors[0].data
+    assert fast == reference
+    assert (gguf.GGUFReader, gguf.dequantize, gguf.get_tensor_name_map, legacy.load_gguf_checkpoint) == before
+    slow = gguf.GGUFReader(path)
+    assert slow.tensors[0].name == reader.tensors[0].name and np_equal(slow.tensors[0].data, plain)
+
+
+def np_equal(a, b) -> bool:
+    import numpy as np
+
+    return a.shape == b.shape and a.dtype == b.dtype and np.array_equal(a, b)
+
+
+@pytest.mark.zoo
+def test_torch_dequantisation_is_bit_exact_or_falls_back():
+    import gguf
+    import numpy as np
+
+    from persyn.gguf_fast import _torch_dequantizer
+
+    entry = zoo.ENTRIES["smollm2-135m-instruct"]  # one file, no join: Q4_1, Q6_K and float tensors
+    types_seen = {}
+    for t in gguf.GGUFReader(str(zoo._chunk_path(entry.chunks[0], entry))).tensors:
+        types_seen.setdefault(int(t.tensor_type), t)
+    assert len(types_seen) >= 2
+    fast = _torch_dequantizer(gguf.dequantize)
+    for t in types_seen.values():
+        data = t.data[:4]  # a few rows: the same values as gguf-py, bit for bit
+        assert np.array_equal(
+            fast(data, t.tensor_type).view(np.uint32), gguf.dequantize(data, t.tensor_type).view(np.uint32)
+        )
+    calls = []
+
+    def wrong(data, qtype):  # a reference that disagrees: the torch result must not be used
+        calls.append(qtype)
+        return gguf.dequantize(data, qtype) + 1
+
+    t = next(t for t in types_seen.values() if int(t.tensor_type) not in (0, 1))
+    checked = _torch_dequantizer(wrong)
+    first = checked(t.data[:2], t.tensor_type)
+    second = checked(t.data[:2], t.tensor_type)
+    assert np.array_equal(first, gguf.dequantize(t.data[:2], t.tensor_type) + 1)
+    assert np.array_equal(second, first) and len(calls) == 2  # after a mismatch, always the reference

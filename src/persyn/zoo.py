@@ -17,7 +17,6 @@ any point leaves nothing that resolves or loads.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import importlib.util
 import json
@@ -27,7 +26,7 @@ import shutil
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -458,11 +457,13 @@ def _convert_gguf(entry: ZooEntry, out: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from persyn.gguf_fast import faster_gguf_loading, gguf_progress
     from persyn.util.progress import quiet_libraries
 
     gguf = _verified_gguf(entry, out.parent)
     # One persyn bar; transformers' own (loading, dequantising, "Writing model shards") stay quiet.
-    with quiet_libraries(), _gguf_progress(entry.alias):
+    # faster_gguf_loading: the same folder, sooner (gguf_fast.py, docs/models.md).
+    with quiet_libraries(), gguf_progress(entry.alias), faster_gguf_loading():
         tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         # float32: the dequantised Q4 weights are kept exactly; engines pick their own compute dtype.
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
@@ -477,31 +478,6 @@ def _convert_gguf(entry: ZooEntry, out: Path) -> None:
         del model
     if gguf.parent == out.parent:  # the joined copy; drop it now rather than at the rename (disk)
         gguf.unlink()
-
-
-@contextlib.contextmanager
-def _gguf_progress(label: str) -> Iterator[None]:
-    """Show transformers' GGUF dequantisation as one persyn bar (count, rate, ETA) instead of its
-    own tqdm bar, which it draws whatever its progress-bar setting says."""
-    import transformers.modeling_gguf_pytorch_utils as gguf_utils
-
-    from persyn.util.progress import Progress, stderr_console
-
-    ui = Progress(stderr_console())
-
-    def bar(iterable, *args, **kwargs):
-        items = list(iterable)
-        with ui.task(f"{label} · dequantising GGUF tensors", total=len(items)) as advance:
-            for item in items:
-                yield item
-                advance(1)
-
-    original = gguf_utils.tqdm
-    gguf_utils.tqdm = bar
-    try:
-        yield
-    finally:
-        gguf_utils.tqdm = original
 
 
 def _ensure_tiny_tokenizer() -> Path:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+import time
 from pathlib import Path
 
 import typer
@@ -30,6 +31,9 @@ from persyn.cli.router import router_app
 from persyn.cli.student import register_student_commands
 from persyn.defaults import DEFAULT_STRATEGIES, STRATEGIES
 from persyn.util.errors import PersynError
+
+# `persyn demo` fits its first run, start-up and zoo conversion included, in a time budget.
+_STARTED = time.monotonic()
 
 app = typer.Typer(
     name="persyn",
@@ -393,44 +397,75 @@ def demo(
     prompts: int | None = typer.Option(
         None,
         "--prompts",
-        help="Demo prompts, half math with answers, half instructions (default: sized for this machine).",
+        help="Demo prompts: level-1/2 math with answers and extraction instructions "
+        "(default: sized for this machine's measured speed).",
     ),
     calibration: int | None = typer.Option(
         None, "--calibration", help="Calibration prompts, every teacher answers them (default: sized)."
     ),
     max_new_tokens: int | None = typer.Option(
-        None, "--max-new-tokens", help="Generation length of every teacher (default: sized)."
+        None, "--max-new-tokens", help="Generation length of every teacher (default: 512)."
     ),
     force: bool = typer.Option(False, "--force", help="Start the demo afresh (deletes the demo directory)."),
 ) -> None:
     """Run the whole pipeline on the bundled demo prompts with three real zoo teachers (Qwen2.5-Coder-0.5B
     with its working, the same model told to give the number only, Gemma-3-270M after worked
     examples) for the student SmolLM2-135M, on CPU; then `persyn compare` on the written config
-    trains and evaluates the student on each strategy's data. Its size
-    suits the machine: 160 prompts (48 calibration, 96 new tokens) where models run in bfloat16,
-    96 (32, 64) on a CPU without native bfloat16."""
-    from persyn.demo.project import DemoSettingsError, demo_size, write_demo
-
-    size = demo_size()
-    prompts = size.prompts if prompts is None else prompts
-    calibration = size.calibration if calibration is None else calibration
-    max_new_tokens = size.max_new_tokens if max_new_tokens is None else max_new_tokens
-    _err.print(
-        f"demo: {prompts} prompts, {calibration} calibration, {max_new_tokens} new tokens "
-        f"(sized for this machine: {size.why})",
-        soft_wrap=True,
+    trains and evaluates the student on each strategy's data. The first run converts the zoo models,
+    measures this machine's speed and picks the number of prompts that ends within 8 minutes, every
+    answer allowed 512 tokens (the prompts are ones whose answers end well before); a re-run resumes
+    the same demo."""
+    from persyn.demo import instruction_pool, sizing
+    from persyn.demo.project import (
+        DEMO_MODELS,
+        SHORT_ANSWER_CATEGORIES,
+        SHORT_ANSWER_LEVELS,
+        DemoSettingsError,
+        write_demo,
     )
+
     if force and out.exists():
         if any(out.iterdir()) and not (out / "persyn-demo.yaml").is_file():
             _fail(f"{out} is not a demo directory (no persyn-demo.yaml); not deleting it")
         shutil.rmtree(out)
+    size = sizing.load_size(out) if (out / "persyn-demo.yaml").is_file() else None
+    if size is not None:
+        why = f"as first sized in {out}: {size.why}"
+    elif prompts is not None:
+        cal = sizing.calibration_for(prompts) if calibration is None else calibration
+        size, why = sizing.DemoSize(prompts, cal, sizing.MAX_NEW_TOKENS, "set by options"), "set by options"
+    else:
+        from persyn.zoo import ensure
+
+        for alias in DEMO_MODELS:  # first run: convert now (one bar each), then measure and size
+            ensure(alias)
+        speed = sizing.measure_speed()
+        budget = sizing.BUDGET_S - (time.monotonic() - _STARTED)
+        size = sizing.size_for(speed, budget, len(instruction_pool(SHORT_ANSWER_CATEGORIES)))
+        why = f"sized for this machine: {size.why}"
+    prompts = size.prompts if prompts is None else prompts
+    calibration = size.calibration if calibration is None else calibration
+    max_new_tokens = size.max_new_tokens if max_new_tokens is None else max_new_tokens
+    _err.print(
+        f"demo: {prompts} prompts, {calibration} calibration, {max_new_tokens} new tokens ({why})",
+        soft_wrap=True,
+    )
     try:
-        cfg_path = write_demo(out, n_prompts=prompts, calibration=calibration, max_new_tokens=max_new_tokens)
+        cfg_path = write_demo(
+            out,
+            n_prompts=prompts,
+            calibration=calibration,
+            max_new_tokens=max_new_tokens,
+            math_levels=SHORT_ANSWER_LEVELS,
+            instruction_categories=SHORT_ANSWER_CATEGORIES,
+        )
     except (ValueError, DemoSettingsError) as exc:
         _fail(str(exc))
+    sizing.save_size(out, sizing.DemoSize(prompts, calibration, max_new_tokens, size.why))
     _err.print(f"demo config: {cfg_path}")
     summary = _run_stage(cfg_path, "run", force=False, retry_failed=False, skip_bad_rows=False, overrides=())
     print_summary(summary)
+    _err.print(f"demo: {time.monotonic() - _STARTED:.0f} s in all")
     _out.print(f"  config:  {cfg_path}   (re-run: persyn run {cfg_path})")
     _out.print(f"  next:    persyn compare {cfg_path}   (the student trained on each strategy's data)")
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -38,6 +38,7 @@ __all__ = [
     "fewshot_template",
     "format_number",
     "generate_math_problems",
+    "instruction_pool",
     "load_instructions",
     "split_instructions",
     "write_demo_prompts",
@@ -93,20 +94,37 @@ def _math_row(p: MathProblem) -> dict[str, Any]:
     }
 
 
-def demo_prompts(n_math: int = 200, n_instructions: int = 100, seed: int = 0) -> list[dict[str, Any]]:
-    """`n_math` generated problems (difficulty levels in turn) and `n_instructions` instructions
-    drawn without replacement from the training pool (`split_instructions`), shuffled together;
-    the same arguments give the same list."""
+def instruction_pool(categories: Iterable[str] | None = None) -> list[dict[str, Any]]:
+    """The training pool (`split_instructions`), only `categories` if given (file order)."""
     pool, _ = split_instructions()
+    if categories is None:
+        return pool
+    wanted = set(categories)
+    if not wanted <= set(INSTRUCTION_CATEGORIES):
+        raise ValueError(f"categories must be among {', '.join(INSTRUCTION_CATEGORIES)}")
+    return [r for r in pool if r["category"] in wanted]
+
+
+def demo_prompts(
+    n_math: int = 200,
+    n_instructions: int = 100,
+    seed: int = 0,
+    levels: Sequence[int] = LEVELS,
+    categories: Iterable[str] | None = None,
+) -> list[dict[str, Any]]:
+    """`n_math` generated problems (difficulty `levels` in turn) and `n_instructions` instructions
+    drawn without replacement from the training pool (`split_instructions`; only `categories` if
+    given), shuffled together; the same arguments give the same list."""
+    pool = instruction_pool(categories)
     if not 0 <= n_instructions <= len(pool):
         raise ValueError(
-            f"n_instructions must be between 0 and {len(pool)} (the bundled instructions, less the "
-            "held-out ones)"
+            f"n_instructions must be between 0 and {len(pool)} (the bundled instructions"
+            f"{' of those categories' if categories is not None else ''}, less the held-out ones)"
         )
     if n_math < 0:
         raise ValueError("n_math must be >= 0")
     rng = random.Random(seed)
-    rows = [_math_row(p) for p in generate_math_problems(n_math, seed=seed)]
+    rows = [_math_row(p) for p in generate_math_problems(n_math, seed=seed, levels=tuple(levels))]
     rows += [_row(r) for r in rng.sample(pool, n_instructions)]
     rng.shuffle(rows)
     return rows

@@ -11,26 +11,43 @@ completion).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 
 from persyn.demo.bundled import (
+    INSTRUCTION_CATEGORIES,
+    LEVELS,
     demo_eval_prompts,
     demo_prompts,
     fewshot_template,
-    split_instructions,
+    instruction_pool,
     write_jsonl,
 )
 from persyn.store.store import RunStore
 from persyn.util.atomic import atomic_write
 from persyn.util.errors import PersynError
 
-__all__ = ["CONCISE_SYSTEM_PROMPT", "DEMO_CONFIG", "DemoSettingsError", "DemoSize", "demo_size", "write_demo"]
+__all__ = [
+    "CONCISE_SYSTEM_PROMPT",
+    "DEMO_CONFIG",
+    "DEMO_MODELS",
+    "SHORT_ANSWER_CATEGORIES",
+    "SHORT_ANSWER_LEVELS",
+    "DemoSettingsError",
+    "write_demo",
+]
 
 # qwen-concise: the same model as qwen, told to skip the working (a distinct teacher as a config
 # declares it: its answers, scores and routes are its own).
 CONCISE_SYSTEM_PROMPT = "Reply with the final answer only, as a number, in the form: The answer is N."
 TRAIN_SEED, EVAL_SEED = 0, 1  # math generator seeds: training prompts, held-out eval problems
+# `persyn demo`'s prompts: ones whose answers end well within 512 tokens for every teacher (the demo
+# never shortens answers to fit its time; demo/sizing.py). Qwen's worked answers to level-1/2 math
+# run 100-210 tokens (levels 3-5 run longer and loop more); extraction answers quote the text.
+SHORT_ANSWER_LEVELS = (1, 2)
+SHORT_ANSWER_CATEGORIES = ("extraction",)
+# The zoo models the demo config names (converted on the first run, before it is sized).
+DEMO_MODELS = ("zoo:qwen2.5-coder-0.5b-instruct", "zoo:gemma3-270m", "zoo:smollm2-135m-instruct")
 
 DEMO_CONFIG = """\
 # persyn demo: written by `persyn demo`; re-run with `persyn run {name}` (it resumes).
@@ -70,26 +87,6 @@ eval:
 """
 
 
-@dataclass(frozen=True)
-class DemoSize:
-    prompts: int
-    calibration: int
-    max_new_tokens: int
-    why: str
-
-
-def demo_size() -> DemoSize:
-    """The demo's size for this machine. Where models run in bfloat16 or on a GPU, the full demo;
-    where `dtype: auto` falls back to float32 (a CPU without native bf16: float32 matmuls run at
-    about half the speed of native bf16 ones), fewer prompts and shorter answers, so that it still
-    ends in minutes on two cores. Every stage and the three teachers stay (docs/pipeline.md)."""
-    from persyn.util.hardware import cpu_info, resolve_device
-
-    if resolve_device("auto").type != "cpu" or cpu_info().native_bf16:
-        return DemoSize(160, 48, 96, "models run in bfloat16 or on a GPU here")
-    return DemoSize(96, 32, 64, "no native bfloat16 on this CPU: models run in float32, so a smaller demo")
-
-
 class DemoSettingsError(PersynError, ValueError):
     """The demo directory holds a run made with other demo settings."""
 
@@ -105,24 +102,33 @@ def write_demo(
     eval_answer_limit: int = 48,
     eval_instructions: int = 16,
     eval_max_new_tokens: int | None = None,
+    math_levels: Sequence[int] = LEVELS,
+    instruction_categories: Sequence[str] = INSTRUCTION_CATEGORIES,
 ) -> Path:
-    """Write the bundled demo prompts (`n_instructions` instructions, by default half, the rest
-    math with exact answers), the held-out eval files (`eval_math` problems, the first
-    `eval_answer_limit` of them answered, and `eval_instructions` instructions) and a demo config
-    into `out`; returns the config path. An existing demo run with other settings is refused.
-    `eval_max_new_tokens` defaults to `max_new_tokens`."""
+    """Write the bundled demo prompts (`n_instructions` instructions of `instruction_categories`,
+    by default half or as many as there are, the rest math of `math_levels` with exact answers),
+    the held-out eval files (`eval_math` problems, the first `eval_answer_limit` of them answered,
+    and `eval_instructions` instructions) and a demo config into `out`; returns the config path.
+    An existing demo run with other settings is refused. `eval_max_new_tokens` defaults to
+    `max_new_tokens`. `persyn demo` passes `SHORT_ANSWER_LEVELS` and `SHORT_ANSWER_CATEGORIES`."""
     if n_prompts < 8:
         raise ValueError("the demo needs at least 8 prompts")
     if not 4 <= calibration <= n_prompts:
         raise ValueError(f"calibration must be between 4 and the number of prompts ({n_prompts})")
-    train_pool, _ = split_instructions()
+    train_pool = instruction_pool(instruction_categories)
     n_instr = min(n_prompts // 2, len(train_pool)) if n_instructions is None else n_instructions
     if not 0 <= n_instr <= min(n_prompts, len(train_pool)):
         raise ValueError(f"n_instructions must be between 0 and {min(n_prompts, len(train_pool))}")
     if not 0 <= eval_answer_limit <= eval_math:
         raise ValueError(f"eval_answer_limit must be between 0 and eval_math ({eval_math})")
     n_math = n_prompts - n_instr
-    rows = demo_prompts(n_math=n_math, n_instructions=n_instr, seed=TRAIN_SEED)
+    rows = demo_prompts(
+        n_math=n_math,
+        n_instructions=n_instr,
+        seed=TRAIN_SEED,
+        levels=math_levels,
+        categories=instruction_categories,
+    )
     eval_m, eval_i = demo_eval_prompts(
         n_math=eval_math,
         n_instructions=eval_instructions,
@@ -131,7 +137,13 @@ def write_demo(
     )
     out = Path(out)
     cfg_path = out / "persyn-demo.yaml"
-    prompts_name = f"prompts-{n_math}m{n_instr}i.jsonl"
+    # The file name tells the draw apart (the settings check compares config texts).
+    which = ""
+    if tuple(math_levels) != LEVELS:
+        which += "-L" + "".join(map(str, math_levels))
+    if tuple(instruction_categories) != INSTRUCTION_CATEGORIES:
+        which += "-" + "-".join(instruction_categories)
+    prompts_name = f"prompts-{n_math}m{n_instr}i{which}.jsonl"
     eval_math_file = f"eval-math-{eval_math}.jsonl"
     eval_instr_file = f"eval-instructions-{eval_instructions}.jsonl"
     fewshot = "\n".join(("      " + line).rstrip() for line in fewshot_template().split("\n"))

@@ -48,18 +48,18 @@ class RouterResult:
 
 def train_key(ctx: RunContext, ids: list[str]) -> str:
     cfg = ctx.config
-    gks = ctx.gen_keys()
+    gen_keys = ctx.gen_keys()
     scores = ctx.result("score")
     qk = sorted(set(scores.quality_keys(ctx.store.get_prompts(ids))))
     r = cfg.router.model_dump(mode="json")
     # The scores themselves too: a retried generation or score that fills a gap retrains the router.
-    q, lm = scores.matrices(ids)
-    values = digest(np.nan_to_num(np.stack([q, lm]), nan=-1e30).round(6).tobytes())
+    q, learn = scores.matrices(ids)
+    values = digest(np.nan_to_num(np.stack([q, learn]), nan=-1e30).round(6).tobytes())
     return content_key(
         "router",
         digest(ids, spaced=True),
         values,
-        [gks[t] for t in ctx.teachers],
+        [gen_keys[t] for t in ctx.teachers],
         qk,
         scores.learnability_key() if cfg.router.alpha > 0 else None,
         r,
@@ -111,7 +111,7 @@ def measure(
     teachers,
     texts,
     q,
-    lm,
+    learn,
     labels,
     emb,
     test: np.ndarray,
@@ -126,13 +126,13 @@ def measure(
     from persyn.router.metrics import compare, json_safe
 
     t_idx, f_idx = np.flatnonzero(test), np.flatnonzero(~test)
-    fitted = build_baselines(teachers, q[f_idx], lm[f_idx], labels[f_idx], emb[f_idx], **settings)
+    fitted = build_baselines(teachers, q[f_idx], learn[f_idx], labels[f_idx], emb[f_idx], **settings)
     t_texts = [texts[i] for i in t_idx]
     matrices = {"router": router.scores(t_texts, embeddings=None if own_embeddings else emb[t_idx])}
     for name, b in fitted.routers.items():
         matrices[name] = b.scores(t_texts, embeddings=emb[t_idx])
     matrices["oracle"] = np.where(np.isnan(labels[t_idx]), -np.inf, labels[t_idx])
-    metrics = compare(matrices, labels[t_idx], teachers, quality=q[t_idx], learnability=lm[t_idx])
+    metrics = compare(matrices, labels[t_idx], teachers, quality=q[t_idx], learnability=learn[t_idx])
     return json_safe(metrics), fitted.notes
 
 
@@ -153,12 +153,12 @@ def run(ctx: RunContext) -> RouterResult:
     teachers = ctx.teachers
     prompts = ctx.store.get_prompts(ids)
     texts = [p.text for p in prompts]
-    q, lm, labels = _labels(ctx, ids)
+    q, learn, labels = _labels(ctx, ids)
     encoder = load_router_encoder(ctx)
     emb = embed_ids(ctx, ids, stage="train-router", encoder=encoder)
     test = holdout_mask(texts, cfg.router.test_fraction, cfg.seed, salt="test")
     fit = ~test
-    tcfg = _train_config(ctx)
+    train_cfg = _train_config(ctx)
     cache = ctx.store.embedding_cache()
     ctx.ui.say(
         f"[bold]train-router[/]: {len(ids)} calibration prompts ({int(fit.sum())} train, "
@@ -166,7 +166,7 @@ def run(ctx: RunContext) -> RouterResult:
     )
 
     def train(mask: np.ndarray, what: str):
-        return _train(ctx, np.flatnonzero(mask), what, texts, labels, encoder, tcfg, cache, emb)
+        return _train(ctx, np.flatnonzero(mask), what, texts, labels, encoder, train_cfg, cache, emb)
 
     metrics: dict[str, Any] = {}
     notes: list[str] = []
@@ -177,12 +177,12 @@ def run(ctx: RunContext) -> RouterResult:
             teachers,
             texts,
             q,
-            lm,
+            learn,
             labels,
             emb,
             test,
             cfg.baseline_settings(),
-            tcfg.finetune_encoder,
+            train_cfg.finetune_encoder,
         )
     final, final_report = (
         train(np.ones(len(ids), dtype=bool), "all prompts")
@@ -205,7 +205,7 @@ def run(ctx: RunContext) -> RouterResult:
     rm = metrics.get("router", {})
     msg = f"router {key} trained ({report.n_train_pairs} pairs)"
     if rm:
-        msg += f"; held out: hit@1 {_f(rm.get('hit@1'))}, regret {_f(rm.get('regret'))}"
+        msg += f"; held out: hit@1 {_fmt3(rm.get('hit@1'))}, regret {_fmt3(rm.get('regret'))}"
     ctx.store.log_event("train-router", "done", msg, key=key)
     ctx.ui.say(f"[dim]train-router[/] {msg}")
     return RouterResult(path, key, metrics, trained=True, doc=doc)
@@ -214,36 +214,36 @@ def run(ctx: RunContext) -> RouterResult:
 def _labels(ctx: RunContext, ids: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Quality, learnability and combined labels of the calibration prompts (StageError if unscored)."""
     scores = ctx.result("score")
-    q, lm = scores.matrices(ids)
+    q, learn = scores.matrices(ids)
     if np.isnan(q).all():
         raise StageError("no quality scores for the calibration prompts: run `persyn score CONFIG` first")
-    if ctx.config.router.alpha > 0 and np.isnan(lm).all():
+    if ctx.config.router.alpha > 0 and np.isnan(learn).all():
         raise StageError(
             "no learnability scores for the calibration prompts: run `persyn score CONFIG` first"
         )
-    return q, lm, scores.labels(q, lm)
+    return q, learn, scores.labels(q, learn)
 
 
-def _train(ctx: RunContext, sel, what: str, texts, labels, encoder, tcfg, cache, emb):
+def _train(ctx: RunContext, sel, what: str, texts, labels, encoder, train_cfg, cache, emb):
     """A router trained on the calibration prompts `sel`, with a bar of epochs."""
     from persyn.router.model import train_router
 
     # Epochs, up to max_epochs: early stopping usually ends sooner, and the bar then jumps to the end.
-    with ctx.ui.task(f"train-router · {what}", total=tcfg.max_epochs) as advance:
+    with ctx.ui.task(f"train-router · {what}", total=train_cfg.max_epochs) as advance:
         try:
             out = train_router(
                 [texts[i] for i in sel],
                 labels[sel],
                 ctx.teachers,
                 encoder=encoder,
-                config=tcfg,
+                config=train_cfg,
                 cache=cache,
-                embeddings=None if tcfg.finetune_encoder else emb[sel],
+                embeddings=None if train_cfg.finetune_encoder else emb[sel],
                 progress=lambda info: advance(1),
             )
         except ValueError as exc:
             raise StageError(f"cannot train the router ({what}): {exc}") from exc
-        advance(tcfg.max_epochs - out[1].epochs)
+        advance(train_cfg.max_epochs - out[1].epochs)
         return out
 
 
@@ -265,5 +265,5 @@ def _save(ctx: RunContext, router, path: Path, doc: dict[str, Any], *, refit: bo
     return json_safe(doc)
 
 
-def _f(v) -> str:
+def _fmt3(v) -> str:
     return "-" if v is None else f"{v:.3f}"
