@@ -35,6 +35,7 @@ import yaml
 from persyn.atomic import atomic_path, atomic_write
 from persyn.comparison_report import comparison_context, plot_comparison
 from persyn.credentials import scrub_secrets
+from persyn.dataset.card import checks_context
 
 __all__ = ["LedgerRow", "ReportData", "headline", "write_report"]
 
@@ -103,6 +104,8 @@ class ReportData:
     quality: list[dict[str, Any]] = field(default_factory=list)
     # `persyn compare`'s compare.json: the student trained on each strategy (comparison_report.py).
     comparison: dict[str, Any] | None = None
+    # The row filters over the dataset (stages/filter.py `Filters.summary`), None when they are off.
+    row_checks: dict[str, Any] | None = None
 
 
 # ----------------------------------------------------------------------------- numbers
@@ -530,6 +533,7 @@ def _context(data: ReportData, figures: dict[str, str | None]) -> dict[str, Any]
         ],
         "samples": samples,
         "comparison": comparison_context(data.comparison),
+        "row_checks": checks_context(data.row_checks),
         "notes": list(data.notes),
         "config": yaml.safe_dump(scrub_secrets(data.config), sort_keys=False, allow_unicode=True),
     }

@@ -214,6 +214,10 @@ class Pipeline:
         """Each teacher answers its routed prompts -> GenerateResult."""
         return self._stage("generate")
 
+    def filter(self):
+        """Verdicts of the row filters (cut, empty, repetition, echo, shape) -> FilterResult."""
+        return self._stage("filter")
+
     def export(self):
         """Write the dataset into <run>/dataset -> ExportResult (`.files`: format -> path)."""
         return self._stage("export", datasets=True)
@@ -264,6 +268,7 @@ class Pipeline:
         router = self.train_router()
         self.route()
         self.generate()
+        self.filter()
         exp = self.export()
         report = self.report()
         counts = ctx.store.response_counts()

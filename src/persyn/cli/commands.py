@@ -1,6 +1,6 @@
 """The `persyn` command line. Commands stay thin: they parse, call the pipeline, print.
 
-Every stage is a command (`calibrate`, `score`, `train-router`, `route`, `generate`, `export`,
+Every stage is a command (`calibrate`, `score`, `train-router`, `route`, `generate`, `filter`, `export`,
 `report`) and `run` does them all; each resumes from what the run directory holds. Progress goes to
 stderr; results (and `--json`) to stdout.
 """
@@ -215,6 +215,9 @@ def _print_stage(stage: str, result) -> None:
         _out.print("all prompts: " + ", ".join(f"{t} {n}" for t, n in result.counts.items()))
     elif stage == "generate":
         _out.print(f"generated {result.new_generations} responses ({result.failed} failed)")
+    elif stage == "filter":
+        drops = ", ".join(f"{t}: {d}" for t, d in result.dropped.items()) or "none"
+        _out.print(f"filtered {result.checked} responses ({result.new} new verdicts); dropped: {drops}")
     elif stage == "export":
         _out.print(f"dataset: {result.path} ({result.n_rows} rows)")
         for fmt, p in result.files.items():
@@ -248,6 +251,11 @@ for _name, _cli, _doc in (
         "Each teacher answers only its routed prompts (failed rows are kept; --retry-failed).",
     ),
     (
+        "filter",
+        "filter",
+        "Check every response against the row filters (cut, empty, repetition, echo, shape).",
+    ),
+    (
         "export",
         "export",
         "Write the dataset (TRL messages / prompt-completion, sharegpt, Parquet, HF) into <run>/dataset.",
@@ -260,8 +268,9 @@ for _name, _cli, _doc in (
     (
         "run",
         "run",
-        "Run every stage (calibrate, score, train-router, route, generate, export, report). Re-running "
-        "resumes: finished rows are never recomputed, and a crash loses at most the batch in flight.",
+        "Run every stage (calibrate, score, train-router, route, generate, filter, export, report). "
+        "Re-running resumes: finished rows are never recomputed, and a crash loses at most the batch "
+        "in flight.",
     ),
 ):
     app.command(_cli)(_stage_command(_name, _doc))

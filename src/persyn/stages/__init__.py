@@ -1,7 +1,7 @@
 """The pipeline stages, one module each, in run order:
 
 ingest (the prompts, when the run opens) -> calibrate -> score -> train-router -> route -> generate
--> export -> report; and strategies (the baselines' datasets from the same run). The student's side:
+-> filter -> export -> report; and strategies (the baselines' datasets from the same run). The student's side:
 train (fine-tune the student on a strategy's dataset) -> eval (held-out prompts) -> compare (every
 strategy trained and evaluated alike: the method's Table 2).
 
@@ -27,6 +27,7 @@ STAGES = {
     "train-router": "train_router",
     "route": "route",
     "generate": "generate",
+    "filter": "filter",
     "export": "export",
     "report": "report",
     "strategies": "strategies",
@@ -36,6 +37,6 @@ STAGES = {
 }
 
 #: What `persyn run` runs, in order.
-RUN_ORDER = ("calibrate", "score", "train-router", "route", "generate", "export", "report")
+RUN_ORDER = ("calibrate", "score", "train-router", "route", "generate", "filter", "export", "report")
 
 __all__ = ["RUN_ORDER", "STAGES", "RunContext", "StageError", "WorkCounts"]

@@ -154,7 +154,7 @@ def run(ctx: RunContext) -> RouteResult:
     cal_idx = np.flatnonzero(in_cal)
     if r.calibration_prompts == "best" and cal_idx.size:
         scores_of = ctx.result("score")
-        q, lm = scores_of.matrices([ids[i] for i in cal_idx])
+        q, lm = scores_of.matrices([ids[i] for i in cal_idx], gate=True)
         labels = scores_of.labels(q, lm)
         has = ~np.isnan(labels).all(axis=1)
         best = np.nanargmax(np.where(has[:, None], np.nan_to_num(labels, nan=-np.inf), 0.0), axis=1)

@@ -118,7 +118,7 @@ def _assignments(
     ids = ctx.working_ids()
     cal = ctx.calibration_ids()
     scores = ctx.result("score")
-    q, lm = scores.matrices(cal)
+    q, lm = scores.matrices(cal, gate=True)  # choices see junk responses as the router's labels do
     if np.isnan(q).all():
         raise StageError("no calibration scores yet: run `persyn score CONFIG` first")
     texts: list[str] | None = None
@@ -196,7 +196,7 @@ def run(
     results: dict[str, StrategyResult] = {}
     scores = ctx.result("score")
     q_cal, l_cal = scores.matrices(cal)
-    labels_cal = scores.labels(q_cal, l_cal)
+    labels_cal = scores.labels(*scores.matrices(cal, gate=True))
     cal_pos = {pid: i for i, pid in enumerate(cal)}
 
     for name, (scope, assignment) in plans.items():
@@ -206,8 +206,8 @@ def run(
             # Generate-then-Select: every teacher answers every prompt; score them all.
             for t in teachers:
                 ctx.generate_responses("strategies", t, ids)
-            sc = ctx.run_stage("score", prompt_ids=ids, stage="strategies")
-            labels = scores.labels(sc.quality, sc.learnability)
+            ctx.run_stage("score", prompt_ids=ids, stage="strategies")
+            labels = scores.labels(*scores.matrices(ids, gate=True))
             keep = ~np.isnan(labels).all(axis=1)
             best = np.argmax(np.where(np.isnan(labels), -np.inf, labels), axis=1)
             assignment = [(ids[i], teachers[best[i]]) for i in np.flatnonzero(keep)]
@@ -242,7 +242,15 @@ def run(
                 notes.append("Oracle on the calibration prompts only (labels need every teacher's response).")
             if records:
                 write_dataset(
-                    ctx, records, path, strategy=name, generations=gens, tokens=toks, cost=None, notes=notes
+                    ctx,
+                    records,
+                    path,
+                    strategy=name,
+                    generations=gens,
+                    tokens=toks,
+                    cost=None,
+                    notes=notes,
+                    row_checks=ctx.result("filter").summary(assignment),
                 )
             rows = len(records)
         if name == "random":

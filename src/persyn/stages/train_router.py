@@ -49,9 +49,10 @@ def train_key(ctx: RunContext, ids: list[str]) -> str:
     gks = ctx.gen_keys()
     scores = ctx.result("score")
     qk = sorted(set(scores.quality_keys(ctx.store.get_prompts(ids))))
-    r = cfg.router.model_dump(mode="json")
-    # The scores themselves too: a retried generation or score that fills a gap retrains the router.
-    q, lm = scores.matrices(ids)
+    r = cfg.router.key_dict()
+    # The scores themselves too, as the labels see them (filters, quality floor): a retried
+    # generation or score that fills a gap, or a filter that drops a response, retrains the router.
+    q, lm = scores.matrices(ids, gate=True)
     values = digest(np.nan_to_num(np.stack([q, lm]), nan=-1e30).round(6).tobytes())
     return content_key(
         "router",
@@ -171,7 +172,7 @@ def run(ctx: RunContext) -> RouterResult:
     prompts = ctx.store.get_prompts(ids)
     texts = [p.text for p in prompts]
     scores = ctx.result("score")
-    q, lm = scores.matrices(ids)
+    q, lm = scores.matrices(ids, gate=True)  # the baselines see junk responses as the labels do
     if np.isnan(q).all():
         raise StageError("no quality scores for the calibration prompts: run `persyn score CONFIG` first")
     if cfg.router.alpha > 0 and np.isnan(lm).all():
