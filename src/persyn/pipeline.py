@@ -272,7 +272,7 @@ class Pipeline:
         exp = self.export()
         report = self.report()
         counts = ctx.store.response_counts()
-        gks = set(ctx.gen_keys().values())
+        gks = set(ctx.gen_keys().values()) | {ctx.regen_gen_key(t) for t in ctx.teachers}
         held = sum(r["ok"] + r["error"] for r in counts if r["gen_key"] in gks)
         failed = sum(r["error"] for r in counts if r["gen_key"] in gks)
         n = len(ctx.working_ids())

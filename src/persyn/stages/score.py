@@ -120,8 +120,9 @@ class Scores:
     ) -> tuple[np.ndarray, np.ndarray]:
         """Quality and learnability matrices (len(ids) x T, NaN where missing) of each teacher's
         final response (`ctx.final_responses`), from the store. `gate`: as the labels see them
-        (`gate_scores`: filtered responses at their prompt's lowest quality and learnability, and
-        learnability not counted below the quality floor); the raw scores otherwise."""
+        under `router.quality_floor` (`gate_scores`: responses the row filters drop at their
+        prompt's lowest quality and learnability, and learnability not counted below the quality
+        floor); the raw scores otherwise, and with the floor off (the paper's labels)."""
         ctx = self.ctx
         ids = list(ids)
         teachers = ctx.teachers
@@ -151,6 +152,8 @@ class Scores:
         from persyn.scoring.labels import gate_scores
 
         floor_cfg = self.ctx.config.router.quality_floor
+        if not floor_cfg.enabled:
+            return q, lm  # the paper's labels
         floors = np.array([_floor(floor_cfg, qkeys[pid]) for pid in ids], dtype=float).reshape(len(ids))
         junk = self.ctx.result("filter").junk(ids)
         if not junk.any() and np.isnan(floors).all():
