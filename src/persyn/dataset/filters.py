@@ -162,7 +162,7 @@ _BARE_NUMBER = re.compile(
 # A prompt that may well want a number back (then a bare number is a fine shape).
 _ASKS_NUMBER = re.compile(
     r"\b(how (many|much|long|far|old|often)|calculate|compute|what is the (sum|total|product|number|value)|"
-    r"count|estimate|percentage|\d+\s*[-+*/x×]\s*\d+)\b",
+    r"count|estimate|percentage|\d+\s*[-+*/x×]\s*\d+|what(?:'s| is| are)\b[^?.]*\d)\b",
     re.IGNORECASE,
 )
 
