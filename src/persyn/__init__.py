@@ -9,7 +9,7 @@ Names are imported lazily so that `import persyn` (and the CLI's start) stays ch
 
 from __future__ import annotations
 
-from persyn.lazy import lazy_exports
+from persyn.util.lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -20,8 +20,9 @@ __all__, __getattr__, __dir__ = lazy_exports(
         "persyn.stages.context": ["StageError"],
         "persyn.config": ["Config", "ConfigError", "load_config"],
         "persyn.plan": ["Plan", "make_plan"],
-        "persyn.stages.strategies": ["STRATEGIES"],
+        "persyn.defaults": ["STRATEGIES"],
         "persyn.store": ["RunStore"],
+        "persyn.util.errors": ["PersynError"],
     },
     "__version__",
 )

@@ -28,7 +28,8 @@ from persyn.cli.common import (
 )
 from persyn.cli.router import router_app
 from persyn.cli.student import register_student_commands
-from persyn.errors import PersynError
+from persyn.defaults import DEFAULT_STRATEGIES, STRATEGIES
+from persyn.util.errors import PersynError
 
 app = typer.Typer(
     name="persyn",
@@ -68,7 +69,7 @@ def _root() -> None:
 @app.command()
 def zoo() -> None:
     """List the offline model zoo: each alias, whether its package is installed and converted."""
-    from persyn.hardware import describe_machine
+    from persyn.util.hardware import describe_machine
     from persyn.zoo import print_zoo
 
     print_zoo()
@@ -84,7 +85,7 @@ def zoo() -> None:
 def doctor(as_json: bool = typer.Option(False, "--json", help="Print the facts as JSON only.")) -> None:
     """What this machine gives a model: the CPU and its flags, what torch makes of them, the dtype
     `auto` picks and why, and the torch threads."""
-    from persyn.hardware import describe_machine
+    from persyn.util.hardware import describe_machine
 
     m = describe_machine()
     if as_json:
@@ -117,7 +118,7 @@ def init(
     """Write a commented starter config (every key documented)."""
     from importlib import resources
 
-    from persyn.atomic import atomic_write
+    from persyn.util.atomic import atomic_write
 
     if path.exists() and not force:
         _fail(f"{path} exists; pass --force to overwrite it")
@@ -303,16 +304,18 @@ def print_summary(s) -> None:
 @app.command()
 def strategies(
     config: Path = _CONFIG,
-    names: str = typer.Option(
-        "persyn,strong,random,mix,car,oracle",
+    names: str | None = typer.Option(
+        None,
         "--strategies",
-        help="Comma-separated: persyn, strong, family-strong, random, mix, car, oracle.",
+        help=f"Comma-separated, from: {', '.join(STRATEGIES)} (default: {', '.join(DEFAULT_STRATEGIES)}, "
+        "and family-strong when a teacher shares the student's family).",
     ),
     oracle: bool = typer.Option(
         False,
         "--oracle",
         help="Full oracle: every teacher answers and is scored on every prompt (Generate-then-Select "
-        "cost). Without it the oracle dataset covers the calibration prompts only.",
+        "cost); joins the default set. Without it, an oracle named in --strategies covers the "
+        "calibration prompts only.",
     ),
     force: bool = typer.Option(False, "--force", help=FORCE_HELP),
     retry_failed: bool = typer.Option(False, "--retry-failed", help=RETRY_HELP),
@@ -324,7 +327,7 @@ def strategies(
     from persyn.stages.strategies import parse_strategies
 
     try:
-        wanted = parse_strategies(names)
+        wanted = None if names is None else parse_strategies(names)
         with _pipeline(config, force=force, retry_failed=retry_failed, overrides=overrides) as pipe:
             results = pipe.strategies(wanted, oracle=oracle)
     except PersynError as exc:

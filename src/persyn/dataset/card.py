@@ -15,8 +15,8 @@ from typing import Any
 
 import yaml
 
-from persyn.credentials import scrub_secrets
 from persyn.dataset.formats import FORMATS, LLAMAFACTORY_INFO
+from persyn.util.credentials import scrub_secrets
 
 __all__ = ["CARD_NAME", "DataCard", "render_card"]
 
@@ -177,6 +177,15 @@ def checks_table(
     return intro, header, body, examples
 
 
+def _checks_section(card: DataCard) -> dict[str, Any]:
+    """The card template's "Rows left out" variables (empty when the filters are off)."""
+    if not card.row_checks:
+        return {"checks_intro": "", "checks_table": "", "checks_examples": []}
+    intro, header, body, examples = checks_table(card.row_checks)
+    table = _md_table(header, body, "l" + "r" * (len(header) - 1))
+    return {"checks_intro": intro, "checks_table": table, "checks_examples": examples}
+
+
 def checks_context(checks: Mapping[str, Any] | None, clip: int = 300) -> dict[str, Any] | None:
     """The "Rows left out" section as plain values, for the HTML report."""
     if not checks:
@@ -262,14 +271,8 @@ def render_card(
     columns = [[c, m.format(strategy=card.strategy)] for c, m in _COLUMNS]
     folder = out_dir.resolve()
     tr_file = files.get("prompt_completion") or files.get("messages")
-    intro, table, examples = "", "", []
-    if card.row_checks:
-        intro, header, body, examples = checks_table(card.row_checks)
-        table = _md_table(header, body, "l" + "r" * (len(header) - 1))
     return _template().render(
-        checks_intro=intro,
-        checks_table=table,
-        checks_examples=examples,
+        **_checks_section(card),
         front=yaml.safe_dump(front, sort_keys=False, allow_unicode=True).rstrip(),
         card=card,
         n=n,

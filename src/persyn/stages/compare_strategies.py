@@ -20,14 +20,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from persyn.defaults import DEFAULT_STRATEGIES
 from persyn.stages.context import COMPARE_FILE, RunContext, StageError
 from persyn.stages.student_data import usable_counts
 
 __all__ = ["DEFAULT_STRATEGIES", "result", "run"]
-
-#: What `persyn compare` compares when not told (family-strong joins when the config has a family
-#: teacher; the oracle on request: it needs every teacher's answer to every prompt).
-DEFAULT_STRATEGIES = ("persyn", "strong", "mix", "car", "random")
 
 
 def result(ctx: RunContext) -> dict[str, Any] | None:
@@ -35,10 +32,8 @@ def result(ctx: RunContext) -> dict[str, Any] | None:
 
 
 def default_strategies(ctx: RunContext, oracle: bool = False) -> list[str]:
-    names = list(DEFAULT_STRATEGIES)
-    if ctx.config.family_teachers():
-        names.insert(2, "family-strong")
-    return [*names, "oracle"] if oracle else names
+    """What `persyn compare` compares when not told: the one default set (persyn.defaults)."""
+    return ctx.config.default_strategies(oracle)
 
 
 def teacher_accuracy(ctx: RunContext) -> dict[str, dict[str, Any]]:

@@ -20,22 +20,22 @@ remembered one; if they differ (e.g. another dtype on a GPU machine) the real on
 
 from __future__ import annotations
 
-import importlib
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
-from persyn.atomic import atomic_write, remove, write_json
 from persyn.config import Config
 from persyn.engines.spec import EngineSpec
-from persyn.errors import PersynError
 from persyn.executors import BatchResult, Executor, Job, WorkItem
-from persyn.progress import Progress
 from persyn.store import ResponseKey, ResponseRow, RunStore, ScoreRow, make_gen_key
 from persyn.store.keys import digest
+from persyn.util.atomic import atomic_write, remove, write_json
+from persyn.util.errors import PersynError
+from persyn.util.progress import Progress
 
 # The run directory beside the store and its manifest: every file and folder a stage writes.
 PROMPTS_DIR = "prompts"  # ingest: load_report.json, bad_rows.jsonl, duplicates.jsonl, too_long.jsonl
@@ -95,16 +95,21 @@ class RunContext:
     #: Called after each committed batch with (stage, batches committed so far in that stage);
     #: tests use it to crash at a deterministic point.
     on_commit: Callable[[str, int], None] | None = None
+    #: Stage name -> module (`persyn.stages.STAGES`, given by the pipeline or the plan: this module
+    #: imports no stage, so stages can import it without a circle).
+    stages: Mapping[str, ModuleType] = field(default_factory=dict)
     _batches: dict[str, int] = field(default_factory=dict)
     _working: list[str] | None = None
 
     @classmethod
-    def read_only(cls, config: Config) -> RunContext | None:
+    def read_only(cls, config: Config, stages: Mapping[str, ModuleType]) -> RunContext | None:
         """A context over the existing run directory of `config`, for reading (None if there is
         none): keys are the remembered ones, and asking for one never remembered is a StageError."""
         if not RunStore.exists(config.output.dir):
             return None
-        return cls(config, RunStore.open(config.output.dir, readonly=True), None, Progress(None))
+        return cls(
+            config, RunStore.open(config.output.dir, readonly=True), None, Progress(None), stages=stages
+        )
 
     @property
     def teachers(self) -> list[str]:
@@ -183,11 +188,16 @@ class RunContext:
     def result(self, stage: str, /) -> Any:
         """What `stage` offers later stages, for the current config, read back from the run
         (its module's `result(ctx)`); a StageError names the command to run first."""
-        return _stage_module(stage).result(self)
+        return self._stage_module(stage).result(self)
 
     def run_stage(self, stage: str, /, **options: Any) -> Any:
         """Run `stage` (its module's `run(ctx, **options)`); it resumes from what the store holds."""
-        return _stage_module(stage).run(self, **options)
+        return self._stage_module(stage).run(self, **options)
+
+    def _stage_module(self, stage: str) -> ModuleType:
+        if stage not in self.stages:
+            raise StageError(f"unknown stage {stage!r}; stages are {', '.join(self.stages)}")
+        return self.stages[stage]
 
     # ------------------------------------------------------------------ the run directory
 
@@ -380,14 +390,6 @@ LEARNABILITY = "learnability"
 NOT_SCORABLE = "not scorable (empty response, or over the model's context window)"
 
 
-def _stage_module(stage: str):
-    from persyn.stages import STAGES
-
-    if stage not in STAGES:
-        raise StageError(f"unknown stage {stage!r}; stages are {', '.join(STAGES)}")
-    return importlib.import_module(f"persyn.stages.{STAGES[stage]}")
-
-
 def spec_digest(spec: EngineSpec) -> str:
     """The key under which a spec's engine fingerprint is remembered. A local model with `dtype:
     auto` loads in a dtype that depends on the machine (and the fingerprint with it), so the key
@@ -395,7 +397,7 @@ def spec_digest(spec: EngineSpec) -> str:
     to learn its fingerprint instead of keying new rows by the old one."""
     key = digest(spec.model_dump_json())
     if spec.engine == "transformers" and spec.dtype == "auto":
-        from persyn.hardware import dtype_name, resolve_device, resolve_dtype
+        from persyn.util.hardware import dtype_name, resolve_device, resolve_dtype
 
         key += ":" + dtype_name(resolve_dtype("auto", resolve_device(spec.device)))
     return key

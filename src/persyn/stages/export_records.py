@@ -52,19 +52,11 @@ def build_records(
         learn = {k: r.value for k, r in ctx.store.get_scores(LEARNABILITY, lkey, keys).items()}
         for (pid, t), key in zip(chunk, keys, strict=True):
             row = rows.get((pid, t))
-            if row is None:
-                left["missing"] = left.get("missing", 0) + 1
-                continue
-            if row.status != "ok":
-                left["failed"] = left.get("failed", 0) + 1
-                continue
-            if dropped.get((pid, t)):
-                why = f"filter:{dropped[(pid, t)][0]}"
+            why = _left_out(row, dropped.get((pid, t)))
+            if why is not None:
                 left[why] = left.get(why, 0) + 1
                 continue
-            if not (row.text or "").strip():
-                left["empty"] = left.get("empty", 0) + 1
-                continue
+            assert row is not None
             p = prompts[pid]
             rs = router_scores.get(pid) if router_scores is not None else None
             records.append(
@@ -96,6 +88,19 @@ def build_records(
                 )
             )
     return records, left
+
+
+def _left_out(row: ResponseRow | None, dropped: list[str] | None) -> str | None:
+    """Why a pair's response is not a dataset row (None: it is one)."""
+    if row is None:
+        return "missing"
+    if row.status != "ok":
+        return "failed"
+    if dropped:
+        return f"filter:{dropped[0]}"
+    if not (row.text or "").strip():
+        return "empty"
+    return None
 
 
 def left_out_notes(left: Mapping[str, int]) -> list[str]:
