@@ -132,13 +132,14 @@ def _rows(run, where="", args=()):
 def cut_run(tmp_path):
     """Tiny random Llamas that stop only on " t": at 6 tokens most responses are cut, a few of
     those stop within the second try's 12, the rest are cut again."""
-    write_prompts(tmp_path / "prompts.jsonl")
+    write_prompts(tmp_path / "prompts.jsonl", 6, 6)
     extra = {
         "generation": {"max_new_tokens": 6, "stop": [" t"]},  # regenerate_cut at its default (on, 2x)
         "filters": {},
         "router.quality_floor": {},
+        "output.formats": ["messages"],
     }
-    return tmp_path, tiny_config(tmp_path, extra=extra)
+    return tmp_path, tiny_config(tmp_path, calibration=6, extra=extra)
 
 
 def test_cut_responses_are_generated_again_once_resumably_then_dropped(cut_run, monkeypatch):
@@ -174,15 +175,15 @@ def test_cut_responses_are_generated_again_once_resumably_then_dropped(cut_run, 
     res = cli(["run", str(cfg)])
     assert res.exit_code == 0, res.output
     spy = GenerateSpy(monkeypatch)
-    assert cli(["run", str(cfg)]).exit_code == 0
-    assert spy.total_generated == 0  # first and second tries are all in the store
+    assert cli(["generate", str(cfg)]).exit_code == 0
+    assert spy.total_generated == 0  # the routed prompts' first and second tries are all in the store
 
     # No exported row was cut; each left-out row is counted, per teacher and filter.
     rows = [json.loads(x) for x in (run / "dataset" / "persyn.messages.jsonl").read_text().splitlines()]
     assert all(r["generation"]["finish_reason"] != "length" for r in rows)
     doc = json.loads((run / "export.json").read_text())["persyn"]
     checks = doc["row_checks"]
-    assert sum(e["rows"] for e in checks.values()) == 24
+    assert sum(e["rows"] for e in checks.values()) == 12
     assert sum(e["rows"] - e["dropped"] for e in checks.values()) == len(rows) == doc["rows"]
     assert (
         sum(e["by_filter"].get("cut", 0) for e in checks.values()) == doc["left_out"].get("filter:cut", 0) > 0

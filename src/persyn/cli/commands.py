@@ -223,6 +223,13 @@ def _print_stage(stage: str, result) -> None:
         _out.print(f"dataset: {result.path} ({result.n_rows} rows)")
         for fmt, p in result.files.items():
             _out.print(f"  {fmt}: {p}")
+        for t, e in result.row_checks.items():
+            if e.get("cut") or e.get("dropped"):
+                by = ", ".join(f"{k} {v}" for k, v in e.get("by_filter", {}).items())
+                _out.print(
+                    f"  {t}: {e['cut']} cut at the first try, {e['regenerated']} generated again; "
+                    f"{e['dropped']} left out ({by or 'none'})"
+                )
     elif stage == "report":
         _out.print(f"report: {result}")
     elif stage == "run":
