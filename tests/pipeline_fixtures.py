@@ -51,10 +51,18 @@ def tiny_config(
             {"name": "t2", "model": "zoo:tiny-llama-s2", "dtype": "float32", "family": "b"},
             {"name": "t3", "model": "zoo:tiny-llama-s3", "dtype": "float32", "family": "a"},
         ],
-        "generation": {"max_new_tokens": 8},
+        # Random tiny models never stop: every response is cut at 8 tokens. These tests are about
+        # the pipeline's mechanics, so the row rules are off (test_rows.py tests them, on).
+        "generation": {"max_new_tokens": 8, "regenerate_cut": {"enabled": False}},
         "quality": {"method": "auto", "judge": {"model": "zoo:tiny-llama-s5", "dtype": "float32"}},
         "calibration": {"size": calibration, "selection": selection},
-        "router": {"max_epochs": 20, "patience": 5, "test_fraction": 0.25},
+        "router": {
+            "max_epochs": 20,
+            "patience": 5,
+            "test_fraction": 0.25,
+            "quality_floor": {"enabled": False},
+        },
+        "filters": {"enabled": False},
         "output": {"dir": out, "formats": ["messages", "prompt_completion", "sharegpt", "parquet", "hf"]},
         "executor": {"batch_size": batch_size},
     }

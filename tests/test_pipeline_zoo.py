@@ -22,7 +22,10 @@ def test_demo_end_to_end_with_zoo_models(tmp_path):
         ["demo", "--dir", str(out), "--prompts", str(N), "--calibration", str(C), "--max-new-tokens", "32"]
     )
     assert res.exit_code == 0, res.output
-    rows = responses(out)
+    # First tries only: a response cut at the token limit has a second try under its own key.
+    second = {gk for gk, v in state(out, "gen_keys").items() if v.get("regenerates")}
+    everything = responses(out)
+    rows = {k: v for k, v in everything.items() if k[1] not in second}
     assert len(rows) == C * T + (N - C)
     assert sum(v[0] == "ok" for v in rows.values()) >= len(rows) - 2  # real models: allow a rare failure
     cal = set(subset(out, "calibration"))
@@ -56,7 +59,7 @@ def test_demo_end_to_end_with_zoo_models(tmp_path):
         ["demo", "--dir", str(out), "--prompts", str(N), "--calibration", str(C), "--max-new-tokens", "32"]
     )
     assert res.exit_code == 0, res.output
-    assert len(responses(out)) == len(rows)
-    gen = work_starts(out, "generate", since)
+    assert responses(out) == everything  # nothing generated again, first tries or second
+    gen = {u: e for u, e in work_starts(out, "generate", since).items() if " (cut at" not in u}
     assert set(gen) == routed_teachers(out) and gen
     assert all(e["counts"]["todo"] == 0 and e["counts"]["done"] > 0 for e in gen.values())

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -28,6 +29,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from persyn.config_errors import KeyedProblems, format_validation_error
+from persyn.config_rows import FiltersConfig, QualityFloorConfig, RegenerateCutConfig
 from persyn.defaults import ALPHA, CAR_BETA, ENCODER, KNN_K, MIX_SHARE, ROUTER, default_strategies
 from persyn.engines.base import GenerationParams
 from persyn.engines.spec import EngineSpec
@@ -42,6 +44,7 @@ __all__ = [
     "ConfigError",
     "Cost",
     "ExecutorConfig",
+    "FiltersConfig",
     "GenerationConfig",
     "OutputConfig",
     "PoolConfig",
@@ -76,6 +79,16 @@ class GenerationConfig(_Section):
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     seed: int = 0
     stop: list[str] = Field(default_factory=list)
+    regenerate_cut: RegenerateCutConfig = Field(default_factory=RegenerateCutConfig)
+
+    def regen_params(self) -> GenerationParams | None:
+        """The parameters of the second try at a cut response (None: regeneration is off)."""
+        r = self.regenerate_cut
+        if not r.enabled:
+            return None
+        base = self.params()
+        budget = max(base.max_new_tokens + 1, round(base.max_new_tokens * r.max_new_tokens_factor))
+        return replace(base, max_new_tokens=budget)
 
     def params(self) -> GenerationParams:
         return GenerationParams(
@@ -204,6 +217,15 @@ class RouterConfig(_Section):
     test_fraction: float = Field(default=ROUTER.test_fraction, ge=0.0, le=0.5)
     # After measuring, train the router that routes on every calibration prompt (more data).
     refit: bool = True
+    quality_floor: QualityFloorConfig = Field(default_factory=QualityFloorConfig)
+
+    def key_dict(self) -> dict[str, Any]:
+        """The settings as the router's train key sees them: a quality floor that is off changes
+        no label, so it stays out (keys of runs made before it existed stay the same)."""
+        d = self.model_dump(mode="json")
+        if not self.quality_floor.enabled:
+            d.pop("quality_floor")
+        return d
 
 
 class TeacherCap(_Section):
@@ -306,6 +328,7 @@ class Config(_Section):
     router: RouterConfig = Field(default_factory=RouterConfig)
     routing: RoutingConfig = Field(default_factory=RoutingConfig)
     baselines: BaselinesConfig = Field(default_factory=BaselinesConfig)
+    filters: FiltersConfig = Field(default_factory=FiltersConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
     executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
     # The student's side (persyn train / eval / compare): keyed by their own content
@@ -477,6 +500,15 @@ class Config(_Section):
         d.pop("eval", None)
         d["prompts"].pop("skip_bad_rows", None)
         d["prompts"].pop("answer_timeout_s", None)  # a safety limit, not what a verdict means
+        # Settings that are off change nothing, so they stay out: a run made before they existed
+        # (or with them off) keeps its hash.
+        for gen in [d["generation"], *(t["generation"] for t in d["teachers"] if t.get("generation"))]:
+            if not gen["regenerate_cut"]["enabled"]:
+                gen.pop("regenerate_cut")
+        if not self.router.quality_floor.enabled:
+            d["router"].pop("quality_floor")
+        if not self.filters.enabled:
+            d.pop("filters")
         # Relative to the run directory: a project moved or copied whole keeps its identity.
         try:
             d["prompts"]["path"] = os.path.relpath(self.prompts.path, self.output.dir)

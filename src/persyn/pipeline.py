@@ -223,6 +223,10 @@ class Pipeline:
         """Each teacher answers its routed prompts -> GenerateResult."""
         return self._stage("generate")
 
+    def filter(self):
+        """Verdicts of the row filters (cut, empty, repetition, echo, shape) -> FilterResult."""
+        return self._stage("filter")
+
     def export(self):
         """Write the dataset into <run>/dataset -> ExportResult (`.files`: format -> path)."""
         return self._stage("export", datasets=True)
@@ -271,7 +275,7 @@ class Pipeline:
         done = {name: self._run_order_stage(name) for name in RUN_ORDER}
         cal, router, exp, report = done["calibrate"], done["train-router"], done["export"], done["report"]
         counts = ctx.store.response_counts()
-        gks = set(ctx.gen_keys().values())
+        gks = set(ctx.gen_keys().values()) | {ctx.regen_gen_key(t) for t in ctx.teachers}
         held = sum(r["ok"] + r["error"] for r in counts if r["gen_key"] in gks)
         failed = sum(r["error"] for r in counts if r["gen_key"] in gks)
         n = len(ctx.working_ids())

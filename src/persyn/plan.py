@@ -231,6 +231,12 @@ def make_plan(config: Config, *, skip_bad_rows: bool | None = None) -> Plan:
         notes.append(
             "routed generations split evenly across teachers until the router has routed the prompts"
         )
+    regen = {t: config.generation_for(t).regenerate_cut for t in teachers}
+    if any(r.enabled for r in regen.values()):
+        notes.append(
+            "not counted: second tries at responses cut at max_new_tokens (generation.regenerate_cut, "
+            "at most one per generation, with the larger budget); the run's ledger counts them"
+        )
     return Plan(n, c, allocation, plans, notes, length["too_long"], length["unchecked"])
 
 

@@ -1,6 +1,6 @@
 """The `persyn` command line. Commands stay thin: they parse, call the pipeline, print.
 
-Every stage is a command (`calibrate`, `score`, `train-router`, `route`, `generate`, `export`,
+Every stage is a command (`calibrate`, `score`, `train-router`, `route`, `generate`, `filter`, `export`,
 `report`) and `run` does them all; each resumes from what the run directory holds. Progress goes to
 stderr; results (and `--json`) to stdout.
 """
@@ -220,10 +220,20 @@ def _print_stage(stage: str, result) -> None:
         _out.print("all prompts: " + ", ".join(f"{t} {n}" for t, n in result.counts.items()))
     elif stage == "generate":
         _out.print(f"generated {result.new_generations} responses ({result.failed} failed)")
+    elif stage == "filter":
+        drops = ", ".join(f"{t}: {d}" for t, d in result.dropped.items()) or "none"
+        _out.print(f"filtered {result.checked} responses ({result.new} new verdicts); dropped: {drops}")
     elif stage == "export":
         _out.print(f"dataset: {result.path} ({result.n_rows} rows)")
         for fmt, p in result.files.items():
             _out.print(f"  {fmt}: {p}")
+        for t, e in result.row_checks.items():
+            if e.get("cut") or e.get("dropped"):
+                by = ", ".join(f"{k} {v}" for k, v in e.get("by_filter", {}).items())
+                _out.print(
+                    f"  {t}: {e['cut']} cut at the first try, {e['regenerated']} generated again; "
+                    f"{e['dropped']} left out ({by or 'none'})"
+                )
     elif stage == "report":
         _out.print(f"report: {result}")
     elif stage == "run":
@@ -253,6 +263,11 @@ for _name, _cli, _doc in (
         "Each teacher answers only its routed prompts (failed rows are kept; --retry-failed).",
     ),
     (
+        "filter",
+        "filter",
+        "Check every response against the row filters (cut, empty, repetition, echo, shape).",
+    ),
+    (
         "export",
         "export",
         "Write the dataset (TRL messages / prompt-completion, sharegpt, Parquet, HF) into <run>/dataset.",
@@ -265,8 +280,9 @@ for _name, _cli, _doc in (
     (
         "run",
         "run",
-        "Run every stage (calibrate, score, train-router, route, generate, export, report). Re-running "
-        "resumes: finished rows are never recomputed, and a crash loses at most the batch in flight.",
+        "Run every stage (calibrate, score, train-router, route, generate, filter, export, report). "
+        "Re-running resumes: finished rows are never recomputed, and a crash loses at most the batch "
+        "in flight.",
     ),
 ):
     app.command(_cli)(_stage_command(_name, _doc))

@@ -37,6 +37,9 @@ class DataCard:
     cost: dict[str, float] | None = None  # teacher -> cost, where prices are given
     gts_generations: int | None = None  # what Generate-then-Select would have cost
     notes: list[str] = field(default_factory=list)
+    # The row filters over this dataset's responses (stages/filter.py `Filters.summary`): per
+    # teacher rows, cut, regenerated, dropped and dropped by filter; examples by filter.
+    row_checks: dict[str, Any] | None = None
 
 
 def _size_category(n: int) -> str:
@@ -132,6 +135,76 @@ _COLUMNS = [
 ]
 
 
+def checks_table(
+    checks: Mapping[str, Any],
+) -> tuple[str, list[str], list[list[str]], list[tuple[str, list[dict]]]]:
+    """The "Rows left out" section (card and report): an intro line, the per-teacher table's
+    header and rows, and the examples by filter."""
+    active = list(checks.get("active") or [])
+    names = [n for n in active if n != "cut"]
+    header = ["teacher", "responses", "cut at first try", "regenerated", "dropped: cut"]
+    header += [f"dropped: {n}" for n in names] + ["dropped (rows)"]
+    body = []
+    for t, e in checks.get("teachers", {}).items():
+        by = e.get("by_filter", {})
+        row = [
+            t,
+            _fmt_int(e["rows"]),
+            _fmt_int(e["cut"]),
+            _fmt_int(e["regenerated"]),
+            _fmt_int(by.get("cut", 0)),
+        ]
+        body.append(row + [_fmt_int(by.get(n, 0)) for n in names] + [_fmt_int(e["dropped"])])
+    factor = checks.get("regenerate_factor")
+    regen = (
+        f"a response cut at the token limit was generated once more with {factor:g}x the budget, "
+        "and left out if still cut"
+        if factor
+        else "cut responses were not generated again (generation.regenerate_cut is off)"
+    )
+    intro = (
+        f"Filters on: {', '.join(active) if active else 'none'}; {regen}. A row two filters drop counts "
+        "under both, once in the last column. Left-out rows are in no file of this dataset."
+    )
+    examples = []
+    for name, rows in checks.get("examples", {}).items():
+        shown = []
+        for e in rows:
+            m = e.get("measures") or {}
+            why = f" ({m['shape']})" if m.get("shape") else ""
+            shown.append({**e, "why": why})
+        examples.append((name, shown))
+    return intro, header, body, examples
+
+
+def _checks_section(card: DataCard) -> dict[str, Any]:
+    """The card template's "Rows left out" variables (empty when the filters are off)."""
+    if not card.row_checks:
+        return {"checks_intro": "", "checks_table": "", "checks_examples": []}
+    intro, header, body, examples = checks_table(card.row_checks)
+    table = _md_table(header, body, "l" + "r" * (len(header) - 1))
+    return {"checks_intro": intro, "checks_table": table, "checks_examples": examples}
+
+
+def checks_context(checks: Mapping[str, Any] | None, clip: int = 300) -> dict[str, Any] | None:
+    """The "Rows left out" section as plain values, for the HTML report."""
+    if not checks:
+        return None
+    intro, header, body, examples = checks_table(checks)
+    cut = lambda t: t if len(t) <= clip else t[: clip - 1] + "…"  # noqa: E731
+    shown = [
+        {
+            "filter": name + e["why"],
+            "teacher": e["teacher"],
+            "prompt": cut(e["prompt"]),
+            "response": cut(e["response"]),
+        }
+        for name, rows in examples
+        for e in rows
+    ]
+    return {"intro": intro, "header": header, "rows": body, "examples": shown}
+
+
 def _template():
     import jinja2
 
@@ -199,6 +272,7 @@ def render_card(
     folder = out_dir.resolve()
     tr_file = files.get("prompt_completion") or files.get("messages")
     return _template().render(
+        **_checks_section(card),
         front=yaml.safe_dump(front, sort_keys=False, allow_unicode=True).rstrip(),
         card=card,
         n=n,

@@ -32,6 +32,7 @@ from typing import Any
 
 import yaml
 
+from persyn.dataset.card import checks_context
 from persyn.report.comparison import comparison_context, plot_comparison
 from persyn.report.figures import count_axis, new_figure, save, style
 from persyn.util.atomic import atomic_write
@@ -104,6 +105,8 @@ class ReportData:
     quality: list[dict[str, Any]] = field(default_factory=list)
     # `persyn compare`'s compare.json: the student trained on each strategy (comparison_report.py).
     comparison: dict[str, Any] | None = None
+    # The row filters over the dataset (stages/filter.py `Filters.summary`), None when they are off.
+    row_checks: dict[str, Any] | None = None
 
 
 # ----------------------------------------------------------------------------- numbers
@@ -501,6 +504,7 @@ def _context(data: ReportData, figures: dict[str, str | None]) -> dict[str, Any]
         ],
         "samples": samples,
         "comparison": comparison_context(data.comparison),
+        "row_checks": checks_context(data.row_checks),
         "notes": list(data.notes),
         "config": yaml.safe_dump(scrub_secrets(data.config), sort_keys=False, allow_unicode=True),
     }

@@ -8,6 +8,7 @@ and pairs; it never counts as 0. A prompt whose teachers all tie yields no pairs
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Literal
 
@@ -94,6 +95,33 @@ def combine_labels(
     for w, m in parts:
         total += w * np.nan_to_num(normalise_within_prompt(m, normalisation, present))
     return np.where(present, total, np.nan)
+
+
+def gate_scores(
+    quality: np.ndarray, learnability: np.ndarray, *, junk: np.ndarray, floors: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Quality that gates learnability (beyond the paper; docs/method.md), before `combine_labels`:
+
+    - a junk response (left out by the row filters: cut, empty, a loop...) takes the lowest
+      quality and the lowest learnability of its prompt, so it can never win that prompt;
+    - a response whose quality is below its prompt's floor (`floors`, one per prompt; NaN: no
+      floor) takes the lowest learnability of its prompt: it cannot be preferred for being
+      learnable. A response at or above the floor then always beats one below it.
+
+    Missing entries (NaN) stay missing. With no junk and no floor, the scores come back unchanged.
+    """
+    q = _check_matrix("quality", quality).copy()
+    lm = _check_matrix("learnability", learnability).copy()
+    junk = np.asarray(junk, dtype=bool)
+    floors = np.asarray(floors, dtype=np.float64).reshape(-1, 1)
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows: their min is NaN, unused
+        q_min = np.nanmin(q, axis=1, keepdims=True)
+        l_min = np.nanmin(lm, axis=1, keepdims=True)
+        q = np.where(junk & ~np.isnan(q), q_min, q)
+        below = junk | (~np.isnan(floors) & (q < floors))
+        lm = np.where(below & ~np.isnan(lm), l_min, lm)
+    return q, lm
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """The pipeline stages, one module each, in run order:
 
 ingest (the prompts, when the run opens) -> calibrate -> score -> train-router -> route -> generate
--> export -> report; and strategies (the baselines' datasets from the same run). The student's side:
+-> filter -> export -> report; and strategies (the baselines' datasets from the same run). The student's side:
 train (fine-tune the student on a strategy's dataset) -> eval (held-out prompts) -> compare (every
 strategy trained and evaluated alike: the method's Table 2).
 
@@ -27,6 +27,7 @@ from persyn.stages import (
     compare_strategies,
     eval_student,
     export,
+    filter,
     generate,
     report,
     route,
@@ -44,6 +45,7 @@ STAGES: dict[str, ModuleType] = {
     "train-router": train_router,
     "route": route,
     "generate": generate,
+    "filter": filter,
     "export": export,
     "report": report,
     "strategies": strategies,
@@ -53,6 +55,6 @@ STAGES: dict[str, ModuleType] = {
 }
 
 #: What `persyn run` runs, in order (`Pipeline.run` runs exactly these).
-RUN_ORDER = ("calibrate", "score", "train-router", "route", "generate", "export", "report")
+RUN_ORDER = ("calibrate", "score", "train-router", "route", "generate", "filter", "export", "report")
 
 __all__ = ["RUN_ORDER", "STAGES", "RunContext", "StageError", "WorkCounts"]

@@ -70,6 +70,7 @@ class WorkCounts:
     failed: int = 0
     failed_before: int = 0
     seconds: float = 0.0
+    regenerated: int = 0  # cut responses given a second try (generation.regenerate_cut)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -244,9 +245,48 @@ class RunContext:
         msg = f"{counts.name}: {counts.new} new, {counts.failed} failed in {counts.seconds:.1f}s"
         self.store.log_event(stage, "done", msg, **counts.to_dict())
 
+    def regen_gen_key(self, teacher: str) -> str | None:
+        """The key of `teacher`'s second tries at cut responses (`generation.regenerate_cut`): the
+        same engine with the larger budget, so it is an ordinary content key. None when off."""
+        params = self.config.generation_for(teacher).regen_params()
+        if params is None:
+            return None
+        fp = self.fingerprint(self.config.teacher_spec(teacher))
+        gk = make_gen_key(fp, params.key())
+        keys = self.store.get_state("gen_keys", {})
+        if gk not in keys and not self.store.readonly:
+            keys[gk] = {"teacher": teacher, "fingerprint": fp, "params": asdict(params), "regenerates": True}
+            self.store.set_state("gen_keys", keys)
+        return gk
+
+    def final_responses(
+        self, teacher: str, prompt_ids: Sequence[str], *, include_errors: bool = False
+    ) -> dict[str, ResponseRow]:
+        """`teacher`'s response to each prompt as the dataset sees it: the first one, or, where
+        that was cut and regeneration is on, the second try (its row, under the regeneration key)
+        once there is one. Scores, filters and exports all read responses through this."""
+        rows = self.store.get_responses(
+            teacher, self.teacher_gen_key(teacher), prompt_ids, include_errors=include_errors
+        )
+        cut = [pid for pid, r in rows.items() if r.status == "ok" and r.finish_reason == "length"]
+        rgk = self.regen_gen_key(teacher) if cut else None
+        if rgk is not None:
+            rows.update(self.store.get_responses(teacher, rgk, cut))
+        return rows
+
+    def final_keys(self, teacher: str, prompt_ids: Sequence[str]) -> dict[str, ResponseKey]:
+        """The store key of each prompt's final response (`final_responses`); the first try's key
+        where `teacher` has no response yet."""
+        gk = self.teacher_gen_key(teacher)
+        keys = {pid: ResponseKey(pid, teacher, gk) for pid in prompt_ids}
+        if self.config.generation_for(teacher).regenerate_cut.enabled:
+            keys.update({pid: r.key for pid, r in self.final_responses(teacher, prompt_ids).items()})
+        return keys
+
     def generate_responses(self, stage: str, teacher: str, prompt_ids: Sequence[str]) -> WorkCounts:
         """Make sure `teacher` has a response row for every prompt in `prompt_ids`: generate what
-        the store lacks (and, with retry_failed, what failed), one transaction per batch."""
+        the store lacks (and, with retry_failed, what failed), one transaction per batch; then,
+        with `generation.regenerate_cut`, a second try at each cut one (its own rows, same rules)."""
         ids = list(dict.fromkeys(prompt_ids))
         counts = WorkCounts(f"{teacher}", wanted=len(ids))
         if not ids:
@@ -262,43 +302,60 @@ class RunContext:
                 todo, done, failed = store.response_progress(teacher, gk, ids, retry_failed=retry)
         counts.done_before, counts.failed_before = done, failed
         self.log_todo(stage, teacher, done, len(todo), failed)
+        params = self.config.generation_for(teacher).params()
+        self._generate(stage, teacher, gk, params, ids, todo, counts)
+        regen = self.config.generation_for(teacher).regen_params()
+        if regen is not None:
+            rows = store.get_responses(teacher, gk, ids)
+            cut = [pid for pid in ids if pid in rows and rows[pid].finish_reason == "length"]
+            if cut:
+                rgk = self.regen_gen_key(teacher)
+                assert rgk is not None
+                unit = f"{teacher} (cut at {params.max_new_tokens} tokens, again with {regen.max_new_tokens})"
+                todo, done, failed = store.response_progress(teacher, rgk, cut, retry_failed=retry)
+                self.log_todo(stage, unit, done, len(todo), failed)
+                again = WorkCounts(unit, wanted=len(cut), done_before=done, failed_before=failed)
+                self._generate(stage, teacher, rgk, regen, cut, todo, again)
+                counts.regenerated = len(cut)
+                counts.new += again.new
+                counts.failed += again.failed
+        return counts
+
+    def _generate(
+        self, stage, teacher, gk, params, ids: list[str], todo: list[str], counts: WorkCounts
+    ) -> None:
+        """Generate `todo` (a part of `ids`, the whole work list that fixes the batches)."""
         if not todo:
-            return counts
-        cfg = self.config
-        params = cfg.generation_for(teacher).params()
+            return
+        store = self.store
         params_dict = asdict(params)
         prompts = {p.id: p for p in store.get_prompts(todo)}
         # Batches are cut from the whole list `ids`, done prompts included (Job.positions): a
         # resumed run generates the same batches of prompts as an uninterrupted one.
         positions = todo_positions(ids, set(todo))
         items = [WorkItem(ResponseKey(ids[i], teacher, gk), prompts[ids[i]].text) for i in positions]
-        job = Job(
-            f"{stage}/{teacher}",
-            cfg.teacher_spec(teacher),
-            "generate",
-            items,
-            params,
-            self.batch_size,
-            positions,
-        )
+        spec = self.config.teacher_spec(teacher)
+        job = Job(f"{stage}/{teacher}", spec, "generate", items, params, self.batch_size, positions)
         t0 = time.perf_counter()
-        with self.ui.task(f"{stage} · {teacher}", total=len(items)) as advance:
+        new = failed = 0
+        with self.ui.task(f"{stage} · {counts.name}", total=len(items)) as advance:
             for batch in self._executor().run(job):
                 rows = _response_rows(batch, teacher, gk, params_dict)
                 store.put_responses(rows)
                 self.committed(stage)
-                counts.new += sum(r.status == "ok" for r in rows)
-                counts.failed += sum(r.status == "error" for r in rows)
+                new += sum(r.status == "ok" for r in rows)
+                failed += sum(r.status == "error" for r in rows)
                 advance(len(rows))
-        counts.seconds = time.perf_counter() - t0
+        counts.new += new
+        counts.failed += failed
+        counts.seconds += time.perf_counter() - t0
         self.record_engine(job.spec)
         self.log_done(stage, counts)
-        if counts.failed:
+        if failed:
             self.ui.say(
-                f"[yellow]{stage} {teacher}: {counts.failed} generation(s) failed; their errors are "
+                f"[yellow]{stage} {counts.name}: {failed} generation(s) failed; their errors are "
                 "in the store (re-run with --retry-failed to try them again)[/]"
             )
-        return counts
 
     def run_score_job(self, stage: str, job: Job, kind: str, scorer_key: str) -> WorkCounts:
         """Run a scoring job through the executor and store each batch (NaN = not scorable)."""

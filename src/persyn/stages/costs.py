@@ -3,7 +3,9 @@ and the cost ledger (shared by route, export and report).
 
 The ledger counts the responses this run holds for each teacher configuration by stage:
 `calibration` (calibration prompts), `routed` (other prompts routed to that teacher),
-`strategies` (generated only for a baseline dataset).
+`strategies` (generated only for a baseline dataset), and `regenerated` (second tries at cut
+calibration or routed responses, `generation.regenerate_cut`; those of strategy-only prompts count
+under `strategies`).
 """
 
 from __future__ import annotations
@@ -58,22 +60,22 @@ def ledger(ctx: RunContext, routes: Mapping[str, str] | None = None) -> list[Led
     cal = set(ctx.store.get_subset("calibration") or [])
     out: list[LedgerEntry] = []
     for t in ctx.teachers:
-        gk = ctx.teacher_gen_key(t)
-        entries = {s: LedgerEntry(t, s) for s in ("calibration", "routed", "strategies")}
-        for batch in ctx.store.iter_responses(t, gk, status=None):
-            for r in batch:
-                if r.prompt_id in cal:
-                    e = entries["calibration"]
-                elif routes is None or routes.get(r.prompt_id) == t:
-                    e = entries["routed"]
-                else:
-                    e = entries["strategies"]
-                if r.status == "ok":
-                    e.generations += 1
-                    e.prompt_tokens += r.prompt_tokens or 0
-                    e.completion_tokens += r.completion_tokens or 0
-                else:
-                    e.failed += 1
+        rgk = ctx.regen_gen_key(t)
+        entries = {s: LedgerEntry(t, s) for s in ("calibration", "routed", "regenerated", "strategies")}
+        for gk in [ctx.teacher_gen_key(t), *([rgk] if rgk else [])]:
+            for batch in ctx.store.iter_responses(t, gk, status=None):
+                for r in batch:
+                    if r.prompt_id in cal or routes is None or routes.get(r.prompt_id) == t:
+                        stage = "routed" if r.prompt_id not in cal else "calibration"
+                        e = entries["regenerated" if gk == rgk else stage]
+                    else:
+                        e = entries["strategies"]
+                    if r.status == "ok":
+                        e.generations += 1
+                        e.prompt_tokens += r.prompt_tokens or 0
+                        e.completion_tokens += r.completion_tokens or 0
+                    else:
+                        e.failed += 1
         for e in entries.values():
             if e.generations or e.failed:
                 e.cost = teacher_cost(ctx, t, e.prompt_tokens, e.completion_tokens)

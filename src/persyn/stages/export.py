@@ -1,8 +1,10 @@
 """Stage export: the routed responses as SFT datasets (`persyn.dataset.export_dataset`), with a
 data card, into `<run>/dataset/` (baseline strategies: `<run>/strategies/<name>/`).
 
-Rows follow prompt order. A prompt whose routed generation failed, or came back empty, is left out
-and counted in the card's notes (`--retry-failed` on `generate` tries failed ones again). Each row
+Rows follow prompt order. A prompt whose routed generation failed, or whose response a row filter
+drops (stage filter: cut at the token limit even after the second try, empty, a loop, an echo of
+the prompt, the wrong shape), is left out and counted in the card's notes and its "Rows left out"
+table, per teacher and filter with examples (`--retry-failed` on `generate` tries failed ones again). Each row
 keeps its provenance: teacher, router scores, quality and learnability where scored (calibration
 prompts, and answer-checked prompts), and the generation's parameters, key, finish reason, tokens
 and engine fingerprint. `<run>/export.json` records what each export wrote; `result(ctx)` reads
@@ -28,6 +30,8 @@ class ExportResult:
     n_rows: int
     teacher_counts: dict[str, int]
     left_out: dict[str, int] = field(default_factory=dict)  # reason -> prompts
+    # per teacher: rows, cut at the first try, regenerated, dropped and dropped by filter
+    row_checks: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -37,6 +41,7 @@ class ExportResult:
             "rows": self.n_rows,
             "teacher_counts": self.teacher_counts,
             "left_out": self.left_out,
+            "row_checks": self.row_checks,
         }
 
 
@@ -47,7 +52,13 @@ def result(ctx: RunContext) -> ExportResult:
         raise StageError("no dataset exported yet: run `persyn export CONFIG` first")
     files = {k: Path(v) for k, v in doc["files"].items()}
     return ExportResult(
-        "persyn", Path(doc["path"]), files, doc["rows"], doc["teacher_counts"], doc["left_out"]
+        "persyn",
+        Path(doc["path"]),
+        files,
+        doc["rows"],
+        doc["teacher_counts"],
+        doc["left_out"],
+        doc.get("row_checks", {}),
     )
 
 
@@ -58,6 +69,7 @@ def run(ctx: RunContext) -> ExportResult:
     assignment = routes.pairs()
     scores = routes.scores_by_id()
     records, left = build_records(ctx, assignment, "persyn", router_scores=scores)
+    checks = ctx.result("filter").summary(assignment)
     generations: dict[str, dict[str, int]] = {}
     tokens: dict[str, dict[str, int]] = {}
     cost: dict[str, float] = {}
@@ -89,9 +101,15 @@ def run(ctx: RunContext) -> ExportResult:
         tokens=tokens,
         cost=cost or None,
         notes=notes,
+        row_checks=checks,
     )
     counts = {t: sum(1 for r in records if r.teacher == t) for t in ctx.teachers}
-    res = ExportResult("persyn", out, files, len(records), counts, left)
+    res = ExportResult("persyn", out, files, len(records), counts, left, _counts_only(checks))
     ctx.write_artifact(EXPORTS_FILE, {**(ctx.artifact(EXPORTS_FILE) or {}), res.strategy: res.to_dict()})
     ctx.store.log_event("export", "done", f"{len(records)} rows to {out}", rows=len(records), **left)
     return res
+
+
+def _counts_only(checks: dict[str, Any]) -> dict[str, Any]:
+    """What export.json keeps of the row checks: the counts per teacher (examples are in the card)."""
+    return {t: {k: v for k, v in e.items()} for t, e in checks.get("teachers", {}).items()}

@@ -20,13 +20,14 @@ def build_records(
     *,
     router_scores: Mapping[str, Sequence[float]] | None = None,
 ) -> tuple[list[Any], dict[str, int]]:
-    """ExportRecords for (prompt id, teacher) pairs, in the given order; plus prompts left out
-    by reason ("failed", "missing", "empty")."""
+    """ExportRecords for (prompt id, teacher) pairs, in the given order, from each teacher's final
+    response (`ctx.final_responses`); plus prompts left out by reason ("failed", "missing",
+    "empty", and "filter:<name>" for the first row filter that drops it: stage filter)."""
     from persyn.dataset import ExportRecord
 
     teachers = ctx.teachers
-    gks = ctx.gen_keys()
     scores = ctx.result("score")
+    filters = ctx.result("filter")
     lkey = scores.learnability_key()
     left: dict[str, int] = {}
     records: list[ExportRecord] = []
@@ -39,9 +40,10 @@ def build_records(
             by_teacher.setdefault(t, []).append(pid)
         rows: dict[tuple[str, str], ResponseRow] = {}
         for t, pids in by_teacher.items():
-            for pid, row in ctx.store.get_responses(t, gks[t], pids, include_errors=True).items():
+            for pid, row in ctx.final_responses(t, pids, include_errors=True).items():
                 rows[(pid, t)] = row
-        keys = [ResponseKey(pid, t, gks[t]) for pid, t in chunk]
+        dropped = filters.verdicts(chunk)
+        keys = [rows[(pid, t)].key if (pid, t) in rows else ResponseKey(pid, t, "") for pid, t in chunk]
         qk = scores.quality_keys_or_none([prompts[pid] for pid, _ in chunk])
         quality: dict[ResponseKey, float] = {}
         for mkey in {k for k in qk if k}:
@@ -50,17 +52,13 @@ def build_records(
         learn = {k: r.value for k, r in ctx.store.get_scores(LEARNABILITY, lkey, keys).items()}
         for (pid, t), key in zip(chunk, keys, strict=True):
             row = rows.get((pid, t))
-            if row is None:
-                left["missing"] = left.get("missing", 0) + 1
+            why = _left_out(row, dropped.get((pid, t)))
+            if why is not None:
+                left[why] = left.get(why, 0) + 1
                 continue
-            if row.status != "ok":
-                left["failed"] = left.get("failed", 0) + 1
-                continue
-            if not (row.text or "").strip():
-                left["empty"] = left.get("empty", 0) + 1
-                continue
+            assert row is not None
             p = prompts[pid]
-            scores = router_scores.get(pid) if router_scores is not None else None
+            rs = router_scores.get(pid) if router_scores is not None else None
             records.append(
                 ExportRecord(
                     prompt_id=pid,
@@ -70,8 +68,8 @@ def build_records(
                     strategy=strategy,
                     answer=p.answer,
                     router_scores=(
-                        {name: float(v) for name, v in zip(teachers, scores, strict=True)}
-                        if scores is not None
+                        {name: float(v) for name, v in zip(teachers, rs, strict=True)}
+                        if rs is not None
                         else None
                     ),
                     quality=quality.get(key),
@@ -84,10 +82,25 @@ def build_records(
                         "completion_tokens": row.completion_tokens,
                         "engine": info.get(row.gen_key, {}).get("fingerprint"),
                         "attempts": row.attempts,
+                        # the second try at a response cut at the token limit (regenerate_cut)
+                        **({"regenerated": True} if info.get(row.gen_key, {}).get("regenerates") else {}),
                     },
                 )
             )
     return records, left
+
+
+def _left_out(row: ResponseRow | None, dropped: list[str] | None) -> str | None:
+    """Why a pair's response is not a dataset row (None: it is one)."""
+    if row is None:
+        return "missing"
+    if row.status != "ok":
+        return "failed"
+    if dropped:
+        return f"filter:{dropped[0]}"
+    if not (row.text or "").strip():
+        return "empty"
+    return None
 
 
 def left_out_notes(left: Mapping[str, int]) -> list[str]:
@@ -96,6 +109,9 @@ def left_out_notes(left: Mapping[str, int]) -> list[str]:
         "missing": "no response was generated yet (run `persyn generate`)",
         "empty": "the teacher answered with an empty text",
     }
+    for k in left:
+        if k.startswith("filter:"):
+            why[k] = f"the `{k[7:]}` row filter drops the response (filters.{k[7:]}; stage filter)"
     return [f"{n} prompt(s) left out: {why[k]}." for k, n in left.items() if n]
 
 
@@ -109,6 +125,7 @@ def write_dataset(
     tokens: dict[str, dict[str, int]],
     cost: dict[str, float] | None,
     notes: list[str],
+    row_checks: dict[str, Any] | None = None,
 ) -> dict[str, Path]:
     from persyn.dataset import DataCard, export_dataset
 
@@ -128,6 +145,7 @@ def write_dataset(
         cost=cost,
         gts_generations=n * len(ctx.teachers),
         notes=notes,
+        row_checks=row_checks if ctx.config.filters.active() else None,
     )
     formats = list(cfg.output.formats)
     return export_dataset(records, out_dir, formats=formats, name=dataset_name(ctx, strategy), card=card)

@@ -86,9 +86,10 @@ def run(ctx: RunContext) -> Path:
         strategies=strategies,
         notes=notes,
         router_name="router",
-        headline_stages=["calibration", "routed"],
+        headline_stages=["calibration", "routed", "regenerated"],
         quality=ctx.result("score").summary(),
         comparison=ctx.result("compare"),
+        row_checks=ctx.result("filter").summary(assignment) if cfg.filters.active() else None,
     )
     out = write_report(data, ctx.path(REPORT_DIR))
     ctx.store.log_event("report", "done", f"report written to {out}")

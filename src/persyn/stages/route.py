@@ -184,7 +184,7 @@ def run(ctx: RunContext) -> RouteResult:
 def _best_on_calibration(ctx: RunContext, ids: list[str], cal_idx: np.ndarray, assigned: np.ndarray) -> None:
     """`routing.calibration_prompts: best`: each calibration prompt to its best combined label."""
     scores_of = ctx.result("score")
-    q, lm = scores_of.matrices([ids[i] for i in cal_idx])
+    q, lm = scores_of.matrices([ids[i] for i in cal_idx], gate=True)
     labels = scores_of.labels(q, lm)
     has = ~np.isnan(labels).all(axis=1)
     best = np.nanargmax(np.where(has[:, None], np.nan_to_num(labels, nan=-np.inf), 0.0), axis=1)

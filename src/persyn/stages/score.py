@@ -113,15 +113,19 @@ class Scores:
     def matrices(
         self,
         ids: Sequence[str],
-        gen_keys: dict[str, str] | None = None,
         qkeys: dict[str, str] | None = None,
         lkey: str | None = None,
+        *,
+        gate: bool = False,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Quality and learnability matrices (len(ids) x T, NaN where missing) from the store."""
+        """Quality and learnability matrices (len(ids) x T, NaN where missing) of each teacher's
+        final response (`ctx.final_responses`), from the store. `gate`: as the labels see them
+        under `router.quality_floor` (`gate_scores`: responses the row filters drop at their
+        prompt's lowest quality and learnability, and learnability not counted below the quality
+        floor); the raw scores otherwise, and with the floor off (the paper's labels)."""
         ctx = self.ctx
         ids = list(ids)
         teachers = ctx.teachers
-        gen_keys = gen_keys or ctx.gen_keys()
         if qkeys is None:
             qkeys = dict(zip(ids, self.quality_keys(ctx.store.get_prompts(ids)), strict=True))
         lkey = lkey or self.learnability_key()
@@ -132,15 +136,29 @@ class Scores:
         for pid in ids:
             by_method.setdefault(qkeys[pid], []).append(pid)
         for j, t in enumerate(teachers):
-            gk = gen_keys[t]
+            final = ctx.final_keys(t, ids)
             for mkey, pids in by_method.items():
-                keys = [ResponseKey(p, t, gk) for p in pids]
+                keys = [final[p] for p in pids]
                 for k, row in ctx.store.get_scores(QUALITY, mkey, keys).items():
                     q[pos[k.prompt_id], j] = row.value if row.value is not None else math.nan
-            keys = [ResponseKey(p, t, gk) for p in ids]
+            keys = [final[p] for p in ids]
             for k, row in ctx.store.get_scores(LEARNABILITY, lkey, keys).items():
                 lm[pos[k.prompt_id], j] = row.value if row.value is not None else math.nan
+        if gate:
+            q, lm = self._gate(ids, qkeys, q, lm)
         return q, lm
+
+    def _gate(self, ids: list[str], qkeys: dict[str, str], q: np.ndarray, lm: np.ndarray):
+        from persyn.scoring.labels import gate_scores
+
+        floor_cfg = self.ctx.config.router.quality_floor
+        if not floor_cfg.enabled:
+            return q, lm  # the paper's labels
+        floors = np.array([_floor(floor_cfg, qkeys[pid]) for pid in ids], dtype=float).reshape(len(ids))
+        junk = self.ctx.result("filter").junk(ids)
+        if not junk.any() and np.isnan(floors).all():
+            return q, lm
+        return gate_scores(q, lm, junk=junk, floors=floors)
 
     def check_answers(self, pairs: Sequence[tuple[str, str]], *, stage: str) -> None:
         """Answer-check the responses of (prompt id, teacher) pairs whose prompt has a reference
@@ -148,25 +166,26 @@ class Scores:
         from persyn.scoring.quality import has_reference
 
         ctx = self.ctx
-        gks = ctx.gen_keys()
         prompts = {p.id: p for p in ctx.store.get_prompts([pid for pid, _ in pairs])} if pairs else {}
-        keys = [ResponseKey(pid, t, gks[t]) for pid, t in pairs if has_reference(prompts[pid].answer)]
-        todo = ctx.store.scores_todo(QUALITY, self.answers_key(), keys)
-        by_teacher: dict[str, list[ResponseKey]] = {}
-        for k in todo:
-            by_teacher.setdefault(k.teacher, []).append(k)
+        by_teacher: dict[str, list[str]] = {}
+        for pid, t in pairs:
+            if has_reference(prompts[pid].answer):
+                by_teacher.setdefault(t, []).append(pid)
         work = []
-        for t, ks in by_teacher.items():
-            rows = ctx.store.get_responses(t, gks[t], [k.prompt_id for k in ks])
-            work += [(k, rows[k.prompt_id]) for k in ks if k.prompt_id in rows]
+        for t, pids in by_teacher.items():
+            rows = {r.key: r for r in ctx.final_responses(t, pids).values()}
+            todo = ctx.store.scores_todo(QUALITY, self.answers_key(), list(rows))
+            work += [(k, rows[k]) for k in todo]
         if work:
             score_answer_rows(ctx, stage, work, prompts)
 
     def answer_values(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
         """The stored answer checks (1 right, 0 wrong) of the responses of (prompt id, teacher)
         pairs, where there is one (prompts without a reference answer have none)."""
-        gks = self.ctx.gen_keys()
-        keys = [ResponseKey(pid, t, gks[t]) for pid, t in pairs]
+        by_teacher: dict[str, list[str]] = {}
+        for pid, t in pairs:
+            by_teacher.setdefault(t, []).append(pid)
+        keys = [k for t, pids in by_teacher.items() for k in self.ctx.final_keys(t, pids).values()]
         rows = self.ctx.store.get_scores(QUALITY, self.answers_key(), keys)
         return [r.value for r in rows.values() if r.value is not None]
 
@@ -196,7 +215,7 @@ def run(ctx: RunContext, prompt_ids: Sequence[str] | None = None, *, stage: str 
         _check_calibrated(ctx, ids, gen_keys)
     prompts = ctx.store.get_prompts(ids)
     by_id = {p.id: p for p in prompts}
-    responses = {t: ctx.store.get_responses(t, gk, ids) for t, gk in gen_keys.items()}
+    responses = {t: ctx.final_responses(t, ids) for t in teachers}
     qkeys = dict(zip(ids, scores.quality_keys(prompts), strict=True))
     result_counts: dict[str, WorkCounts] = {}
 
@@ -248,7 +267,7 @@ def run(ctx: RunContext, prompt_ids: Sequence[str] | None = None, *, stage: str 
         )
         result_counts["learnability"] = ctx.run_score_job(stage, job, LEARNABILITY, lkey)
 
-    q, lm = scores.matrices(ids, gen_keys, qkeys, lkey)
+    q, lm = scores.matrices(ids, qkeys, lkey)
     return ScoreResult(ids, teachers, q, lm, result_counts)
 
 
@@ -297,14 +316,14 @@ def quality_summary(ctx: RunContext, prompt_ids: Sequence[str] | None = None) ->
 
     scores = Scores(ctx)
     ids = list(prompt_ids) if prompt_ids is not None else ctx.calibration_ids()
-    gen_keys = ctx.gen_keys()
+    final = {t: ctx.final_keys(t, ids) for t in ctx.teachers}
     by_method: dict[str, list[str]] = {}
     for pid, key in zip(ids, scores.quality_keys(ctx.store.get_prompts(ids)), strict=True):
         by_method.setdefault(key, []).append(pid)
     answers = scores.answers_key()
     out = []
     for key, pids in by_method.items():
-        want = [ResponseKey(p, t, gk) for t, gk in gen_keys.items() for p in pids]
+        want = [final[t][p] for t in ctx.teachers for p in pids]
         rows = ctx.store.get_scores(QUALITY, key, want, include_errors=True).values()
         values = [r.value for r in rows if r.value is not None]
         entry: dict = {
@@ -336,12 +355,26 @@ def quality_summary(ctx: RunContext, prompt_ids: Sequence[str] | None = None) ->
     return out
 
 
+def _floor(cfg, quality_key: str) -> float:
+    """The quality floor of a prompt's quality method (NaN: none), from its scorer key's method."""
+    floor = cfg.floor(quality_key.split(":", 1)[0].split("@", 1)[0])
+    return math.nan if floor is None else float(floor)
+
+
 def _check_calibrated(ctx: RunContext, ids: list[str], gen_keys: dict[str, str]) -> None:
     missing = {}
     for t, gk in gen_keys.items():
         status = ctx.store.response_status(t, gk, ids)
         if len(status) < len(ids):
             missing[t] = len(ids) - len(status)
+            continue
+        rgk = ctx.regen_gen_key(t)
+        if rgk is not None:  # a cut response still owes its second try
+            rows = ctx.store.get_responses(t, gk, ids)
+            cut = [pid for pid, r in rows.items() if r.finish_reason == "length"]
+            owed = len(cut) - len(ctx.store.response_status(t, rgk, cut))
+            if owed:
+                missing[t] = owed
     if missing:
         raise StageError(
             "calibration is not finished ("

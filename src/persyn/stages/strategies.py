@@ -134,7 +134,7 @@ def _assignments(
     ids = ctx.working_ids()
     cal = ctx.calibration_ids()
     scores = ctx.result("score")
-    q, lm = scores.matrices(cal)
+    q, lm = scores.matrices(cal, gate=True)  # choices see junk responses as the router's labels do
     if np.isnan(q).all():
         raise StageError("no calibration scores yet: run `persyn score CONFIG` first")
     fitted = fit_strategy_baselines(cfg, teachers, q, lm)
@@ -195,7 +195,7 @@ def run(
     results: dict[str, StrategyResult] = {}
     scores = ctx.result("score")
     q_cal, l_cal = scores.matrices(cal)
-    labels_cal = scores.labels(q_cal, l_cal)
+    labels_cal = scores.labels(*scores.matrices(cal, gate=True))
     cal_pos = {pid: i for i, pid in enumerate(cal)}
 
     for name, (scope, assignment) in plans.items():
@@ -243,8 +243,8 @@ def _full_oracle(ctx: RunContext, ids: list[str], scores) -> list[tuple[str, str
     teachers = ctx.teachers
     for t in teachers:
         ctx.generate_responses("strategies", t, ids)
-    sc = ctx.run_stage("score", prompt_ids=ids, stage="strategies")
-    labels = scores.labels(sc.quality, sc.learnability)
+    ctx.run_stage("score", prompt_ids=ids, stage="strategies")
+    labels = scores.labels(*scores.matrices(ids, gate=True))
     keep = ~np.isnan(labels).all(axis=1)
     best = np.argmax(np.where(np.isnan(labels), -np.inf, labels), axis=1)
     return [(ids[i], teachers[best[i]]) for i in np.flatnonzero(keep)]
@@ -278,7 +278,15 @@ def _write_baseline_dataset(ctx: RunContext, name: str, scope: str, assignment, 
         notes.append("Oracle on the calibration prompts only (labels need every teacher's response).")
     if records:
         write_dataset(
-            ctx, records, path, strategy=name, generations=gens, tokens=toks, cost=None, notes=notes
+            ctx,
+            records,
+            path,
+            strategy=name,
+            generations=gens,
+            tokens=toks,
+            cost=None,
+            notes=notes,
+            row_checks=ctx.result("filter").summary(assignment),
         )
     return len(records), counts
 

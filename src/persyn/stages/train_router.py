@@ -51,9 +51,10 @@ def train_key(ctx: RunContext, ids: list[str]) -> str:
     gen_keys = ctx.gen_keys()
     scores = ctx.result("score")
     qk = sorted(set(scores.quality_keys(ctx.store.get_prompts(ids))))
-    r = cfg.router.model_dump(mode="json")
-    # The scores themselves too: a retried generation or score that fills a gap retrains the router.
-    q, learn = scores.matrices(ids)
+    r = cfg.router.key_dict()
+    # The scores themselves too, as the labels see them (filters, quality floor): a retried
+    # generation or score that fills a gap, or a filter that drops a response, retrains the router.
+    q, learn = scores.matrices(ids, gate=True)
     values = digest(np.nan_to_num(np.stack([q, learn]), nan=-1e30).round(6).tobytes())
     return content_key(
         "router",
@@ -214,7 +215,7 @@ def run(ctx: RunContext) -> RouterResult:
 def _labels(ctx: RunContext, ids: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Quality, learnability and combined labels of the calibration prompts (StageError if unscored)."""
     scores = ctx.result("score")
-    q, learn = scores.matrices(ids)
+    q, learn = scores.matrices(ids, gate=True)  # the baselines see junk responses as the labels do
     if np.isnan(q).all():
         raise StageError("no quality scores for the calibration prompts: run `persyn score CONFIG` first")
     if ctx.config.router.alpha > 0 and np.isnan(learn).all():
