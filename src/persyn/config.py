@@ -198,10 +198,20 @@ class RouterConfig(_Section):
     patience: int = Field(default=20, ge=1)
     # Early stopping split, inside the training prompts.
     val_fraction: float = Field(default=0.15, ge=0.0, lt=1.0)
-    # Calibration prompts held out to measure the router against the baselines (report metrics).
+    # Router metrics (the report's router against the baselines): k-fold cross-validation over
+    # every calibration prompt; 0 = one held-out split of `test_fraction` instead.
+    cv_folds: int = Field(default=5, ge=0)
+    # Calibration prompts held out to measure the router when cv_folds is 0.
     test_fraction: float = Field(default=0.2, ge=0.0, le=0.5)
     # After measuring, train the router that routes on every calibration prompt (more data).
     refit: bool = True
+
+    @field_validator("cv_folds")
+    @classmethod
+    def _folds(cls, v: int) -> int:
+        if v == 1:
+            raise ValueError("cross-validation needs at least 2 folds (0 = one held-out split instead)")
+        return v
 
 
 class TeacherCap(_Section):
@@ -454,6 +464,10 @@ class Config(_Section):
         d.pop("eval", None)
         d["prompts"].pop("skip_bad_rows", None)
         d["prompts"].pop("answer_timeout_s", None)  # a safety limit, not what a verdict means
+        # How the router is measured (not the router that routes); at its default left out, so run
+        # directories made before it existed open as they are.
+        if d["router"].get("cv_folds") == RouterConfig.model_fields["cv_folds"].default:
+            d["router"].pop("cv_folds")
         # Relative to the run directory: a project moved or copied whole keeps its identity.
         try:
             d["prompts"]["path"] = os.path.relpath(self.prompts.path, self.output.dir)

@@ -1,14 +1,16 @@
 """Stage train-router (the method's steps 3-5, docs/method.md): combined labels -> Bradley-Terry
-router, measured against every baseline on held-out calibration prompts.
+router, measured against every baseline by cross-validation over the calibration prompts.
 
 1. Labels `r = (1 - alpha) * z(r_q) + alpha * z(r_l)` over the calibration matrices.
-2. `router.test_fraction` of the calibration prompts (a hash of seed and text) are held out. A
-   router trained on the rest, and the baselines fitted on the rest (random, strongest, CAR, Mix,
-   kNN, family-strong where families are declared), are scored on the held-out prompts with
+2. Metrics by k-fold cross-validation (`router.cv_folds`, default 5) over every calibration
+   prompt: folds by a hash of seed and text; for each fold a router and the baselines (random,
+   strongest, CAR, Mix, kNN, family-strong where families are declared) are fitted on the other
+   folds and score the fold's prompts. The pooled held-out score matrices are measured with
    `persyn.router.metrics.compare` against the oracle (Hit@1, Hit@3, regret, share of the
-   oracle's gain recovered...).
-3. With `router.refit` (default) the router that routes is then trained on every calibration
-   prompt; otherwise the measured one routes.
+   oracle's gain recovered...), with 95% bootstrap intervals over prompts. With `cv_folds: 0`,
+   one held-out split (`router.test_fraction`) instead, as before (k trainings cost k times one).
+3. The router that routes is trained on every calibration prompt (with cross-validation always;
+   with a held-out split when `router.refit`, the default; otherwise the measured one routes).
 
 The router is saved as safetensors + JSON under `<run>/routers/<train key>/` with `metrics.json`
 beside it. The train key covers everything the router depends on (the calibration responses' keys,
@@ -26,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from persyn.atomic import atomic_path
+from persyn.config import RouterConfig
 from persyn.stages.context import METRICS_FILE, ROUTERS_DIR, RunContext, StageError
 from persyn.stages.embeddings import embed_ids, load_router_encoder
 from persyn.store.keys import content_key, digest
@@ -50,6 +53,11 @@ def train_key(ctx: RunContext, ids: list[str]) -> str:
     scores = ctx.result("score")
     qk = sorted(set(scores.quality_keys(ctx.store.get_prompts(ids))))
     r = cfg.router.model_dump(mode="json")
+    # cv_folds changes only how the router is measured, not the router that routes; at its default
+    # it stays out of the key, so routers trained before it existed are found again (their
+    # metrics.json says how they were measured).
+    if r.get("cv_folds") == RouterConfig.model_fields["cv_folds"].default:
+        r.pop("cv_folds")
     # The scores themselves too: a retried generation or score that fills a gap retrains the router.
     q, lm = scores.matrices(ids)
     values = digest(np.nan_to_num(np.stack([q, lm]), nan=-1e30).round(6).tobytes())
@@ -154,7 +162,7 @@ def fit_baselines(ctx: RunContext, texts, q, lm, labels, emb) -> tuple[dict[str,
 def run(ctx: RunContext) -> RouterResult:
     from persyn.router.io import save_router
     from persyn.router.metrics import compare, json_safe
-    from persyn.router.model import holdout_mask, train_router
+    from persyn.router.model import cv_folds, holdout_mask, train_router
 
     cfg = ctx.config
     ids = ctx.calibration_ids()
@@ -181,14 +189,18 @@ def run(ctx: RunContext) -> RouterResult:
     labels = scores.labels(q, lm)
     encoder = load_router_encoder(ctx)
     emb = embed_ids(ctx, ids, stage="train-router", encoder=encoder)
-    test = holdout_mask(texts, cfg.router.test_fraction, cfg.seed, salt="test")
-    fit = ~test
     tcfg = _train_config(ctx)
     cache = ctx.store.embedding_cache()
-    ctx.ui.say(
-        f"[bold]train-router[/]: {len(ids)} calibration prompts ({int(fit.sum())} train, "
-        f"{int(test.sum())} held out for metrics)"
+    k = min(cfg.router.cv_folds, len(ids))
+    test = (
+        np.zeros(len(ids), dtype=bool) if k >= 2 else holdout_mask(texts, cfg.router.test_fraction, cfg.seed)
     )
+    how = (
+        f"{k}-fold cross-validation for metrics"
+        if k >= 2
+        else f"{int((~test).sum())} train, {int(test.sum())} held out for metrics"
+    )
+    ctx.ui.say(f"[bold]train-router[/]: {len(ids)} calibration prompts ({how})")
 
     def train(mask: np.ndarray, what: str):
         sel = np.flatnonzero(mask)
@@ -210,35 +222,78 @@ def run(ctx: RunContext) -> RouterResult:
             advance(tcfg.max_epochs - out[1].epochs)
             return out
 
-    metrics: dict[str, Any] = {}
-    notes: list[str] = []
-    measured, report = train(fit, "measured")
-    if test.any():
-        t_idx = np.flatnonzero(test)
-        f_idx = np.flatnonzero(fit)
-        baselines, notes = fit_baselines(
+    def held_out_scores(fit: np.ndarray, held: np.ndarray, router) -> tuple[dict[str, np.ndarray], list[str]]:
+        """Score matrices on the `held` prompts of the router and of every baseline fitted on `fit`."""
+        f_idx, t_idx = np.flatnonzero(fit), np.flatnonzero(held)
+        baselines, fold_notes = fit_baselines(
             ctx, [texts[i] for i in f_idx], q[f_idx], lm[f_idx], labels[f_idx], emb[f_idx]
         )
         t_texts = [texts[i] for i in t_idx]
         emb_t = None if tcfg.finetune_encoder else emb[t_idx]
-        matrices = {"router": measured.scores(t_texts, embeddings=emb_t)}
+        out = {"router": router.scores(t_texts, embeddings=emb_t)}
         for name, b in baselines.items():
-            matrices[name] = b.scores(t_texts, embeddings=emb[t_idx])
-        matrices["oracle"] = np.where(np.isnan(labels[t_idx]), -np.inf, labels[t_idx])
+            out[name] = b.scores(t_texts, embeddings=emb[t_idx])
+        return out, fold_notes
+
+    metrics: dict[str, Any] = {}
+    notes: list[str] = []
+    if k >= 2:
+        # Every calibration prompt is scored once, by routers and baselines that never saw it; the
+        # metrics (and their bootstrap intervals) are over all of them.
+        folds = cv_folds(texts, k, cfg.seed)
+        pooled: dict[str, np.ndarray] = {}
+        seen: dict[str, int] = {}
+        for f in range(k):
+            held = folds == f
+            fold_router, report = train(~held, f"fold {f + 1}/{k}")
+            mats, fold_notes = held_out_scores(~held, held, fold_router)
+            notes += [n for n in fold_notes if n not in notes]
+            for name, m in mats.items():
+                pooled.setdefault(name, np.full((len(ids), len(teachers)), np.nan))[held] = m
+                seen[name] = seen.get(name, 0) + 1
+        for name in [n for n in pooled if seen[n] < k]:
+            notes.append(
+                f"baseline {name} left out of the metrics: it could be fitted in {seen[name]} of {k} folds"
+            )
+            del pooled[name]
+        pooled["oracle"] = np.where(np.isnan(labels), -np.inf, labels)
         metrics = json_safe(
-            compare(matrices, labels[t_idx], teachers, quality=q[t_idx], learnability=lm[t_idx])
+            compare(pooled, labels, teachers, quality=q, learnability=lm, intervals=True, seed=cfg.seed)
         )
-    final, final_report = (
-        train(np.ones(len(ids), dtype=bool), "all prompts")
-        if cfg.router.refit and test.any()
-        else (measured, report)
-    )
+        evaluation = {"method": "cross-validation", "folds": k, "n_prompts": len(ids)}
+        final, final_report = train(np.ones(len(ids), dtype=bool), "all prompts")
+        report = final_report  # no single measured router: each fold had its own
+    else:
+        fit = ~test
+        measured, report = train(fit, "measured")
+        if test.any():
+            mats, notes = held_out_scores(fit, test, measured)
+            t_idx = np.flatnonzero(test)
+            mats["oracle"] = np.where(np.isnan(labels[t_idx]), -np.inf, labels[t_idx])
+            metrics = json_safe(
+                compare(
+                    mats,
+                    labels[t_idx],
+                    teachers,
+                    quality=q[t_idx],
+                    learnability=lm[t_idx],
+                    intervals=True,
+                    seed=cfg.seed,
+                )
+            )
+        evaluation = {"method": "held-out split", "test_fraction": cfg.router.test_fraction}
+        final, final_report = (
+            train(np.ones(len(ids), dtype=bool), "all prompts")
+            if cfg.router.refit and test.any()
+            else (measured, report)
+        )
 
     doc = {
         "train_key": key,
         "teachers": teachers,
         "n_calibration": len(ids),
-        "n_test": int(test.sum()),
+        "n_test": len(ids) if k >= 2 else int(test.sum()),
+        "evaluation": evaluation,
         "alpha": cfg.router.alpha,
         "train_report": final_report.to_dict(),
         "measured_report": report.to_dict(),
@@ -249,7 +304,8 @@ def run(ctx: RunContext) -> RouterResult:
         "train_key": key,
         "calibration_prompts": len(ids),
         "held_out": int(test.sum()),
-        "refit": bool(cfg.router.refit and test.any()),
+        "cv_folds": k if k >= 2 else 0,
+        "refit": bool(k >= 2 or (cfg.router.refit and test.any())),
     }
     with atomic_path(path) as tmp:  # the folder appears complete (weights and metrics) or not at all
         save_router(final, tmp, extra={"persyn": extra})
@@ -258,7 +314,8 @@ def run(ctx: RunContext) -> RouterResult:
     rm = metrics.get("router", {})
     msg = f"router {key} trained ({report.n_train_pairs} pairs)"
     if rm:
-        msg += f"; held out: hit@1 {_f(rm.get('hit@1'))}, regret {_f(rm.get('regret'))}"
+        where = f"{k}-fold CV" if k >= 2 else "held out"
+        msg += f"; {where}: hit@1 {_f(rm.get('hit@1'))}, regret {_f(rm.get('regret'))}"
     ctx.store.log_event("train-router", "done", msg, key=key)
     ctx.ui.say(f"[dim]train-router[/] {msg}")
     return RouterResult(path, key, metrics, trained=True, doc=json_safe(doc))
