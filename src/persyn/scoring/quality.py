@@ -45,6 +45,12 @@ def has_reference(reference: Reference) -> bool:
     return not (isinstance(reference, str) and not reference.strip())
 
 
+def with_reference(prompt: str, reference: Reference) -> str:
+    """The question a reference-guided judge reads: the prompt, then the known correct answer. It
+    goes into the judge's own template in place of the prompt (benchmarks/judge.py, `reference`)."""
+    return f"{prompt}\n\nReference answer (known to be correct):\n{reference}"
+
+
 def engine_scorer_key(kind: str, fingerprint: str) -> str:
     """The store key of a judge's or reward model's scores: its kind and engine fingerprint."""
     return f"{kind}:{fingerprint}"
