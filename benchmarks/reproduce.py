@@ -41,8 +41,8 @@ def main() -> None:
     args = ap.parse_args()
 
     from persyn.demo.project import write_demo
-    from persyn.hardware import describe_machine
     from persyn.pipeline import Pipeline
+    from persyn.util.hardware import describe_machine
 
     machine = describe_machine()
     print(

@@ -61,7 +61,8 @@ def test_report_shows_intervals_and_cuts_bars_far_below_zero(tmp_path, monkeypat
     from PIL import Image
     from test_report import make_data
 
-    from persyn.html_report import QUALITY_FLOOR, write_report
+    from persyn.report import write_report
+    from persyn.report.page import QUALITY_FLOOR
 
     metrics = {
         "router": {"hit@1": 0.5, "oracle_gain_recovered": 0.2, "n": 30, "ci95": {"hit@1": [0.3, 0.7]}},
@@ -73,10 +74,10 @@ def test_report_shows_intervals_and_cuts_bars_far_below_zero(tmp_path, monkeypat
     assert re.search(r'<td class="num">0\.500 \[0\.300, 0\.700\]</td>', html)
     assert "95% bootstrap interval" in html
     # The chart's axis stops near the floor: the -5.7 and -6.7 bars are cut, not drawn to scale.
-    import persyn.html_report as hr
+    import persyn.report.page as page
 
     seen = {}
-    real = hr._save
+    real = page.save
 
     def spy(fig, path):
         if path.name == "router_quality.png":
@@ -85,7 +86,7 @@ def test_report_shows_intervals_and_cuts_bars_far_below_zero(tmp_path, monkeypat
             seen["texts"] = [t.get_text() for t in ax.texts]
         real(fig, path)
 
-    monkeypatch.setattr(hr, "_save", spy)
+    monkeypatch.setattr(page, "save", spy)
     write_report(make_data(router_metrics=metrics), tmp_path / "again")
     assert QUALITY_FLOOR - 0.5 <= seen["ylim"][0] < QUALITY_FLOOR
     assert "-5.7" in seen["texts"] and "-6.7" in seen["texts"]

@@ -45,11 +45,11 @@ from fractions import Fraction
 from typing import Any, Protocol
 
 from persyn.engines.base import Engine, Generation, GenerationParams
-from persyn.progress import Progress
 from persyn.prompts import normalise_text, text_id
 from persyn.store.keys import content_key, digest
 from persyn.student.settings import EvalSet, EvalSettings
 from persyn.student.stats import Interval, bootstrap_mean
+from persyn.util.progress import Progress
 
 __all__ = [
     "DEFAULT_REFERENCE_TEMPLATE",
