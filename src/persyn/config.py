@@ -146,6 +146,9 @@ class QualityConfig(_Section):
     method: Literal["auto", "answers", "judge", "reward"] = "auto"
     judge: EngineSpec | None = None
     reward: EngineSpec | None = None
+    # method judge: a prompt's reference answer, where it has one, is shown to the judge under the
+    # question (benchmarks/judge.py measures it: docs/router.md). Under auto such prompts are checked.
+    judge_reference: bool = False
 
     @model_validator(mode="after")
     def _needs_a_model(self) -> QualityConfig:
@@ -468,6 +471,9 @@ class Config(_Section):
         # directories made before it existed open as they are.
         if d["router"].get("cv_folds") == RouterConfig.model_fields["cv_folds"].default:
             d["router"].pop("cv_folds")
+        # Changes results only through the quality keys (which name it); at its default left out too.
+        if d["quality"].get("judge_reference") == QualityConfig.model_fields["judge_reference"].default:
+            d["quality"].pop("judge_reference")
         # Relative to the run directory: a project moved or copied whole keeps its identity.
         try:
             d["prompts"]["path"] = os.path.relpath(self.prompts.path, self.output.dir)

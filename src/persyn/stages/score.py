@@ -85,6 +85,8 @@ class Scores:
                 if not has_reference(p.answer):
                     missing_ref.append(p)
                 keys.append(answers)
+            elif engine_key is not None and kind == "judge" and q.judge_reference and has_reference(p.answer):
+                keys.append(engine_scorer_key(kind, self.ctx.fingerprint(q.engine), reference=True))  # type: ignore[arg-type]
             elif engine_key is not None:
                 keys.append(engine_key)
             else:
@@ -217,7 +219,20 @@ def run(ctx: RunContext, prompt_ids: Sequence[str] | None = None, *, stage: str 
             result_counts[unit] = score_answer_rows(ctx, stage, work, by_id)
         else:
             kind = scores.quality_engine_kind()
-            items = [WorkItem(k, by_id[k.prompt_id].text, r.text) for k, r in work]
+            from persyn.scoring.quality import with_reference
+
+            # A reference-guided judge reads the reference answer under the question.
+            show = mkey.startswith("judge+reference:")
+            items = [
+                WorkItem(
+                    k,
+                    with_reference(by_id[k.prompt_id].text, by_id[k.prompt_id].answer)
+                    if show
+                    else by_id[k.prompt_id].text,
+                    r.text,
+                )
+                for k, r in work
+            ]
             job = Job(unit, ctx.config.quality.engine, kind, items, batch_size=ctx.batch_size)  # type: ignore[arg-type]
             result_counts[unit] = ctx.run_score_job(stage, job, QUALITY, mkey)
 
