@@ -175,6 +175,9 @@ def main() -> None:
         "--write", action="store_true", help=f"record pointwise figures in persyn/data/{ACCURACY_FILE}"
     )
     ap.add_argument("--json", help="also write every figure to this file")
+    ap.add_argument(
+        "--cached-only", action="store_true", help="load no model: figures from the scores cached so far"
+    )
     args = ap.parse_args()
     transformers_logging.disable_progress_bar()
 
@@ -201,14 +204,29 @@ def main() -> None:
     for model in judges:
         cache = ScoreCache(model, args.dtype)
         texts = {(s, lv): judging_texts(tr, lv) for s, tr in sets.items() for lv in measured}
-        todo = cache.missing([x for g, b in texts.values() for x in (*g, *b)])
+        # Triple by triple, round-robin over sets and domains, every lever of a triple together: a
+        # run stopped early (the cache keeps each chunk) leaves whole triples spread evenly.
+        per_triple = {
+            (s, i): [x for lv in measured for x in (texts[(s, lv)][0][i], texts[(s, lv)][1][i])]
+            for s, tr in sets.items()
+            for i in range(len(tr))
+        }
+        order = sorted(
+            per_triple,
+            key=lambda si: (
+                [x for x in sets[si[0]] if x.domain == sets[si[0]][si[1]].domain].index(sets[si[0]][si[1]]),
+                DOMAINS.index(sets[si[0]][si[1]].domain),
+                list(sets).index(si[0]),
+            ),
+        )
+        todo = [] if args.cached_only else cache.missing([x for si in order for x in per_triple[si]])
         seconds = 0.0
         if todo:
             spec = EngineSpec(model=model, judge_template=PASS_THROUGH, dtype=args.dtype)
             t0 = time.perf_counter()
             engine = load_engine(spec)
             try:
-                step = 32  # cache as it goes: an interrupted run keeps what it scored
+                step = 8  # cache as it goes: an interrupted run keeps what it scored
                 for i in range(0, len(todo), step):
                     chunk = todo[i : i + step]
                     cache.put(chunk, engine.score(chunk, [""] * len(chunk)))
@@ -217,7 +235,18 @@ def main() -> None:
                 engine.close()
             seconds = time.perf_counter() - t0
         print(f"{model}: {len(todo)} judging texts scored in {seconds:.0f} s (the rest cached)", flush=True)
-        for set_name, triples in sets.items():
+        for set_name, all_triples in sets.items():
+            # Only triples whose every judging text is scored (all of them, unless a run was cut short).
+            done = [i for i in range(len(all_triples)) if not cache.missing(per_triple[(set_name, i)])]
+            if len(done) < len(all_triples):
+                print(
+                    f"{set_name}: {len(done)} of {len(all_triples)} triples scored under every lever",
+                    flush=True,
+                )
+            if not done:
+                continue
+            triples = [all_triples[i] for i in done]
+            texts.update({(set_name, lv): judging_texts(triples, lv) for lv in measured})
             domains = [t.domain for t in triples]
             margins: dict[str, np.ndarray] = {}
             extra: dict[str, dict] = {}

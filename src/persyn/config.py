@@ -147,8 +147,9 @@ class QualityConfig(_Section):
     judge: EngineSpec | None = None
     reward: EngineSpec | None = None
     # method judge: a prompt's reference answer, where it has one, is shown to the judge under the
-    # question (benchmarks/judge.py measures it: docs/router.md). Under auto such prompts are checked.
-    judge_reference: bool = False
+    # question (the best lever measured by benchmarks/judge.py: docs/router.md). Under auto such
+    # prompts are checked against their answer instead.
+    judge_reference: bool = True
 
     @model_validator(mode="after")
     def _needs_a_model(self) -> QualityConfig:
