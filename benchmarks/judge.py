@@ -1,25 +1,40 @@
-"""How often does an LM judge prefer the good answer? Pairwise accuracy on the shipped labelled set.
+"""How often does an LM judge prefer the good answer? Pairwise accuracy on two labelled sets, lever by lever.
 
-The set is `persyn/data/judge_triples.jsonl`: 120 hand-written (prompt, good, bad) triples, 30 each of
-math, facts, code and instructions, the bad answer plausible (a slipped sign, the wrong capital, an
-off-by-one, an ignored constraint). A pointwise judge (what the pipeline uses: log P(Yes) - log P(No)
-for one response) is right on a triple when it scores the good answer higher; ties count half.
-The pairwise variant shows the judge both answers and asks whether A is better than B, in both orders;
-it is right when it prefers A more when A is the good answer (the order bias cancels), and the
-single-order accuracies show that bias. Intervals: 95% bootstrap over triples; "vs default" is the
-paired difference to the shipped default template, also bootstrapped.
+The sets: `persyn/data/judge_triples.jsonl` (120 hand-written (prompt, good, bad) triples, 30 each of
+math, facts, code and instructions; the judge's template was chosen on it) and
+`judge_triples_fresh.jsonl` (80 triples written for issue 19 and not used to choose anything; its
+math and facts items carry a short reference answer). A judge is right on a triple when it scores
+the good answer above the bad one (ties count half). Levers, measured side by side:
 
-    .venv/bin/python benchmarks/judge.py                       # the three zoo judges x every template
-    .venv/bin/python benchmarks/judge.py --judge zoo:qwen2.5-coder-0.5b-instruct --templates default
-    .venv/bin/python benchmarks/judge.py --judge /models/my-judge --template-file my_template.txt
-    .venv/bin/python benchmarks/judge.py --write   # also record the pointwise figures in
-                                                   # persyn/data/judge_accuracy.json (the report reads it)
+- `default`: the shipped pointwise judge (engines/base.py: log P(Yes) - log P(No) of one response);
+- `rubric`: a pointwise prompt that lists what to check (facts and numbers, completeness, every
+  format instruction, code that runs);
+- `reference`: the default prompt with the reference answer shown under the question
+  (`persyn.scoring.quality.with_reference`), where the triple has one (others are judged as
+  `default`: what a pipeline with references for some prompts gets);
+- `pairwise`: both answers in one prompt, "is A better than B?", asked in both orders; the
+  continuous debiased score is (A=good, B=bad) log-odds minus (A=bad, B=good) log-odds, so the
+  judge's positional bias cancels; `good first says A` / `good second says B` are the single-order
+  thresholded verdicts, which show that bias;
+- `ensemble`: per triple, the sum of the levers' margins (good minus bad) each divided by the
+  spread of that lever's scores over the set (a label-free scale), over default, rubric,
+  reference and pairwise.
+
+Every score is cached under $PERSYN_CACHE/bench/judge/ by (model, exact judging text), so a rerun or
+a new lever computes only what is new. Intervals: 95% bootstrap over triples.
+
+    .venv/bin/python benchmarks/judge.py                          # the demo judge, both sets, all levers
+    .venv/bin/python benchmarks/judge.py --judge zoo:qwen2.5-coder-1.5b-instruct --limit 10
+    .venv/bin/python benchmarks/judge.py --levers default,rubric --sets first
+    .venv/bin/python benchmarks/judge.py --write   # record the pointwise levers' figures on the first
+                                                   # set in persyn/data/judge_accuracy.json (the report)
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import hashlib
 import json
 import os
 import platform
@@ -38,56 +53,36 @@ import torch  # noqa: E402
 from transformers.utils import logging as transformers_logging  # noqa: E402
 
 from persyn.engines import load_engine  # noqa: E402
-from persyn.engines.base import DEFAULT_JUDGE_TEMPLATE  # noqa: E402
+from persyn.engines.base import DEFAULT_JUDGE_TEMPLATE, RUBRIC_JUDGE_TEMPLATE  # noqa: E402
 from persyn.engines.spec import EngineSpec  # noqa: E402
+from persyn.scoring.quality import with_reference  # noqa: E402
 from persyn.scoring.reliability import ACCURACY_FILE, judge_id  # noqa: E402
+from persyn.zoo import cache_dir  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # the labelled set's reader
-from judge_set import DOMAINS, bootstrap_interval, load_triples, pair_outcomes  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # the labelled sets' reader
+from judge_set import (  # noqa: E402
+    DOMAINS,
+    FRESH_TRIPLES_FILE,
+    TRIPLES_FILE,
+    bootstrap_interval,
+    load_triples,
+    pair_outcomes,
+)
 
-ZOO_JUDGES = ("zoo:qwen2.5-coder-0.5b-instruct", "zoo:smollm2-135m-instruct", "zoo:gemma3-270m")
-
-# Pointwise judging prompts tried; "default" is whatever the engines ship (engines/base.py). The
-# first measurement called today's default "correct" and measured "graded", the earlier default.
-TEMPLATES = {
-    "default": DEFAULT_JUDGE_TEMPLATE,
-    "graded": (
-        "You are grading an answer to a user's request.\n\n"
-        "Request:\n{prompt}\n\n"
-        "Answer:\n{response}\n\n"
-        "Is the answer correct, helpful and complete? Reply with Yes or No only."
-    ),
-    "strict": (
-        "You are a strict grader. Check the answer below for factual mistakes, calculation errors, bugs "
-        "and ignored instructions.\n\n"
-        "Request:\n{prompt}\n\n"
-        "Answer:\n{response}\n\n"
-        "Is the answer free of mistakes, and does it follow every instruction? Reply with Yes or No only."
-    ),
-    # Few-shot, completion style (docs/router.md's earlier spot check found it the most decisive):
-    # four worked verdicts on items that are not in the set, then the one to judge.
-    "fewshot": (
-        "Decide whether each answer is correct and does what the question asks.\n\n"
-        "Question: What is 5 + 7?\nAnswer: 5 + 7 = 12.\nCorrect: Yes\n\n"
-        "Question: What is the capital of France?\nAnswer: Lyon.\nCorrect: No\n\n"
-        "Question: Write a Python expression for the number of items in the list xs.\nAnswer: len(xs)\n"
-        "Correct: Yes\n\n"
-        "Question: Answer with one word: which planet is known as the Red Planet?\n"
-        "Answer: The Red Planet is Mars.\nCorrect: No\n\n"
-        "Question: {prompt}\nAnswer: {response}\nCorrect:"
-    ),
-}
+DEMO_JUDGE = "zoo:qwen2.5-coder-0.5b-instruct"
+SETS = {"first": TRIPLES_FILE, "fresh": FRESH_TRIPLES_FILE}
+POINTWISE = {"default": DEFAULT_JUDGE_TEMPLATE, "rubric": RUBRIC_JUDGE_TEMPLATE}
 PAIRWISE = (
     "Two answers to the same request follow.\n\n"
     "Request:\n{prompt}\n\n"
-    "{response}\n\n"
+    "Answer A:\n{a}\n\n"
+    "Answer B:\n{b}\n\n"
     "Is Answer A better than Answer B (more correct, and following the request more closely)? "
     "Reply with Yes or No only."
 )
-
-
-def _pair(a: str, b: str) -> str:
-    return f"Answer A:\n{a}\n\nAnswer B:\n{b}"
+LEVERS = ("default", "rubric", "reference", "pairwise", "ensemble")
+# The judging text goes to the engine whole, as its "prompt": one loaded engine serves every lever.
+PASS_THROUGH = "{prompt}{response}"
 
 
 def cpu_name() -> str:
@@ -102,10 +97,53 @@ def cpu_name() -> str:
     return f"{name} ({', '.join(native)})" if native else name
 
 
-def summarise(outcomes: np.ndarray, domains: list[str], baseline: np.ndarray | None) -> dict:
-    acc = float(outcomes.mean())
+class ScoreCache:
+    """log P(Yes) - log P(No) per (model, dtype, judging text), in one JSON file per model."""
+
+    def __init__(self, model: str, dtype: str):
+        slug = hashlib.sha256(f"{model}|{dtype}".encode()).hexdigest()[:16]
+        self.path = cache_dir() / "bench" / "judge" / f"{slug}.json"
+        self.data: dict[str, float] = json.loads(self.path.read_text()) if self.path.is_file() else {}
+
+    @staticmethod
+    def key(text: str) -> str:
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    def missing(self, texts: list[str]) -> list[str]:
+        return list(dict.fromkeys(t for t in texts if self.key(t) not in self.data))
+
+    def put(self, texts: list[str], scores: list[float]) -> None:
+        self.data.update({self.key(t): float(s) for t, s in zip(texts, scores, strict=True)})
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.data))
+        tmp.replace(self.path)
+
+    def get(self, texts: list[str]) -> np.ndarray:
+        return np.array([self.data[self.key(t)] for t in texts])
+
+
+def judging_texts(triples, lever: str) -> tuple[list[str], list[str]]:
+    """(texts scoring the good answer, texts scoring the bad one); for `pairwise`, (good as A, bad as A)."""
+    good, bad = [], []
+    for t in triples:
+        if lever == "pairwise":
+            good.append(PAIRWISE.format(prompt=t.prompt, a=t.good, b=t.bad))
+            bad.append(PAIRWISE.format(prompt=t.prompt, a=t.bad, b=t.good))
+            continue
+        tpl = POINTWISE["default" if lever == "reference" else lever]
+        # The pipeline's reference-guided judge: the default template, the reference under the question.
+        q = with_reference(t.prompt, t.reference) if lever == "reference" and t.reference else t.prompt
+        fmt = lambda r, q=q, tpl=tpl: tpl.format(prompt=q, response=r)  # noqa: E731
+        good.append(fmt(t.good))
+        bad.append(fmt(t.bad))
+    return good, bad
+
+
+def summarise(margins: np.ndarray, domains: list[str], baseline: np.ndarray | None) -> dict:
+    outcomes = pair_outcomes(margins, np.zeros_like(margins))
     lo, hi = bootstrap_interval(outcomes)
-    out = {"accuracy": acc, "ci95": [lo, hi], "n": len(outcomes)}
+    out = {"accuracy": float(outcomes.mean()), "ci95": [lo, hi], "n": len(outcomes)}
     out["per_domain"] = {
         d: float(outcomes[[x == d for x in domains]].mean()) for d in DOMAINS if d in domains
     }
@@ -113,6 +151,7 @@ def summarise(outcomes: np.ndarray, domains: list[str], baseline: np.ndarray | N
         diff = outcomes - baseline
         dlo, dhi = bootstrap_interval(diff)
         out["vs_default"] = [float(diff.mean()), dlo, dhi]
+    out["outcomes"] = outcomes.tolist()
     return out
 
 
@@ -128,119 +167,125 @@ def fmt(s: dict) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument(
-        "--judge", action="append", help="judge model (repeatable); default: the zoo's causal LMs"
-    )
-    ap.add_argument(
-        "--templates",
-        default=",".join([*TEMPLATES, "pairwise"]),
-        help=f"comma-separated, from {', '.join([*TEMPLATES, 'pairwise'])}",
-    )
-    ap.add_argument("--template-file", help="measure this judging prompt (with {prompt} and {response}) too")
-    ap.add_argument("--domains", default=",".join(DOMAINS))
-    ap.add_argument("--limit", type=int, help="first N triples of each domain (a quick look)")
+    ap.add_argument("--judge", action="append", help=f"judge model (repeatable); default {DEMO_JUDGE}")
+    ap.add_argument("--levers", default=",".join(LEVERS), help=f"comma-separated, from {', '.join(LEVERS)}")
+    ap.add_argument("--sets", default=",".join(SETS), help="comma-separated: first, fresh")
+    ap.add_argument("--limit", type=int, help="first N triples of each domain of each set (a subset)")
     ap.add_argument("--dtype", default="auto")
     ap.add_argument(
         "--write", action="store_true", help=f"record pointwise figures in persyn/data/{ACCURACY_FILE}"
     )
     ap.add_argument("--json", help="also write every figure to this file")
+    ap.add_argument(
+        "--cached-only", action="store_true", help="load no model: figures from the scores cached so far"
+    )
     args = ap.parse_args()
-    transformers_logging.disable_progress_bar()  # one line per judge and template, not per weight
+    transformers_logging.disable_progress_bar()
 
-    wanted = args.domains.split(",")
-    triples = [t for t in load_triples() if t.domain in wanted]
-    if args.limit:
-        triples = [t for d in wanted for t in [x for x in triples if x.domain == d][: args.limit]]
-    templates = {k: v for k, v in TEMPLATES.items() if k in args.templates.split(",")}
-    if args.template_file:
-        templates[Path(args.template_file).stem] = Path(args.template_file).read_text()
-    pairwise = "pairwise" in args.templates.split(",")
-    judges = args.judge or list(ZOO_JUDGES)
-    domains = [t.domain for t in triples]
-    prompts = [t.prompt for t in triples]
-    n = len(triples)
+    levers = [x for x in args.levers.split(",") if x]
+    if unknown := set(levers) - set(LEVERS):
+        ap.error(f"unknown lever(s) {', '.join(sorted(unknown))}")
+    measured = [x for x in levers if x != "ensemble"]
+    if "ensemble" in levers:
+        measured = list(dict.fromkeys([*measured, "default", "rubric", "reference", "pairwise"]))
+    sets = {}
+    for name in args.sets.split(","):
+        triples = load_triples(SETS[name])
+        if args.limit:
+            triples = [t for d in DOMAINS for t in [x for x in triples if x.domain == d][: args.limit]]
+        sets[name] = triples
+    judges = args.judge or [DEMO_JUDGE]
     print(
-        f"{n} triples ({', '.join(f'{d} {domains.count(d)}' for d in DOMAINS if d in domains)}); "
-        f"CPU: {cpu_name()}, torch {torch.__version__}, {torch.get_num_threads()} threads"
+        f"sets: {', '.join(f'{k} {len(v)}' for k, v in sets.items())}; CPU: {cpu_name()}, "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads; command: {' '.join(sys.argv)}",
+        flush=True,
     )
 
     results: dict[str, dict] = {}
     for model in judges:
-        baseline = None
-        # "default" first: the others are compared with it, triple by triple.
-        order = sorted(templates, key=lambda k: k != "default")
-        for name in order:
-            if name != "default" and templates[name] == templates.get("default"):
-                continue  # the same text as the default: the same figures
-            spec = EngineSpec(model=model, judge_template=templates[name], dtype=args.dtype)
-            t0 = time.perf_counter()
-            engine = load_engine(spec)
-            try:
-                scores = np.asarray(
-                    engine.score(prompts + prompts, [t.good for t in triples] + [t.bad for t in triples])
-                )
-            finally:
-                engine.close()
-            outcomes = pair_outcomes(scores[:n], scores[n:])
-            s = summarise(outcomes, domains, baseline if name != "default" else None)
-            if name == "default":
-                baseline = outcomes
-            s.update(
-                model=model,
-                template=name,
-                judge_id=judge_id(spec),
-                seconds=round(time.perf_counter() - t0, 1),
-                mean_margin=float(np.nanmean(scores[:n] - scores[n:])),
-                outcomes=outcomes.tolist(),
-            )
-            results[f"{model} | {name}"] = s
-            print(f"{model:36s} {name:10s} {fmt(s)}  ({s['seconds']:.0f} s)", flush=True)
-        if pairwise:
-            spec = EngineSpec(model=model, judge_template=PAIRWISE, dtype=args.dtype)
-            t0 = time.perf_counter()
-            engine = load_engine(spec)
-            try:
-                both = [_pair(t.good, t.bad) for t in triples] + [_pair(t.bad, t.good) for t in triples]
-                scores = np.asarray(engine.score(prompts + prompts, both))
-            finally:
-                engine.close()
-            good_first, bad_first = scores[:n], scores[n:]
-            outcomes = pair_outcomes(good_first, bad_first)
-            s = summarise(outcomes, domains, baseline)
-            s.update(
-                model=model,
-                template="pairwise",
-                outcomes=outcomes.tolist(),
-                seconds=round(time.perf_counter() - t0, 1),
-                good_first_says_A=float(np.mean(good_first > 0)),
-                bad_first_says_B=float(np.mean(bad_first < 0)),
-            )
-            results[f"{model} | pairwise"] = s
-            print(
-                f"{model:36s} {'pairwise':10s} {fmt(s)}  ({s['seconds']:.0f} s; one order only: good as A "
-                f"{s['good_first_says_A']:.2f}, good as B {s['bad_first_says_B']:.2f})",
-                flush=True,
-            )
-
-    if len(judges) > 1:
-        # Per triple, the judges' mean outcome; resampling triples keeps each triple's judges together.
-        names = list(dict.fromkeys(s["template"] for s in results.values()))
-        pooled = {
-            name: np.mean([results[f"{m} | {name}"]["outcomes"] for m in judges], axis=0)
-            for name in names
-            if all(f"{m} | {name}" in results for m in judges)
+        cache = ScoreCache(model, args.dtype)
+        texts = {(s, lv): judging_texts(tr, lv) for s, tr in sets.items() for lv in measured}
+        # Triple by triple, round-robin over sets and domains, every lever of a triple together: a
+        # run stopped early (the cache keeps each chunk) leaves whole triples spread evenly.
+        per_triple = {
+            (s, i): [x for lv in measured for x in (texts[(s, lv)][0][i], texts[(s, lv)][1][i])]
+            for s, tr in sets.items()
+            for i in range(len(tr))
         }
-        for name, per_triple in pooled.items():
-            s = summarise(per_triple, domains, pooled.get("default") if name != "default" else None)
-            results[f"all judges | {name}"] = s
-            print(f"{'all judges (mean per triple)':36s} {name:10s} {fmt(s)}", flush=True)
+        order = sorted(
+            per_triple,
+            key=lambda si: (
+                [x for x in sets[si[0]] if x.domain == sets[si[0]][si[1]].domain].index(sets[si[0]][si[1]]),
+                DOMAINS.index(sets[si[0]][si[1]].domain),
+                list(sets).index(si[0]),
+            ),
+        )
+        todo = [] if args.cached_only else cache.missing([x for si in order for x in per_triple[si]])
+        seconds = 0.0
+        if todo:
+            spec = EngineSpec(model=model, judge_template=PASS_THROUGH, dtype=args.dtype)
+            t0 = time.perf_counter()
+            engine = load_engine(spec)
+            try:
+                step = 8  # cache as it goes: an interrupted run keeps what it scored
+                for i in range(0, len(todo), step):
+                    chunk = todo[i : i + step]
+                    cache.put(chunk, engine.score(chunk, [""] * len(chunk)))
+                    print(f"  {model}: scored {min(i + step, len(todo))}/{len(todo)}", flush=True)
+            finally:
+                engine.close()
+            seconds = time.perf_counter() - t0
+        print(f"{model}: {len(todo)} judging texts scored in {seconds:.0f} s (the rest cached)", flush=True)
+        for set_name, all_triples in sets.items():
+            # Only triples whose every judging text is scored (all of them, unless a run was cut short).
+            done = [i for i in range(len(all_triples)) if not cache.missing(per_triple[(set_name, i)])]
+            if len(done) < len(all_triples):
+                print(
+                    f"{set_name}: {len(done)} of {len(all_triples)} triples scored under every lever",
+                    flush=True,
+                )
+            if not done:
+                continue
+            triples = [all_triples[i] for i in done]
+            texts.update({(set_name, lv): judging_texts(triples, lv) for lv in measured})
+            domains = [t.domain for t in triples]
+            margins: dict[str, np.ndarray] = {}
+            extra: dict[str, dict] = {}
+            for lv in measured:
+                g, b = texts[(set_name, lv)]
+                sg, sb = cache.get(g), cache.get(b)
+                margins[lv] = sg - sb
+                # Label-free scale for the ensemble: the spread of every score this lever gave.
+                extra[lv] = {"scale": float(np.std(np.concatenate([sg, sb]))) or 1.0}
+                if lv == "pairwise":
+                    extra[lv]["good_first_says_A"] = float(np.mean(sg > 0))
+                    extra[lv]["good_second_says_B"] = float(np.mean(sb < 0))
+                    extra[lv]["says_A_either_way"] = float(np.mean((sg > 0) & (sb > 0)))
+            if "ensemble" in levers:
+                parts = ["default", "rubric", "reference", "pairwise"]
+                margins["ensemble"] = sum(margins[p] / extra[p]["scale"] for p in parts)
+            base = pair_outcomes(margins["default"], 0 * margins["default"]) if "default" in margins else None
+            for lv in [x for x in levers if x in margins]:
+                s = summarise(margins[lv], domains, None if lv == "default" else base)
+                s.update(model=model, set=set_name, lever=lv, **{k: v for k, v in extra.get(lv, {}).items()})
+                if lv in POINTWISE and set_name == "first":
+                    s["judge_id"] = judge_id(EngineSpec(model=model, judge_template=POINTWISE[lv]))
+                results[f"{model} | {set_name} | {lv}"] = s
+                line = f"{model:34s} {set_name:5s} {lv:9s} {fmt(s)}"
+                if lv == "pairwise":
+                    line += (
+                        f"  (one order only: good as A says A {s['good_first_says_A']:.2f}, good as B says "
+                        f"B {s['good_second_says_B']:.2f}; A in both orders {s['says_A_either_way']:.2f})"
+                    )
+                print(line, flush=True)
 
     meta = {
         "cpu": cpu_name(),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "date": dt.date.today().isoformat(),
-        "n_triples": n,
+        "command": " ".join(sys.argv),
+        "sets": {k: len(v) for k, v in sets.items()},
     }
     if args.json:
         Path(args.json).write_text(json.dumps({"meta": meta, "results": results}, indent=1))
@@ -252,12 +297,13 @@ def main() -> None:
                 continue  # only whole-set pointwise figures describe a judge the pipeline can run
             doc["judges"][s["judge_id"]] = {
                 "model": s["model"],
-                "template": s["template"],
+                "template": s["lever"],
                 "accuracy": round(s["accuracy"], 4),
                 "ci95": [round(x, 4) for x in s["ci95"]],
                 "n": s["n"],
                 "per_domain": {k: round(v, 4) for k, v in s["per_domain"].items()},
-                **meta,
+                **{k: v for k, v in meta.items() if k not in ("command", "sets")},
+                "n_triples": s["n"],
                 "dtype": args.dtype,
             }
         path.write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
+import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -291,7 +294,38 @@ def _check_in_daemon(pair: tuple[str, str]) -> tuple[bool, bool]:
 
 @pytest.mark.slow
 def test_checks_work_in_a_daemonic_worker():
-    # multiprocessing.Pool workers may not start processes: math-verify's own alarm limits them.
+    # multiprocessing.Pool workers may not start multiprocessing children; the checker's helper is a
+    # plain subprocess, so the hostile item is still killed on time there.
     with multiprocessing.get_context("spawn").Pool(1) as pool:
         got = pool.map(_check_in_daemon, [("\\boxed{1+x^2}", "x^2+1"), (HOSTILE, "1")])
     assert got == [(True, False), (False, True)]
+
+
+# A user's script as most are written: top-level code, no `if __name__ == "__main__":` guard. With
+# spawned (or forkserver) multiprocessing workers it failed with "Unexpected error within the Pool",
+# as every worker re-ran it. It records each run of its top level in a file: exactly one run.
+GUARDLESS_SCRIPT = """\
+import os, sys
+from persyn.scoring.answers import answer_matches, check_answer
+with open(sys.argv[1], "a") as f:
+    f.write(f"{os.getpid()}\\n")
+print(answer_matches("\\\\boxed{1+x^2}", "x^2+1"), answer_matches("\\\\boxed{x^2-1}", "x^2+1"))
+print(check_answer(sys.argv[2], "1", timeout_s=1.0).timed_out)
+"""
+
+
+def test_checks_work_from_a_script_without_a_main_guard(tmp_path):
+    script, runs = tmp_path / "check.py", tmp_path / "runs.txt"
+    script.write_text(GUARDLESS_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    done = subprocess.run(
+        [sys.executable, str(script), str(runs), HOSTILE],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["True", "False", "True"]
+    assert len(runs.read_text().split()) == 1  # the script's top level ran once, in its own process

@@ -9,7 +9,7 @@ from importlib import resources
 
 import numpy as np
 import pytest
-from judge_set import DOMAINS, bootstrap_interval, load_triples, pair_outcomes
+from judge_set import DOMAINS, FRESH_TRIPLES_FILE, bootstrap_interval, load_triples, pair_outcomes
 
 from persyn.engines.base import DEFAULT_JUDGE_TEMPLATE
 from persyn.engines.spec import EngineSpec
@@ -32,6 +32,18 @@ def test_the_set_is_big_balanced_and_well_formed():
     # Plausible bad answers: about as long as the good ones, so a judge cannot win on length alone.
     ratio = np.array([len(t.bad) / len(t.good) for t in triples])
     assert 0.7 < float(np.median(ratio)) < 1.4
+
+
+def test_the_fresh_set_is_balanced_and_shares_no_prompt_with_the_first():
+    fresh, first = load_triples(FRESH_TRIPLES_FILE), load_triples()
+    assert len(fresh) == 80 and Counter(t.domain for t in fresh) == {d: 20 for d in DOMAINS}
+    assert len({t.id for t in fresh}) == 80 and not {t.id for t in fresh} & {t.id for t in first}
+    assert not {t.prompt for t in fresh} & {t.prompt for t in first}
+    for t in fresh:
+        assert t.prompt.strip() and t.good.strip() and t.bad.strip() and t.why.strip(), t.id
+        assert t.good != t.bad, t.id
+        # A reference (the short correct answer) for every math and facts item, none elsewhere.
+        assert (t.reference is not None) == (t.domain in ("math", "facts")), t.id
 
 
 def test_pair_outcomes_and_interval():

@@ -61,9 +61,17 @@ def test_run_writes_every_output(base):
     (router,) = (run / "routers").iterdir()
     for name in ("router.json", "head.safetensors", "metrics.json"):
         assert (router / name).is_file(), name
-    metrics = json.loads((router / "metrics.json").read_text())["metrics"]
+    doc = json.loads((router / "metrics.json").read_text())
+    metrics = doc["metrics"]
     assert {"router", "random", "strongest", "car", "knn", "oracle"} <= set(metrics)
     assert metrics["oracle"]["regret"] == pytest.approx(0.0)
+    # Cross-validated over every calibration prompt, each with its 95% interval (not a held-out few).
+    assert doc["evaluation"] == {"method": "cross-validation", "folds": 5, "n_prompts": C}
+    assert all(m["n"] + m["n_skipped"] == C for m in metrics.values())
+    lo, hi = metrics["router"]["ci95"]["regret"]
+    assert lo <= metrics["router"]["regret"] <= hi
+    html = (run / "report" / "index.html").read_text(encoding="utf-8")
+    assert f"5-fold cross-validation over all {C} calibration prompts" in html
 
 
 def test_generation_count_is_calibration_times_teachers_plus_routed(base):

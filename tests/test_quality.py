@@ -141,3 +141,18 @@ def test_context_overflow_makes_a_score_missing_not_a_crash():
 
     with pytest.raises(ContextLengthError):
         EngineScorer(Unnamed()).score(["p"], ["r"])
+
+
+def test_a_reference_guided_judge_reads_the_reference_under_the_question():
+    from persyn.scoring.quality import with_reference
+
+    eng = RecordingScoreEngine()
+    plain, guided = EngineScorer(eng, "judge"), EngineScorer(eng, "judge", reference=True)
+    assert guided.key == "judge+reference:recording-engine@1" != plain.key
+    guided.score(["What is 2+2?", "Write a haiku."], ["4", "..."], ["4", None])
+    assert eng.calls == [(with_reference("What is 2+2?", "4"), "4"), ("Write a haiku.", "...")]
+    assert "Reference answer (known to be correct):\n4" in eng.calls[0][0]
+    assert build_quality_scorer("judge", eng, judge_reference=True).key == guided.key
+    assert build_quality_scorer("judge", eng).key == plain.key
+    with pytest.raises(ValueError, match="only a judge"):
+        EngineScorer(eng, "reward", reference=True)

@@ -19,6 +19,7 @@ from pipeline_fixtures import (
     scores,
     subset,
     tiny_config,
+    write_prompts,
 )
 
 from persyn.config import load_config
@@ -106,3 +107,26 @@ def test_a_measured_judge_shows_its_accuracy(base, monkeypatch):
     )
     assert rows["answers"]["checker"] == "auto" and rows["answers"]["timeouts"] == 0
     assert rows["answers"]["labels"] + rows["answers"]["failed"] == rows["answers"]["prompts"] * T
+
+
+def test_a_reference_guided_judge_has_its_own_key_for_prompts_with_answers(tmp_path):
+    from persyn import Pipeline
+    from persyn.scoring.quality import engine_scorer_key
+    from persyn.stages.score import Scores
+    from persyn.store import Prompt
+
+    write_prompts(tmp_path / "prompts.jsonl")
+    judge = {"quality.method": "judge"}
+    off = tiny_config(tmp_path, name="a.yaml", extra={**judge, "quality.judge_reference": False})
+    on = tiny_config(tmp_path, name="b.yaml", extra={**judge, "quality.judge_reference": True})
+    # On by default (the best judge measured); at its default it stays out of the manifest.
+    assert load_config(on).hash() == load_config(tiny_config(tmp_path, name="c.yaml", extra=judge)).hash()
+    prompts = [Prompt("p1", "What is 2+2?", answer="4"), Prompt("p2", "Write a haiku.")]
+    keys = {}
+    for name, path in (("off", off), ("on", on)):
+        with Pipeline.from_config(path, force=True) as pipe:
+            fp = pipe.ctx.fingerprint(pipe.ctx.config.quality.engine)
+            keys[name] = Scores(pipe.ctx).quality_keys(prompts)
+    plain, guided = engine_scorer_key("judge", fp), engine_scorer_key("judge", fp, reference=True)
+    assert keys["off"] == [plain, plain]
+    assert keys["on"] == [guided, plain]  # only the prompt with an answer is judged against it

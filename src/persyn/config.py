@@ -160,6 +160,10 @@ class QualityConfig(_Section):
     method: Literal["auto", "answers", "judge", "reward"] = "auto"
     judge: EngineSpec | None = None
     reward: EngineSpec | None = None
+    # method judge: a prompt's reference answer, where it has one, is shown to the judge under the
+    # question (the best lever measured by benchmarks/judge.py: docs/router.md). Under auto such
+    # prompts are checked against their answer instead.
+    judge_reference: bool = True
 
     @model_validator(mode="after")
     def _needs_a_model(self) -> QualityConfig:
@@ -213,7 +217,10 @@ class RouterConfig(_Section):
     patience: int = Field(default=ROUTER.patience, ge=1)
     # Early stopping split, inside the training prompts.
     val_fraction: float = Field(default=ROUTER.val_fraction, ge=0.0, lt=1.0)
-    # Calibration prompts held out to measure the router against the baselines (report metrics).
+    # Router metrics (the report's router against the baselines): k-fold cross-validation over
+    # every calibration prompt; 0 = one held-out split of `test_fraction` instead.
+    cv_folds: int = Field(default=ROUTER.cv_folds, ge=0)
+    # Calibration prompts held out to measure the router when cv_folds is 0.
     test_fraction: float = Field(default=ROUTER.test_fraction, ge=0.0, le=0.5)
     # After measuring, train the router that routes on every calibration prompt (more data).
     refit: bool = True
@@ -226,6 +233,13 @@ class RouterConfig(_Section):
         if not self.quality_floor.enabled:
             d.pop("quality_floor")
         return d
+
+    @field_validator("cv_folds")
+    @classmethod
+    def _folds(cls, v: int) -> int:
+        if v == 1:
+            raise ValueError("cross-validation needs at least 2 folds (0 = one held-out split instead)")
+        return v
 
 
 class TeacherCap(_Section):
@@ -509,6 +523,13 @@ class Config(_Section):
             d["router"].pop("quality_floor")
         if not self.filters.enabled:
             d.pop("filters")
+        # How the router is measured (not the router that routes); at its default left out, so run
+        # directories made before it existed open as they are.
+        if d["router"].get("cv_folds") == RouterConfig.model_fields["cv_folds"].default:
+            d["router"].pop("cv_folds")
+        # Changes results only through the quality keys (which name it); at its default left out too.
+        if d["quality"].get("judge_reference") == QualityConfig.model_fields["judge_reference"].default:
+            d["quality"].pop("judge_reference")
         # Relative to the run directory: a project moved or copied whole keeps its identity.
         try:
             d["prompts"]["path"] = os.path.relpath(self.prompts.path, self.output.dir)

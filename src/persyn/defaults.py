@@ -33,7 +33,8 @@ class RouterDefaults:
     max_epochs: int = 300
     patience: int = 20
     val_fraction: float = 0.15  # early stopping, inside the training prompts
-    test_fraction: float = 0.2  # held out to measure the router against the baselines
+    cv_folds: int = 5  # router metrics by k-fold cross-validation over the calibration prompts
+    test_fraction: float = 0.2  # with cv_folds 0: held out to measure the router instead
 
 
 ROUTER = RouterDefaults()

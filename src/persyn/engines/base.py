@@ -34,6 +34,17 @@ DEFAULT_JUDGE_TEMPLATE = (
     "Is the proposed answer correct, and does it follow every instruction in the question? "
     "Answer Yes or No."
 )
+# A judging prompt that lists what to check (benchmarks/judge.py measures it against the default).
+RUBRIC_JUDGE_TEMPLATE = (
+    "You are grading a proposed answer. Check it against each point:\n"
+    "1. Every fact, number and calculation in it is correct.\n"
+    "2. It answers exactly what was asked, completely.\n"
+    "3. It follows every instruction on format, length and wording.\n"
+    "4. Code in it runs and does what was asked.\n\n"
+    "Question:\n{prompt}\n\n"
+    "Proposed answer:\n{response}\n\n"
+    "Does the proposed answer pass every point? Answer Yes or No."
+)
 
 
 class EngineError(PersynError, RuntimeError):

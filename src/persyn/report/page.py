@@ -7,8 +7,10 @@ What it shows, each figure with a table of its numbers:
 - teacher allocation: routed prompts per teacher and their share (allocation.png);
 - quality labels: per method (answer checks, judge, reward model) how many labels it produced, how
   many it could not score, and how far they can be trusted (a judge's measured pairwise accuracy);
-- router quality against the baselines: Hit@1, Hit@3, oracle gain recovered (router_quality.png) and
-  regret (router_regret.png), the router highlighted; a metric a baseline lacks shows as "—";
+- router quality against the baselines: Hit@1, Hit@3, oracle gain recovered (router_quality.png, with
+  95% intervals; the axis stops at -1 and a bar below is cut, hatched and labelled) and regret
+  (router_regret.png), the router highlighted; a metric a baseline lacks shows as "—", intervals
+  show in the table as "value [low, high]";
 - the cost ledger: generations and tokens per teacher and stage, stacked, against what
   Generate-then-Select would have spent (cost.png);
 - strategies (when given) and sample rows (HTML-escaped: teacher text is untrusted);
@@ -43,6 +45,8 @@ __all__ = ["LedgerRow", "ReportData", "headline", "write_report"]
 FIGURES = ("allocation.png", "router_quality.png", "router_regret.png", "cost.png", "comparison.png")
 # Bar metrics of the router figure (regret has its own panel: lower is better, other units).
 QUALITY_METRICS = ("hit@1", "hit@3", "oracle_gain_recovered")
+# The router figure's axis stops here: bars below are cut, hatched and labelled with their value.
+QUALITY_FLOOR = -1.0
 # Table column order; any other numeric metric follows, sorted.
 METRIC_ORDER = (
     "hit@1",
@@ -222,18 +226,32 @@ def _router_colors(names: Sequence[str], ours: str | None) -> list[str]:
     return colors
 
 
+def _interval(metrics: Mapping[str, Any], name: str) -> tuple[float, float] | None:
+    ci = metrics.get("ci95")
+    pair = ci.get(name) if isinstance(ci, Mapping) else None
+    if not isinstance(pair, list | tuple) or len(pair) != 2:
+        return None
+    lo, hi = _num(pair[0]), _num(pair[1])
+    return None if lo is None or hi is None else (lo, hi)
+
+
 def _plot_router_quality(
     metrics: Mapping[str, Mapping[str, Any]], names: Sequence[str], ours: str | None, path: Path
 ) -> None:
+    """Grouped bars with their 95% intervals. Hit@k lies in [0, 1], but "oracle gain recovered" of a
+    poor router can be -6 (it is a ratio over a small gain): such bars would squash the rest, so the
+    axis stops at QUALITY_FLOOR, and a bar below it is cut there, hatched, with its value written."""
     shown = [m for m in QUALITY_METRICS if any(_num(metrics[n].get(m)) is not None for n in names)]
-    fig = new_figure(min(11.0, max(7.0, 1.5 + 0.3 * len(names) * len(shown))), 4.0)
+    fig = new_figure(min(11.0, max(7.0, 1.5 + 0.3 * len(names) * len(shown))), 4.2)
     ax = fig.add_subplot()
     width = 0.8 / max(1, len(names))
     colors = _router_colors(names, ours)
+    floor = QUALITY_FLOOR
+    clipped = False
     for i, n in enumerate(names):
         xs = [j + (i - (len(names) - 1) / 2) * width for j in range(len(shown))]
         vals = [_num(metrics[n].get(m)) for m in shown]
-        heights = [v if v is not None else 0.0 for v in vals]
+        heights = [max(v, floor) if v is not None else 0.0 for v in vals]
         bars = ax.bar(
             xs,
             heights,
@@ -243,11 +261,28 @@ def _plot_router_quality(
             edgecolor="black" if n == ours else "none",
             linewidth=1.2,
         )
-        for bar, v in zip(bars, vals, strict=True):
+        for bar, v, m in zip(bars, vals, shown, strict=True):
+            ci = _interval(metrics[n], m)
+            cut = v is not None and v < floor
+            if cut:
+                clipped = True
+                bar.set_hatch("///")
+            elif ci is not None and v is not None:
+                lo, hi = max(ci[0], floor), max(ci[1], floor)
+                ax.errorbar(
+                    bar.get_x() + bar.get_width() / 2,
+                    v,
+                    yerr=[[v - lo], [hi - v]],
+                    fmt="none",
+                    ecolor="black",
+                    elinewidth=0.8,
+                    capsize=2,
+                )
             below = v is not None and v < 0  # label a negative bar under its end, not on the axis
+            top = ci[1] if (ci is not None and not below) else (bar.get_height() if v is not None else 0)
             ax.annotate(
-                "—" if v is None else f"{v:.2f}",
-                (bar.get_x() + bar.get_width() / 2, v if below else max(bar.get_height(), 0)),
+                "—" if v is None else (f"{v:.1f}" if cut else f"{v:.2f}"),
+                (bar.get_x() + bar.get_width() / 2, max(v, floor) if below else max(top, 0)),
                 xytext=(0, -2 if below else 2),
                 textcoords="offset points",
                 ha="center",
@@ -259,9 +294,23 @@ def _plot_router_quality(
     ax.set_xticks(range(len(shown)), [m.replace("_", " ") for m in shown])
     ax.set_ylabel("higher is better")
     values = [v for n in names for m in shown if (v := _num(metrics[n].get(m))) is not None]
-    top, low = max(values + [1.0]), min(values + [0.0])
-    ax.set_ylim(low * 1.2 if low < 0 else 0, top * 1.15)
-    ax.set_title("Router against the baselines (held-out calibration prompts)", fontsize=11, loc="left")
+    highs = [ci[1] for n in names for m in shown if (ci := _interval(metrics[n], m)) is not None]
+    lows = [max(ci[0], floor) for n in names for m in shown if (ci := _interval(metrics[n], m)) is not None]
+    top, low = max(values + highs + [1.0]), max(min(values + lows + [0.0]), floor)
+    ax.set_ylim(low - 0.25 if low < 0 else 0, top * 1.15)
+    n_prompts = next((int(v) for nm in names if (v := _num(metrics[nm].get("n"))) is not None), None)
+    title = "Router against the baselines (prompts it never trained on"
+    title += f", n = {n_prompts}; 95% intervals)" if n_prompts is not None else "; 95% intervals)"
+    ax.set_title(title, fontsize=11, loc="left")
+    if clipped:
+        ax.text(
+            0.01,
+            0.02,
+            f"hatched: below {floor:g}, cut at {floor:g}; its value is written under it",
+            transform=ax.transAxes,
+            fontsize=7,
+            color="#495057",
+        )
     ax.legend(
         fontsize=8, ncols=min(len(names), 4), loc="upper center", bbox_to_anchor=(0.5, -0.1), frameon=False
     )
@@ -396,6 +445,13 @@ def _metric_columns(metrics: Mapping[str, Mapping[str, Any]]) -> list[str]:
     return ordered + sorted(present - set(ordered))
 
 
+def _metric_cell(metrics: Mapping[str, Any], name: str) -> str:
+    """The value, and its 95% interval where one was measured: "0.412 [0.351, 0.473]"."""
+    ci = _interval(metrics, name)
+    text = _fmt(metrics.get(name))
+    return f"{text} [{_fmt(ci[0])}, {_fmt(ci[1])}]" if ci is not None and text != "—" else text
+
+
 def _truncate(text: str, limit: int) -> str:
     text = text or ""
     return text if len(text) <= limit else text[:limit].rstrip() + f" … [{len(text):,} chars]"
@@ -480,7 +536,7 @@ def _context(data: ReportData, figures: dict[str, str | None]) -> dict[str, Any]
         "router": ours,
         "metric_cols": cols,
         "metric_rows": [
-            {"name": n, "ours": n == ours, "cells": [_fmt(data.router_metrics[n].get(c)) for c in cols]}
+            {"name": n, "ours": n == ours, "cells": [_metric_cell(data.router_metrics[n], c) for c in cols]}
             for n in names
         ],
         "ledger": ledger_rows,

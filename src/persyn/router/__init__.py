@@ -41,6 +41,14 @@ __all__, __getattr__, __dir__ = lazy_exports(
         ".io": ["RouterFileError", "TeacherMismatchError", "load_router", "save_router"],
         ".matrix": ["BadRow", "ScoreFileError", "ScoreMatrix", "load_score_matrix"],
         ".metrics": ["compare", "evaluate_scores"],
-        ".model": ["BTRouter", "TrainConfig", "TrainReport", "holdout_mask", "prompt_hash", "train_router"],
+        ".model": [
+            "BTRouter",
+            "TrainConfig",
+            "TrainReport",
+            "cv_folds",
+            "holdout_mask",
+            "prompt_hash",
+            "train_router",
+        ],
     },
 )

@@ -65,6 +65,19 @@ def holdout_mask(prompts: Sequence[str], fraction: float, seed: int, salt: str =
     return mask
 
 
+def cv_folds(prompts: Sequence[str], k: int, seed: int) -> np.ndarray:
+    """Fold number (0..k-1) of each prompt for k-fold cross-validation: prompts sorted by a hash of
+    (seed, text) are dealt round-robin, so folds differ in size by at most one, and the same
+    prompts and seed give the same folds in any row order. k is capped at the number of prompts."""
+    n = len(prompts)
+    if k < 2:
+        raise ValueError(f"cross-validation needs at least 2 folds, got {k}")
+    keys = [digest(f"fold:{seed}:{p}", None) for p in prompts]
+    folds = np.empty(n, dtype=np.int64)
+    folds[np.argsort(keys, kind="stable")] = np.arange(n) % max(1, min(k, n))
+    return folds
+
+
 # ----------------------------------------------------------------------------- the head
 
 

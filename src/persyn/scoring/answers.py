@@ -28,10 +28,9 @@ time limit (`timeout_s`, default 5 s): a worker that overruns is killed and repl
 with the reason "timeout". A process is the one limit that holds everywhere: math-verify's own
 limit is ``signal.alarm``, which raises in any thread but the main one (executor threads, threaded
 Ray actors), takes whole seconds, and cannot stop a Python big-integer operation that never
-returns to the interpreter (``10^{10^{10}}``). The pool is started with ``spawn`` (safe beside
-torch's threads), so a script that checks answers needs the usual ``if __name__ == "__main__":``
-guard. Inside a daemonic process, which may not start children, math-verify's own alarm is used
-(main thread only).
+returns to the interpreter (``10^{10^{10}}``). The pool lives in a helper started with
+`subprocess`, so the caller's script is never re-imported: a plain script without an
+``if __name__ == "__main__":`` guard checks answers too, and so does a daemonic process.
 
     checker = AnswerChecker("auto")
     checker.check("The answer is \\boxed{x^2-1}", "x^2+1")  # Verdict(correct=False, reason, method="math")

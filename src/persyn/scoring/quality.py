@@ -45,9 +45,16 @@ def has_reference(reference: Reference) -> bool:
     return not (isinstance(reference, str) and not reference.strip())
 
 
-def engine_scorer_key(kind: str, fingerprint: str) -> str:
-    """The store key of a judge's or reward model's scores: its kind and engine fingerprint."""
-    return f"{kind}:{fingerprint}"
+def with_reference(prompt: str, reference: Reference) -> str:
+    """The question a reference-guided judge reads: the prompt, then the known correct answer. It
+    goes into the judge's own template in place of the prompt (benchmarks/judge.py, `reference`)."""
+    return f"{prompt}\n\nReference answer (known to be correct):\n{reference}"
+
+
+def engine_scorer_key(kind: str, fingerprint: str, *, reference: bool = False) -> str:
+    """The store key of a judge's or reward model's scores: its kind and engine fingerprint
+    (`judge+reference:` for a judge shown the reference answer)."""
+    return f"{kind}{'+reference' if reference else ''}:{fingerprint}"
 
 
 class EngineScorer:
@@ -59,20 +66,30 @@ class EngineScorer:
     user can override) and so is part of the engine's fingerprint, hence of this key.
     """
 
-    def __init__(self, engine: Engine, kind: Literal["judge", "reward"] | None = None):
+    def __init__(
+        self, engine: Engine, kind: Literal["judge", "reward"] | None = None, *, reference: bool = False
+    ):
         if kind is None:  # a sequence-classification engine is a reward model, a causal LM a judge
             kind = "reward" if getattr(engine, "kind", None) == "reward" else "judge"
         if kind not in ("judge", "reward"):
             raise ValueError(f"EngineScorer kind must be 'judge' or 'reward', not {kind!r}")
+        if reference and kind != "judge":
+            raise ValueError("only a judge can be shown the reference answer")
         self.engine = engine
         self.kind = kind
-        self.key = engine_scorer_key(kind, engine.fingerprint)
+        self.reference = reference  # a judge reads the reference answer under the question
+        self.key = engine_scorer_key(kind, engine.fingerprint, reference=reference)
 
     def score(self, prompts: Sequence[str], responses: Sequence[str], references: Refs = None) -> list[float]:
         if len(prompts) != len(responses):
             raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
         if not prompts:
             return []
+        if self.reference and references is not None:
+            prompts = [
+                with_reference(p, r) if has_reference(r) else p
+                for p, r in zip(prompts, references, strict=True)
+            ]
         return scores_or_missing(self.engine.score, prompts, responses, self.key)
 
 
@@ -112,15 +129,17 @@ def build_quality_scorer(
     *,
     engine_kind: Literal["judge", "reward"] | None = None,
     checker: Checker = "auto",
+    judge_reference: bool = False,
 ) -> QualityScorer:
     """The scorer a config names. `engine` is the judge or reward model (not needed for answers);
-    `checker` the answer checker (scoring/answers.py) for prompts with a reference."""
+    `checker` the answer checker (scoring/answers.py) for prompts with a reference;
+    `judge_reference`: a `judge` is shown each prompt's reference answer, where it has one."""
     if kind == "answers":
         return AnswerScorer(checker)
     if kind in ("judge", "reward"):
         if engine is None:
             raise ValueError(f"quality {kind!r} needs an engine (the {kind} model)")
-        return EngineScorer(engine, kind)  # type: ignore[arg-type]
+        return EngineScorer(engine, kind, reference=judge_reference and kind == "judge")  # type: ignore[arg-type]
     if kind == "auto":
         if engine is None:
             raise ValueError("quality 'auto' needs a judge or reward engine for prompts without answers")

@@ -42,9 +42,20 @@ def run(ctx: RunContext) -> Path:
     doc = ctx.result("train-router").doc
     metrics = doc.get("metrics", {})
     notes = list(doc.get("notes", []))
+    evaluation = doc.get("evaluation", {})
     if not metrics:
-        notes.append("No calibration prompts were held out (router.test_fraction = 0): no router metrics.")
-    else:
+        notes.append(
+            "No router metrics: cross-validation off (router.cv_folds = 0) and no calibration prompt "
+            "held out (router.test_fraction = 0)."
+        )
+    elif evaluation.get("method") == "cross-validation":
+        notes.append(
+            f"Router metrics: {evaluation['folds']}-fold cross-validation over all {doc.get('n_test')} "
+            f"calibration prompts (each scored by a router and baselines fitted without it; n = prompts "
+            f"with every label known); [low, high] are 95% bootstrap intervals over prompts; labels use "
+            f"alpha = {cfg.router.alpha}."
+        )
+    else:  # a held-out split (router.cv_folds = 0, or a router trained before cross-validation)
         notes.append(
             f"Router metrics: {doc.get('n_test')} held-out calibration prompts "
             f"(router.test_fraction = {cfg.router.test_fraction}); labels use alpha = {cfg.router.alpha}."

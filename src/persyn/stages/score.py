@@ -85,6 +85,8 @@ class Scores:
                 if not has_reference(p.answer):
                     missing_ref.append(p)
                 keys.append(answers)
+            elif engine_key is not None and kind == "judge" and q.judge_reference and has_reference(p.answer):
+                keys.append(engine_scorer_key(kind, self.ctx.fingerprint(q.engine), reference=True))  # type: ignore[arg-type]
             elif engine_key is not None:
                 keys.append(engine_key)
             else:
@@ -236,7 +238,16 @@ def run(ctx: RunContext, prompt_ids: Sequence[str] | None = None, *, stage: str 
             result_counts[unit] = score_answer_rows(ctx, stage, work, by_id)
         else:
             kind = scores.quality_engine_kind()
-            items = [WorkItem(k, by_id[k.prompt_id].text, r.text) for k, r in work]
+            from persyn.scoring.quality import with_reference
+
+            # A reference-guided judge reads the reference answer under the question.
+            show = mkey.startswith("judge+reference:")
+
+            def shown(pid: str) -> str:
+                p = by_id[pid]
+                return with_reference(p.text, p.answer) if show else p.text
+
+            items = [WorkItem(k, shown(k.prompt_id), r.text) for k, r in work]
             # Batches cut from all of the method's pairs (Job.positions): the same on a resume.
             positions = todo_positions([k for k, _ in pairs], todo)
             job = Job(

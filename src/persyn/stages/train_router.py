@@ -1,16 +1,16 @@
 """Stage train-router (the method's steps 3-5, docs/method.md): combined labels -> Bradley-Terry
-router, measured against every baseline on held-out calibration prompts.
+router, measured against every baseline by cross-validation over the calibration prompts.
 
 1. Labels `r = (1 - alpha) * z(r_q) + alpha * z(r_l)` over the calibration matrices.
-2. `router.test_fraction` of the calibration prompts (a hash of seed and text) are held out. A
-   router trained on the rest, and the baselines fitted on the rest by
-   `persyn.router.baselines.build_baselines` (random, strongest, CAR, Mix, family-strong where
-   families are declared, kNN: the same function that picks the strategies' teachers), are scored
-   on the held-out prompts with
+2. Metrics by k-fold cross-validation (`router.cv_folds`, default 5) over every calibration
+   prompt: folds by a hash of seed and text; for each fold a router and the baselines (random,
+   strongest, CAR, Mix, kNN, family-strong where families are declared) are fitted on the other
+   folds and score the fold's prompts. The pooled held-out score matrices are measured with
    `persyn.router.metrics.compare` against the oracle (Hit@1, Hit@3, regret, share of the
-   oracle's gain recovered...).
-3. With `router.refit` (default) the router that routes is then trained on every calibration
-   prompt; otherwise the measured one routes.
+   oracle's gain recovered...), with 95% bootstrap intervals over prompts. With `cv_folds: 0`,
+   one held-out split (`router.test_fraction`) instead, as before (k trainings cost k times one).
+3. The router that routes is trained on every calibration prompt (with cross-validation always;
+   with a held-out split when `router.refit`, the default; otherwise the measured one routes).
 
 The router is saved as safetensors + JSON under `<run>/routers/<train key>/` with `metrics.json`
 beside it. The train key covers everything the router depends on (the calibration responses' keys,
@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from persyn.config import RouterConfig
 from persyn.stages.context import METRICS_FILE, ROUTERS_DIR, RunContext, StageError
 from persyn.stages.embeddings import embed_ids, load_router_encoder
 from persyn.store.keys import content_key, digest
@@ -52,6 +53,11 @@ def train_key(ctx: RunContext, ids: list[str]) -> str:
     scores = ctx.result("score")
     qk = sorted(set(scores.quality_keys(ctx.store.get_prompts(ids))))
     r = cfg.router.key_dict()
+    # cv_folds changes only how the router is measured, not the router that routes; at its default
+    # it stays out of the key, so routers trained before it existed are found again (their
+    # metrics.json says how they were measured).
+    if r.get("cv_folds") == RouterConfig.model_fields["cv_folds"].default:
+        r.pop("cv_folds")
     # The scores themselves too, as the labels see them (filters, quality floor): a retried
     # generation or score that fills a gap, or a filter that drops a response, retrains the router.
     q, learn = scores.matrices(ids, gate=True)
@@ -107,6 +113,25 @@ def _train_config(ctx: RunContext):
     )
 
 
+def held_out_scores(
+    router, teachers, texts, q, learn, labels, emb, fit, held, settings, own_embeddings
+) -> tuple[dict[str, np.ndarray], list[str]]:
+    """Score matrices on the `held` prompts of `router` and of every baseline fitted on the `fit`
+    prompts by `build_baselines` (the function the strategies use too), the oracle's labels, and
+    the notes of baselines that could not be fitted. `own_embeddings`: the router embeds prompts
+    itself (a fine-tuned encoder)."""
+    from persyn.router.baselines import build_baselines
+
+    f_idx, t_idx = np.flatnonzero(fit), np.flatnonzero(held)
+    fitted = build_baselines(teachers, q[f_idx], learn[f_idx], labels[f_idx], emb[f_idx], **settings)
+    t_texts = [texts[i] for i in t_idx]
+    matrices = {"router": router.scores(t_texts, embeddings=None if own_embeddings else emb[t_idx])}
+    for name, b in fitted.routers.items():
+        matrices[name] = b.scores(t_texts, embeddings=emb[t_idx])
+    matrices["oracle"] = np.where(np.isnan(labels[t_idx]), -np.inf, labels[t_idx])
+    return matrices, fitted.notes
+
+
 def measure(
     router,
     teachers,
@@ -118,23 +143,50 @@ def measure(
     test: np.ndarray,
     settings: dict[str, Any],
     own_embeddings: bool,
+    *,
+    seed: int = 0,
 ) -> tuple[dict[str, Any], list[str]]:
-    """The report's router table: `router` and every baseline (fitted on the calibration prompts
-    outside `test` by `build_baselines`, the function the strategies use too) scored on the `test`
-    prompts against the oracle; and the notes of baselines that could not be fitted.
-    `own_embeddings`: the router embeds prompts itself (a fine-tuned encoder)."""
-    from persyn.router.baselines import build_baselines
+    """The report's router table on one held-out split: `router` and every baseline (fitted outside
+    `test`) scored on the `test` prompts against the oracle, with 95% bootstrap intervals; and the
+    notes of baselines that could not be fitted."""
     from persyn.router.metrics import compare, json_safe
 
-    t_idx, f_idx = np.flatnonzero(test), np.flatnonzero(~test)
-    fitted = build_baselines(teachers, q[f_idx], learn[f_idx], labels[f_idx], emb[f_idx], **settings)
-    t_texts = [texts[i] for i in t_idx]
-    matrices = {"router": router.scores(t_texts, embeddings=None if own_embeddings else emb[t_idx])}
-    for name, b in fitted.routers.items():
-        matrices[name] = b.scores(t_texts, embeddings=emb[t_idx])
-    matrices["oracle"] = np.where(np.isnan(labels[t_idx]), -np.inf, labels[t_idx])
-    metrics = compare(matrices, labels[t_idx], teachers, quality=q[t_idx], learnability=learn[t_idx])
-    return json_safe(metrics), fitted.notes
+    mats, notes = held_out_scores(
+        router, teachers, texts, q, learn, labels, emb, ~test, test, settings, own_embeddings
+    )
+    t = np.flatnonzero(test)
+    metrics = compare(
+        mats, labels[t], teachers, quality=q[t], learnability=learn[t], intervals=True, seed=seed
+    )
+    return json_safe(metrics), notes
+
+
+def cross_validate(train, k: int, teachers, texts, q, learn, labels, emb, settings, own_embeddings, seed):
+    """The report's router table by k-fold cross-validation: every calibration prompt is scored
+    once, by a router (`train(mask, what)`) and baselines that never saw it; metrics and their
+    bootstrap intervals are over all of them. Returns (metrics, notes)."""
+    from persyn.router.metrics import compare, json_safe
+    from persyn.router.model import cv_folds
+
+    folds = cv_folds(texts, k, seed)
+    pooled: dict[str, np.ndarray] = {}
+    seen: dict[str, int] = {}
+    notes: list[str] = []
+    for f in range(k):
+        held = folds == f
+        fold_router, _ = train(~held, f"fold {f + 1}/{k}")
+        mats, fold_notes = held_out_scores(
+            fold_router, teachers, texts, q, learn, labels, emb, ~held, held, settings, own_embeddings
+        )
+        notes += [n for n in fold_notes if n not in notes]
+        for name, m in mats.items():
+            pooled.setdefault(name, np.full((len(texts), len(teachers)), np.nan))[held] = m
+            seen[name] = seen.get(name, 0) + 1
+    for name in [n for n in pooled if seen[n] < k]:
+        notes.append(f"baseline {name} left out of the metrics: it could be fitted in {seen[name]} of {k} folds")
+        del pooled[name]
+    metrics = compare(pooled, labels, teachers, quality=q, learnability=learn, intervals=True, seed=seed)
+    return json_safe(metrics), notes
 
 
 def run(ctx: RunContext) -> RouterResult:
@@ -152,61 +204,63 @@ def run(ctx: RunContext) -> RouterResult:
         return done
 
     teachers = ctx.teachers
-    prompts = ctx.store.get_prompts(ids)
-    texts = [p.text for p in prompts]
+    texts = [p.text for p in ctx.store.get_prompts(ids)]
     q, learn, labels = _labels(ctx, ids)
     encoder = load_router_encoder(ctx)
     emb = embed_ids(ctx, ids, stage="train-router", encoder=encoder)
-    test = holdout_mask(texts, cfg.router.test_fraction, cfg.seed, salt="test")
-    fit = ~test
     train_cfg = _train_config(ctx)
     cache = ctx.store.embedding_cache()
-    ctx.ui.say(
-        f"[bold]train-router[/]: {len(ids)} calibration prompts ({int(fit.sum())} train, "
-        f"{int(test.sum())} held out for metrics)"
+    k = min(cfg.router.cv_folds, len(ids))
+    cv = k >= 2
+    test = np.zeros(len(ids), dtype=bool) if cv else holdout_mask(texts, cfg.router.test_fraction, cfg.seed)
+    how = (
+        f"{k}-fold cross-validation for metrics"
+        if cv
+        else f"{int((~test).sum())} train, {int(test.sum())} held out for metrics"
     )
+    ctx.ui.say(f"[bold]train-router[/]: {len(ids)} calibration prompts ({how})")
 
     def train(mask: np.ndarray, what: str):
         return _train(ctx, np.flatnonzero(mask), what, texts, labels, encoder, train_cfg, cache, emb)
 
+    data = (teachers, texts, q, learn, labels, emb)
+    settings, own = cfg.baseline_settings(), train_cfg.finetune_encoder
     metrics: dict[str, Any] = {}
     notes: list[str] = []
-    measured, report = train(fit, "measured")
-    if test.any():
-        metrics, notes = measure(
-            measured,
-            teachers,
-            texts,
-            q,
-            learn,
-            labels,
-            emb,
-            test,
-            cfg.baseline_settings(),
-            train_cfg.finetune_encoder,
+    if cv:
+        metrics, notes = cross_validate(train, k, *data, settings, own, cfg.seed)
+        evaluation = {"method": "cross-validation", "folds": k, "n_prompts": len(ids)}
+        final, final_report = train(np.ones(len(ids), dtype=bool), "all prompts")
+        report = final_report  # no single measured router: each fold had its own
+    else:
+        measured, report = train(~test, "measured")
+        if test.any():
+            metrics, notes = measure(measured, *data, test, settings, own, seed=cfg.seed)
+        evaluation = {"method": "held-out split", "test_fraction": cfg.router.test_fraction}
+        final, final_report = (
+            train(np.ones(len(ids), dtype=bool), "all prompts")
+            if cfg.router.refit and test.any()
+            else (measured, report)
         )
-    final, final_report = (
-        train(np.ones(len(ids), dtype=bool), "all prompts")
-        if cfg.router.refit and test.any()
-        else (measured, report)
-    )
 
     doc = {
         "train_key": key,
         "teachers": teachers,
         "n_calibration": len(ids),
-        "n_test": int(test.sum()),
+        "n_test": len(ids) if cv else int(test.sum()),
+        "evaluation": evaluation,
         "alpha": cfg.router.alpha,
         "train_report": final_report.to_dict(),
         "measured_report": report.to_dict(),
         "metrics": metrics,
         "notes": notes,
     }
-    doc = _save(ctx, final, path, doc, refit=bool(cfg.router.refit and test.any()))
+    doc = _save(ctx, final, path, doc, refit=bool(cv or (cfg.router.refit and test.any())), folds=k if cv else 0)
     rm = metrics.get("router", {})
     msg = f"router {key} trained ({report.n_train_pairs} pairs)"
     if rm:
-        msg += f"; held out: hit@1 {_fmt3(rm.get('hit@1'))}, regret {_fmt3(rm.get('regret'))}"
+        where = f"{k}-fold CV" if cv else "held out"
+        msg += f"; {where}: hit@1 {_fmt3(rm.get('hit@1'))}, regret {_fmt3(rm.get('regret'))}"
     ctx.store.log_event("train-router", "done", msg, key=key)
     ctx.ui.say(f"[dim]train-router[/] {msg}")
     return RouterResult(path, key, metrics, trained=True, doc=doc)
@@ -248,7 +302,9 @@ def _train(ctx: RunContext, sel, what: str, texts, labels, encoder, train_cfg, c
         return out
 
 
-def _save(ctx: RunContext, router, path: Path, doc: dict[str, Any], *, refit: bool) -> dict[str, Any]:
+def _save(
+    ctx: RunContext, router, path: Path, doc: dict[str, Any], *, refit: bool, folds: int
+) -> dict[str, Any]:
     """Write the router and its metrics.json into `path` (all or nothing); returns the document."""
     from persyn.router.io import save_router
     from persyn.router.metrics import json_safe
@@ -256,7 +312,8 @@ def _save(ctx: RunContext, router, path: Path, doc: dict[str, Any], *, refit: bo
     extra = {
         "train_key": doc["train_key"],
         "calibration_prompts": doc["n_calibration"],
-        "held_out": doc["n_test"],
+        "held_out": 0 if folds else doc["n_test"],
+        "cv_folds": folds,
         "refit": refit,
     }
     with atomic_path(path) as tmp:  # the folder appears complete (weights and metrics) or not at all
