@@ -29,6 +29,9 @@ def train(
         "--examples",
         help="Train on this many rows (a seeded draw; default: train.examples, else all).",
     ),
+    seed: int | None = typer.Option(
+        None, "--seed", help="Training seed (default train.seed); another seed trains <strategy>+seed<N>."
+    ),
     retrain: bool = typer.Option(False, "--retrain", help=RETRAIN_HELP),
     overrides: list[str] = typer.Option([], "--set", help=SET_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print train.json only."),
@@ -38,7 +41,7 @@ def train(
     train.json); a killed training resumes from its last checkpoint, a finished one is not redone."""
     try:
         with _pipeline(config, overrides=overrides) as pipe:
-            result = pipe.train(strategy, examples=examples, retrain=retrain)
+            result = pipe.train(strategy, examples=examples, retrain=retrain, seed=seed)
     except PersynError as exc:
         _report_error(exc)
     info = result.info
@@ -88,6 +91,65 @@ def evaluate(
     _out.print(t)
 
 
+def _numbers(text: str | None, kind, flag: str):
+    if text is None:
+        return None
+    try:
+        return [kind(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"{flag} {text!r}: expected comma-separated numbers") from None
+
+
+def _test_line(col: str, t: dict) -> str:
+    d = t["difference"]
+    return (
+        f"{col}: {d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}], p = {t['p_value']:.3g} ({t['test']})"
+    )
+
+
+def summary_lines(doc: dict) -> list[str]:
+    """What `persyn compare` prints under the table: the primary comparison, Strong's gain over the
+    untrained student, the alpha curve, seeds, identical data, routing, the teachers' quality."""
+    lines = []
+    p = doc.get("primary")
+    if p:
+        lines.append(f"primary (named before the run): {p['arm']} vs {p['against']} on {p['metric']}")
+        lines += [f"  {_test_line(c, t)}" for c, t in p["tests"].items()] or ["  not measured"]
+    g = doc.get("strong_gain")
+    if g:
+        lines.append("strong vs untrained on the primary metric (can this miniature show anything?)")
+        lines += [f"  {_test_line(c, t)}" for c, t in g["tests"].items()]
+        if not g["informative"]:
+            lines.append("  the interval holds 0: the comparison of strategies is not informative")
+    a = doc.get("alpha")
+    if a:
+        curve = ", ".join(
+            f"{c['alpha']:g}: {c['validation']['mean']:.3f}"
+            + (f" (= {c['same_data_as']})" if c["same_data_as"] else "")
+            for c in a["curve"]
+        )
+        lines.append(f"alpha chosen on validation ({a['metric']}): {a['chosen']:g}; curve {curve}")
+    for arm, by_set in (doc.get("seed_means") or {}).items():
+        for s, metrics in by_set.items():
+            shown = ", ".join(f"{m} {' / '.join(f'{v:.3f}' for v in vs)}" for m, vs in metrics.items())
+            lines.append(f"seeds of {arm} on {s}: {shown}")
+    if doc.get("same_data_as"):
+        lines.append(
+            "identical training data, trained once: "
+            + ", ".join(f"{a} = {b}" for a, b in doc["same_data_as"].items())
+        )
+    unlike = {k: v for k, v in (doc.get("routed_unlike_strong") or {}).items() if v is not None}
+    if unlike:
+        lines.append(
+            "share of prompts given another teacher than Strong's: "
+            + ", ".join(f"{k} {v:.2f}" for k, v in unlike.items())
+        )
+    for name, by_method in (doc.get("teachers") or {}).items():
+        shown = ", ".join(f"{m} {_interval(iv)}" for m, iv in by_method.items())
+        lines.append(f"teacher {name} on the calibration prompts: {shown}")
+    return lines
+
+
 def compare(
     config: Path = _CONFIG,
     strategies: str | None = typer.Option(
@@ -101,6 +163,21 @@ def compare(
         "--oracle",
         help="Add the full oracle (every teacher answers every prompt, as in Generate-then-Select).",
     ),
+    alpha_grid: str | None = typer.Option(
+        None,
+        "--alpha-grid",
+        help="Comma-separated alphas (e.g. 0,0.2,0.4,0.6,0.8): PerSyn with a router per alpha, alpha "
+        "chosen on the eval sets with split: validation by the --primary metric, reported on test.",
+    ),
+    seeds: str | None = typer.Option(
+        None, "--seeds", help="Comma-separated training seeds for PerSyn and Strong (e.g. 0,1)."
+    ),
+    primary: str | None = typer.Option(
+        None,
+        "--primary",
+        help="The comparison named before the run, ARM:AGAINST:METRIC "
+        "(e.g. persyn:strong:constraints_strict); the other tests are reported as exploratory (Holm-adjusted).",
+    ),
     retrain: bool = typer.Option(False, "--retrain", help=RETRAIN_HELP),
     overrides: list[str] = typer.Option([], "--set", help=SET_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print compare.json only."),
@@ -112,7 +189,14 @@ def compare(
     section of the report. Every step resumes."""
     try:
         with _pipeline(config, overrides=overrides) as pipe:
-            table = pipe.compare(strategies, oracle=oracle, retrain=retrain)
+            table = pipe.compare(
+                strategies,
+                oracle=oracle,
+                retrain=retrain,
+                alpha_grid=_numbers(alpha_grid, float, "--alpha-grid"),
+                seeds=_numbers(seeds, int, "--seeds"),
+                primary=primary,
+            )
             doc = pipe.ctx.result("compare")
             report = pipe.run_dir / "report" / "index.html"
     except PersynError as exc:
@@ -121,11 +205,8 @@ def compare(
         print(json.dumps(doc, indent=2))
         return
     _out.print(table.render(), soft_wrap=True)
-    teachers = doc.get("teachers") or {}
-    if teachers:
-        _out.print("teachers' own accuracy (calibration prompts with answers):")
-        for name, iv in teachers.items():
-            _out.print(f"  {name}: {_interval(iv)}")
+    for line in summary_lines(doc):
+        _out.print(line, soft_wrap=True)
     _err.print(f"compare.json and the report: {report}")
 
 

@@ -221,3 +221,24 @@ class OracleRouter(Router):
                 raise OracleError(f"oracle needs every teacher's label; prompt {i} lacks {missing}")
             out[i] = row
         return out
+
+
+# ----------------------------------------------------------------------------- strategy names
+
+
+def persyn_alpha(name: str) -> float | None:
+    """A in `persyn@A` (PerSyn with another router alpha), else None; ValueError if A is not in [0, 1]."""
+    if not name.startswith("persyn@"):
+        return None
+    try:
+        alpha = float(name.split("@", 1)[1])
+    except ValueError:
+        alpha = -1.0
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"{name!r}: alpha must be a number from 0 to 1 (persyn@0.2)")
+    return alpha
+
+
+def persyn_at(alpha: float) -> str:
+    """The strategy name of PerSyn at `alpha` (`persyn@0.2`)."""
+    return f"persyn@{float(alpha):g}"

@@ -7,6 +7,7 @@ comparison.
 | strategy | who answers each prompt |
 |---|---|
 | persyn | the routed teacher (the run's own dataset, `<run>/dataset/`) |
+| persyn@A | the teacher a router trained with `router.alpha = A` routes to (the alpha grid) |
 | strong | the teacher with the best mean quality on the calibration set |
 | family-strong | the strongest teacher of the student's family (`student.family` / `teachers[].family`) |
 | random | a seeded uniform draw per prompt |
@@ -37,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from persyn.router.baselines import persyn_alpha
 from persyn.stages.context import STRATEGIES_DIR, STRATEGIES_FILE, RunContext, StageError
 from persyn.stages.export_records import build_records, dataset_files, left_out_notes, write_dataset
 
@@ -58,6 +60,8 @@ class StrategyResult:
     mean_learnability: float | None = None
     accuracy: float | None = None
     n_accuracy: int = 0
+    #: Share of its prompts this strategy gives another teacher than Strong's (None: no Strong).
+    routed_unlike_strong: float | None = None
     notes: list[str] = field(default_factory=list)
     files: dict[str, Path] = field(default_factory=dict)  # format -> dataset file (to train on)
 
@@ -79,6 +83,7 @@ class StrategyResult:
             "mean_learnability": self.mean_learnability,
             "accuracy": self.accuracy,
             "n_accuracy": self.n_accuracy,
+            "routed_unlike_strong": self.routed_unlike_strong,
             "path": str(self.path) if self.path else None,
         }
 
@@ -97,7 +102,10 @@ def result(ctx: RunContext) -> dict[str, StrategyResult]:
 
 def parse_strategies(text: str | list[str]) -> list[str]:
     names = [s.strip() for s in (text.split(",") if isinstance(text, str) else text) if s.strip()]
-    unknown = [n for n in names if n not in STRATEGIES]
+    try:
+        unknown = [n for n in names if n not in STRATEGIES and persyn_alpha(n) is None]
+    except ValueError as e:
+        raise StageError(str(e)) from None
     if unknown:
         raise StageError(
             f"unknown strateg{'ies' if len(unknown) > 1 else 'y'} {unknown}; choose from {list(STRATEGIES)}"
@@ -136,6 +144,11 @@ def _assignments(
     for name in names:
         if name == "persyn":
             routes = ctx.result("route").routes
+            out[name] = ("all", list(zip(routes.prompt_ids, routes.assigned, strict=True)))
+        elif (alpha := persyn_alpha(name)) is not None:
+            variant = ctx.with_router_alpha(alpha)
+            variant.run_stage("train-router")
+            routes = ctx.store.get_routes(variant.run_stage("route").router_key, ids)
             out[name] = ("all", list(zip(routes.prompt_ids, routes.assigned, strict=True)))
         elif name == "strong":
             out[name] = ("all", [(pid, strong.choice) for pid in ids])
@@ -198,6 +211,7 @@ def run(
     q_cal, l_cal = scores.matrices(cal)
     labels_cal = scores.labels(q_cal, l_cal)
     cal_pos = {pid: i for i, pid in enumerate(cal)}
+    strong_choice = _strong_choice(teachers, q_cal)
 
     for name, (scope, assignment) in plans.items():
         ctx.ui.say(f"[bold]strategies[/]: {name}")
@@ -255,6 +269,8 @@ def run(
         res.files = dataset_files(ctx, name, path) if rows else {}
         _calibration_metrics(ctx, res, assignment, cal_pos, q_cal, l_cal, labels_cal)
         _accuracy(ctx, res, assignment)
+        if assignment and strong_choice is not None:
+            res.routed_unlike_strong = sum(t != strong_choice for _, t in assignment) / len(assignment)
         results[name] = res
         ctx.store.log_event(
             "strategies",
@@ -268,6 +284,15 @@ def run(
     _write_summary(ctx, results)
     ctx.ui.say(f"strategies: {_response_total(ctx) - before} new generations in all")
     return results
+
+
+def _strong_choice(teachers: list[str], q: np.ndarray) -> str | None:
+    from persyn.router.baselines import StrongestRouter
+
+    try:
+        return StrongestRouter(teachers, q).choice
+    except ValueError:
+        return None
 
 
 def _response_total(ctx: RunContext) -> int:

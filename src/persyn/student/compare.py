@@ -23,7 +23,7 @@ from typing import Any
 from persyn.prompts import normalise_text
 from persyn.store.keys import digest
 from persyn.student.evaluate import EvalResult
-from persyn.student.stats import Interval, paired_difference
+from persyn.student.stats import Interval, PairedTest, metric_interval, paired_test
 from persyn.student.train import SFTExample
 
 __all__ = [
@@ -34,6 +34,7 @@ __all__ = [
     "assert_comparable",
     "comparison_table",
     "equal_subsamples",
+    "pool_seeds",
 ]
 
 UNTRAINED = "untrained"
@@ -96,6 +97,7 @@ class ComparisonRow:
     name: str
     metrics: dict[str, Interval]  # "set/metric" -> interval
     vs: dict[str, dict[str, Interval]] = field(default_factory=dict)  # other row -> column -> paired diff
+    tests: dict[str, dict[str, PairedTest]] = field(default_factory=dict)  # the same, with p-values
     cost: dict[str, Any] | None = None  # generations, tokens, money, as the strategy's ledger says
     train: dict[str, Any] | None = None  # examples, steps, final loss, wall time
 
@@ -104,6 +106,7 @@ class ComparisonRow:
             "name": self.name,
             "metrics": {k: v.to_dict() for k, v in self.metrics.items()},
             "vs": {o: {k: v.to_dict() for k, v in d.items()} for o, d in self.vs.items()},
+            "tests": {o: {k: v.to_dict() for k, v in d.items()} for o, d in self.tests.items()},
             "cost": self.cost,
             "train": self.train,
         }
@@ -200,24 +203,58 @@ def comparison_table(
             if metric in results[name][s].metrics:
                 metrics[c] = results[name][s].metrics[metric]
         vs: dict[str, dict[str, Interval]] = {}
+        tests: dict[str, dict[str, PairedTest]] = {}
         for ref in refs:
             if ref == name:
                 continue
-            vs[ref] = {}
+            vs[ref], tests[ref] = {}, {}
             for c in columns:
                 a, b = scores(name, c), scores(ref, c)
                 if a is None or b is None:
                     continue
                 pairs = [(x, y) for x, y in zip(a, b, strict=True) if not (math.isnan(x) or math.isnan(y))]
                 if pairs:
-                    vs[ref][c] = paired_difference([x for x, _ in pairs], [y for _, y in pairs], **boot)
+                    test = paired_test([x for x, _ in pairs], [y for _, y in pairs], **boot)
+                    vs[ref][c], tests[ref][c] = test.difference, test
         rows.append(
             ComparisonRow(
                 name,
                 metrics,
                 vs,
+                tests,
                 cost=dict(costs[name]) if costs and name in costs else None,
                 train=dict(trainings[name]) if trainings and name in trainings else None,
             )
         )
     return ComparisonTable(columns, rows, refs)
+
+
+def pool_seeds(
+    runs: Sequence[EvalResult], *, confidence: float = 0.95, resamples: int = 2000, seed: int = 0
+) -> tuple[EvalResult, dict[str, list[float]]]:
+    """One strategy trained with several seeds, as one row: each item's score is its mean over the
+    seeds (so the paired tests compare items, with the seed noise averaged in), the intervals are
+    recomputed over items, and beside it each metric's mean per seed (the spread a reader needs).
+    Every run must cover the same items (checked)."""
+    if not runs:
+        raise ComparisonError("no runs to pool")
+    first = runs[0]
+    ids = [it.id for it in first.items]
+    for r in runs[1:]:
+        if [it.id for it in r.items] != ids:
+            raise ComparisonError("the seeds of one strategy were evaluated on different items")
+    pooled: dict[str, list[float]] = {}
+    per_seed: dict[str, list[float]] = {}
+    for metric in first.scores:
+        stack = [r.scores[metric] for r in runs if metric in r.scores]
+        pooled[metric] = [
+            math.nan
+            if all(math.isnan(v) for v in col)
+            else sum(v for v in col if not math.isnan(v)) / sum(not math.isnan(v) for v in col)
+            for col in zip(*stack, strict=True)
+        ]
+        per_seed[metric] = [r.metrics[metric].mean for r in runs if metric in r.metrics]
+    boot = dict(confidence=confidence, resamples=resamples, seed=seed)
+    metrics = {m: metric_interval(v, **boot) for m, v in pooled.items()}
+    cost = {k: sum(r.cost.get(k, 0.0) for r in runs) for k in first.cost}
+    return EvalResult(first.model, first.items, first.answers, pooled, metrics, cost), per_seed
