@@ -5,7 +5,7 @@
 
 (a) generate: engine.generate against a bare ``model.generate`` loop on the same prompts, batches
     (the engine's: sorted by length, batch_size rows), greedy, same max_new_tokens and stop tokens.
-    The engine runs with ``dtype: auto`` (persyn.hardware: bfloat16 where the CPU computes it
+    The engine runs with ``dtype: auto`` (persyn.util.hardware: bfloat16 where the CPU computes it
     natively, else float32), as shipped (batch-invariant attention on CPU) and with
     ``batch_invariant=False``; the bare loop runs in both dtypes, so a wrong default shows up as a
     ratio. Throughput = completion tokens per second; goal: engine >= 0.95x the faster bare dtype.
@@ -19,7 +19,7 @@
     the weights >= 5x lower than naive.
 
 (c) threads (``--only threads``): engine generation (dtype auto) with 1, 2, ... torch threads up to
-    the cores persyn counts for this process (persyn.hardware.usable_cores), alternating within each
+    the cores persyn counts for this process (persyn.util.hardware.usable_cores), alternating within each
     repetition, wall clock (threads only change elapsed time). Ratio = tok/s against the best count.
 
 Timing: variants alternate within each repetition (ABC, CBA, ...), medians reported. ``--clock
@@ -53,7 +53,7 @@ import torch  # noqa: E402
 
 from persyn.engines import EngineSpec, GenerationParams  # noqa: E402
 from persyn.engines.transformers_engine import TransformersEngine, _pad  # noqa: E402
-from persyn.hardware import describe_machine, dtype_name, ensure_threads, usable_cores  # noqa: E402
+from persyn.util.hardware import describe_machine, dtype_name, ensure_threads, usable_cores  # noqa: E402
 
 PROMPTS = [
     "What is the capital of France?",

@@ -37,12 +37,12 @@ def main() -> None:
     args = ap.parse_args()
 
     from persyn.engines.spec import resolve_model
-    from persyn.hardware import describe_machine
     from persyn.pipeline import Pipeline
     from persyn.stages.student_data import training_examples
     from persyn.student.compare import equal_subsamples
     from persyn.student.stats import paired_test
     from persyn.student.train import train_student
+    from persyn.util.hardware import describe_machine
 
     print(f"machine: {describe_machine()['cpu']}", flush=True)
     cfg_path = args.dir / "persyn-evidence.yaml"

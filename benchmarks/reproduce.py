@@ -34,8 +34,8 @@ def main() -> None:
 
     from persyn.cli.student import summary_lines
     from persyn.demo.evidence import EVIDENCE_DESIGN, SIZES, write_evidence
-    from persyn.hardware import describe_machine
     from persyn.pipeline import Pipeline
+    from persyn.util.hardware import describe_machine
 
     machine = describe_machine()
     print(

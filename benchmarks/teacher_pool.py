@@ -75,8 +75,8 @@ def main() -> None:
     from persyn.engines import load_engine
     from persyn.engines.base import GenerationParams
     from persyn.engines.spec import EngineSpec
-    from persyn.hardware import cpu_info
     from persyn.scoring.answers import check_answer
+    from persyn.util.hardware import cpu_info
 
     problems = generate_math_problems(5 * args.per_level, seed=args.seed)
     budgets = sorted(args.budgets)

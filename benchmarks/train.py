@@ -111,8 +111,8 @@ def _bare(examples, base: str, settings, out: Path, *, weights_dtype="float32", 
 
 
 def _persyn(examples, base: str, settings, out: Path) -> dict:
-    from persyn.progress import Progress, stderr_console
     from persyn.student.train import train_student
+    from persyn.util.progress import Progress, stderr_console
 
     t0 = time.perf_counter()
     r = train_student(examples, base, out, settings, progress=Progress(stderr_console(), transient=True))
@@ -144,9 +144,9 @@ def main() -> None:
 
     import torch
 
-    from persyn.hardware import cpu_info
     from persyn.student.settings import LoraSettings, TrainSettings
     from persyn.student.train import machine_name
+    from persyn.util.hardware import cpu_info
     from persyn.zoo import resolve_model
 
     base = resolve_model(args.model)

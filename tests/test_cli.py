@@ -91,7 +91,7 @@ def test_plan_before_any_model_runs(tmp_path):
 
 
 def test_doctor_says_what_dtype_auto_picks_and_why(monkeypatch):
-    import persyn.hardware as hw
+    import persyn.util.hardware as hw
 
     monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")  # shown as a limit in force
     monkeypatch.setattr(hw, "cpu_info", lambda: hw.CpuInfo("AVX2", native_bf16=False))

@@ -1,9 +1,9 @@
-"""The dtype rule (persyn.hardware) as a pure function of what the CPU reports."""
+"""The dtype rule (persyn.util.hardware) as a pure function of what the CPU reports."""
 
 import pytest
 import torch
 
-from persyn.hardware import CpuInfo, auto_cpu_dtype, resolve_dtype
+from persyn.util.hardware import CpuInfo, auto_cpu_dtype, resolve_dtype
 
 AMX = CpuInfo(capability="AVX512", native_bf16=True)
 AVX2 = CpuInfo(capability="AVX2", native_bf16=False)
@@ -42,8 +42,8 @@ def test_unknown_dtype_is_refused():
 
 @pytest.fixture
 def cpu_is(monkeypatch):
-    """`cpu_is(AVX2)`: make persyn.hardware see that CPU (the rule reads `cpu_info()`)."""
-    import persyn.hardware as hw
+    """`cpu_is(AVX2)`: make persyn.util.hardware see that CPU (the rule reads `cpu_info()`)."""
+    import persyn.util.hardware as hw
 
     return lambda info: monkeypatch.setattr(hw, "cpu_info", lambda: info)
 
@@ -131,7 +131,7 @@ def _cgroup_root(tmp_path, lines: str, files: dict[str, str]):
 
 
 def test_cgroup_quota_v2_v1_and_unlimited(tmp_path):
-    from persyn.hardware import cgroup_cpu_limit
+    from persyn.util.hardware import cgroup_cpu_limit
 
     v2 = _cgroup_root(tmp_path / "v2", "0::/ci/job\n", {"cpu.max": "max 100000\n",
                                                          "ci/cpu.max": "300000 100000\n",
@@ -147,7 +147,7 @@ def test_cgroup_quota_v2_v1_and_unlimited(tmp_path):
 
 
 def test_threads_follow_the_quota_then_the_environment(monkeypatch):
-    import persyn.hardware as hw
+    import persyn.util.hardware as hw
 
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(hw.os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
@@ -161,7 +161,7 @@ def test_threads_follow_the_quota_then_the_environment(monkeypatch):
 
 
 def test_ensure_threads_sets_once_and_an_explicit_count_wins(monkeypatch):
-    import persyn.hardware as hw
+    import persyn.util.hardware as hw
 
     before = torch.get_num_threads()
     monkeypatch.setattr(hw, "_THREADS", None)
@@ -177,7 +177,7 @@ def test_ensure_threads_sets_once_and_an_explicit_count_wins(monkeypatch):
 
 
 def test_hyperthreads_of_one_core_count_once(tmp_path):
-    from persyn.hardware import physical_cores
+    from persyn.util.hardware import physical_cores
 
     topo = tmp_path / "sys/devices/system/cpu"
     for cpu, siblings in {0: "0,2", 1: "1,3", 2: "0,2", 3: "1,3"}.items():

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from persyn.dataset import ExportRecord
-from persyn.html_report import LedgerRow, ReportData, headline, write_report
+from persyn.report import LedgerRow, ReportData, headline, write_report
 
 HOSTILE = "<script>alert('pwned')</script>"
 TEACHERS = ["qwen", "gemma", "smol"]

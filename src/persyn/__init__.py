@@ -9,7 +9,7 @@ Names are imported lazily so that `import persyn` (and the CLI's start) stays ch
 
 from __future__ import annotations
 
-from persyn.lazy import lazy_exports
+from persyn.util.lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -22,6 +22,7 @@ __all__, __getattr__, __dir__ = lazy_exports(
         "persyn.plan": ["Plan", "make_plan"],
         "persyn.stages.strategies": ["STRATEGIES"],
         "persyn.store": ["RunStore"],
+        "persyn.util.errors": ["PersynError"],
     },
     "__version__",
 )

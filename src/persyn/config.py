@@ -30,9 +30,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from persyn.config_errors import KeyedProblems, format_validation_error
 from persyn.engines.base import GenerationParams
 from persyn.engines.spec import EngineSpec
-from persyn.errors import PersynError
 from persyn.store.keys import config_hash
 from persyn.student.settings import EvalSettings, TrainSettings
+from persyn.util.errors import PersynError
 
 __all__ = [
     "BaselinesConfig",

@@ -36,9 +36,9 @@ from rich.console import Console
 
 from persyn.config import Config, load_config
 from persyn.executors import Executor, make_executor
-from persyn.progress import Progress, quiet_libraries, stderr_console
 from persyn.stages.context import RunContext, StageError
 from persyn.store import RunStore
+from persyn.util.progress import Progress, quiet_libraries, stderr_console
 
 __all__ = ["Pipeline", "RunSummary", "StageError"]
 
@@ -136,8 +136,8 @@ class Pipeline:
     def ctx(self) -> RunContext:
         """Open the run (prompts checked first, then the store) on first use."""
         if self._ctx is None:
-            from persyn.hardware import ensure_threads
             from persyn.stages.ingest import ingest, load_prompt_set
+            from persyn.util.hardware import ensure_threads
 
             # Read and check the prompt file before touching the run directory: a refused file
             # leaves nothing behind.

@@ -36,9 +36,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from persyn.errors import PersynError
 from persyn.store.keys import digest
 from persyn.store.records import Prompt, normalise_text
+from persyn.util.errors import PersynError
 
 __all__ = [
     "BadRow",

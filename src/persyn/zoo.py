@@ -34,7 +34,7 @@ from typing import Literal
 
 from filelock import FileLock, Timeout
 
-from persyn.errors import PersynError
+from persyn.util.errors import PersynError
 
 ZOO_PREFIX = "zoo:"
 MARKER = "persyn_zoo.json"
@@ -458,7 +458,7 @@ def _convert_gguf(entry: ZooEntry, out: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from persyn.progress import quiet_libraries
+    from persyn.util.progress import quiet_libraries
 
     gguf = _verified_gguf(entry, out.parent)
     # One persyn bar; transformers' own (loading, dequantising, "Writing model shards") stay quiet.
@@ -485,7 +485,7 @@ def _gguf_progress(label: str) -> Iterator[None]:
     own tqdm bar, which it draws whatever its progress-bar setting says."""
     import transformers.modeling_gguf_pytorch_utils as gguf_utils
 
-    from persyn.progress import Progress, stderr_console
+    from persyn.util.progress import Progress, stderr_console
 
     ui = Progress(stderr_console())
 

@@ -28,7 +28,7 @@ from persyn.cli.common import (
 )
 from persyn.cli.router import router_app
 from persyn.cli.student import register_student_commands
-from persyn.errors import PersynError
+from persyn.util.errors import PersynError
 
 app = typer.Typer(
     name="persyn",
@@ -68,7 +68,7 @@ def _root() -> None:
 @app.command()
 def zoo() -> None:
     """List the offline model zoo: each alias, whether its package is installed and converted."""
-    from persyn.hardware import describe_machine
+    from persyn.util.hardware import describe_machine
     from persyn.zoo import print_zoo
 
     print_zoo()
@@ -84,7 +84,7 @@ def zoo() -> None:
 def doctor(as_json: bool = typer.Option(False, "--json", help="Print the facts as JSON only.")) -> None:
     """What this machine gives a model: the CPU and its flags, what torch makes of them, the dtype
     `auto` picks and why, and the torch threads."""
-    from persyn.hardware import describe_machine
+    from persyn.util.hardware import describe_machine
 
     m = describe_machine()
     if as_json:
@@ -117,7 +117,7 @@ def init(
     """Write a commented starter config (every key documented)."""
     from importlib import resources
 
-    from persyn.atomic import atomic_write
+    from persyn.util.atomic import atomic_write
 
     if path.exists() and not force:
         _fail(f"{path} exists; pass --force to overwrite it")
@@ -460,7 +460,9 @@ def _evidence_demo(task: str, out: Path, force: bool) -> None:
     except (ValueError, EvidenceSettingsError) as exc:
         _fail(str(exc))
     _err.print(f"evidence config: {cfg_path} ({sizes[task]} size); design: {EVIDENCE_DESIGN}", soft_wrap=True)
-    print_summary(_run_stage(cfg_path, "run", force=False, retry_failed=False, skip_bad_rows=False, overrides=()))
+    print_summary(
+        _run_stage(cfg_path, "run", force=False, retry_failed=False, skip_bad_rows=False, overrides=())
+    )
     try:
         with _pipeline(cfg_path, overrides=()) as pipe:
             table = pipe.compare(**{k: v for k, v in EVIDENCE_DESIGN.items()})

@@ -33,7 +33,7 @@ def _quiet_libraries() -> None:
     """Our bars show progress; the libraries' own (weight loading, dataset saving) would garble them."""
     import os
 
-    from persyn.progress import silence_libraries
+    from persyn.util.progress import silence_libraries
 
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

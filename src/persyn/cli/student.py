@@ -9,7 +9,7 @@ from pathlib import Path
 import typer
 
 from persyn.cli.common import _CONFIG, SET_HELP, _err, _out, _pipeline, _report_error
-from persyn.errors import PersynError
+from persyn.util.errors import PersynError
 
 RETRAIN_HELP = "Train again although a finished (or differently configured) student is in the folder."
 STRATEGY_NAMES = "persyn, strong, family-strong, mix, car, random, oracle"
@@ -176,7 +176,8 @@ def compare(
         None,
         "--primary",
         help="The comparison named before the run, ARM:AGAINST:METRIC "
-        "(e.g. persyn:strong:constraints_strict); the other tests are reported as exploratory (Holm-adjusted).",
+        "(e.g. persyn:strong:constraints_strict); the other tests are reported as exploratory "
+        "(Holm-adjusted).",
     ),
     retrain: bool = typer.Option(False, "--retrain", help=RETRAIN_HELP),
     overrides: list[str] = typer.Option([], "--set", help=SET_HELP),

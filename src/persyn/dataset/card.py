@@ -15,8 +15,8 @@ from typing import Any
 
 import yaml
 
-from persyn.credentials import scrub_secrets
 from persyn.dataset.formats import FORMATS, LLAMAFACTORY_INFO
+from persyn.util.credentials import scrub_secrets
 
 __all__ = ["CARD_NAME", "DataCard", "render_card"]
 

@@ -13,7 +13,6 @@ import json
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
-from persyn.atomic import atomic_path, atomic_write, write_json
 from persyn.dataset.rows import (
     ExportError,
     Row,
@@ -23,6 +22,7 @@ from persyn.dataset.rows import (
     sharegpt_row,
     user_turn,
 )
+from persyn.util.atomic import atomic_path, atomic_write, write_json
 
 FORMATS = ("messages", "prompt_completion", "sharegpt", "parquet", "hf")
 

@@ -10,8 +10,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from persyn.credentials import scrub_secrets
-from persyn.errors import PersynError
+from persyn.util.credentials import scrub_secrets
+from persyn.util.errors import PersynError
 
 __all__ = ["ExportError", "ExportRecord", "prepare"]
 

@@ -37,7 +37,7 @@ from functools import lru_cache
 from importlib import resources
 from typing import Any
 
-from persyn.demo import INSTRUCTION_CATEGORIES, load_instructions, split_instructions
+from persyn.demo.bundled import INSTRUCTION_CATEGORIES, load_instructions, split_instructions
 from persyn.scoring.constraints import (
     check_response,
     conflicting,

@@ -26,14 +26,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from persyn.atomic import atomic_write
 from persyn.demo import write_jsonl
 from persyn.demo.constraint_prompts import constraint_splits
 from persyn.demo.math_problems import generate_math_problems
-from persyn.errors import PersynError
 from persyn.prompts import normalise_text
 from persyn.scoring.constraints import draw_constraint
 from persyn.store.store import RunStore
+from persyn.util.atomic import atomic_write
+from persyn.util.errors import PersynError
 
 __all__ = ["EVIDENCE_DESIGN", "SIZES", "EvidenceSize", "evidence_fewshot_template", "write_evidence"]
 
@@ -79,6 +79,9 @@ SIZES = {
     ),
 }
 
+#: The student's training: the pilot's choice (benchmarks/pilot.py, docs/student.md).
+TRAINING = {"epochs": 1.0, "learning_rate": 1.0e-3}
+
 #: What `persyn compare` is asked (benchmarks/reproduce.py passes these): the pre-registered design.
 EVIDENCE_DESIGN = {
     "strategies": ["persyn", "strong", "family-strong", "mix", "car", "random", "oracle"],
@@ -111,12 +114,20 @@ quality: {{method: auto}}
 calibration: {{size: {calibration}, selection: diverse}}
 router: {{encoder: zoo:minilm-l6-v2, alpha: 0.4}}
 output: {{dir: ., dataset_name: persyn-evidence}}
-# Chosen in a pilot on the pilot split (docs/student.md): LoRA, 2 epochs, learning rate 1e-3.
-train: {{epochs: 2, learning_rate: 1.0e-3, batch_size: 8, lora: {{r: 16, alpha: 32, dropout: 0.05, target: all-linear}}}}
+# LoRA; learning rate and epochs chosen by benchmarks/pilot.py on the validation split (docs/student.md).
+train:
+  epochs: {epochs}
+  learning_rate: {learning_rate}
+  batch_size: 8
+  lora: {{r: 16, alpha: 32, dropout: 0.05, target: all-linear}}
 eval:
   sets:
     - {{name: constraints-test, path: eval-constraints-test.jsonl, id_field: id, split: test}}
-    - {{name: math-test, path: eval-math-test.jsonl, id_field: id, answer_field: answer, answer_limit: {answered}}}
+    - name: math-test
+      path: eval-math-test.jsonl
+      id_field: id
+      answer_field: answer
+      answer_limit: {answered}
     - {{name: constraints-val, path: eval-constraints-val.jsonl, id_field: id, split: validation}}
     - {{name: math-val, path: eval-math-val.jsonl, id_field: id, answer_field: answer, split: validation}}
   max_new_tokens: {eval_max_new_tokens}
@@ -201,6 +212,8 @@ def write_evidence(out: str | Path, size: str = "quick") -> Path:
         calibration=2 * s.calibration,
         answered=s.test_answered,
         eval_max_new_tokens=s.eval_max_new_tokens,
+        epochs=TRAINING["epochs"],
+        learning_rate=TRAINING["learning_rate"],
     )
     if cfg_path.exists() and cfg_path.read_text() != text and RunStore.exists(out):
         raise EvidenceSettingsError(

@@ -14,16 +14,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from persyn.atomic import atomic_write
-from persyn.demo import (
+from persyn.demo.bundled import (
     demo_eval_prompts,
     demo_prompts,
     fewshot_template,
     split_instructions,
     write_jsonl,
 )
-from persyn.errors import PersynError
 from persyn.store.store import RunStore
+from persyn.util.atomic import atomic_write
+from persyn.util.errors import PersynError
 
 __all__ = ["CONCISE_SYSTEM_PROMPT", "DEMO_CONFIG", "DemoSettingsError", "DemoSize", "demo_size", "write_demo"]
 
@@ -84,7 +84,7 @@ def demo_size() -> DemoSize:
     where `dtype: auto` falls back to float32 (a CPU without native bf16: float32 matmuls run at
     about half the speed of native bf16 ones), fewer prompts and shorter answers, so that it still
     ends in minutes on two cores. Every stage and the three teachers stay (docs/pipeline.md)."""
-    from persyn.hardware import cpu_info, resolve_device
+    from persyn.util.hardware import cpu_info, resolve_device
 
     if resolve_device("auto").type != "cpu" or cpu_info().native_bf16:
         return DemoSize(160, 48, 96, "models run in bfloat16 or on a GPU here")

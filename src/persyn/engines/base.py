@@ -16,8 +16,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from persyn.engines.spec import EngineSpec
-from persyn.errors import PersynError
 from persyn.store.keys import digest
+from persyn.util.errors import PersynError
 
 FinishReason = Literal["stop", "length"]
 

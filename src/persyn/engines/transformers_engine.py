@@ -53,7 +53,7 @@ from persyn.engines.logprobs import (
 )
 from persyn.engines.rendering import Renderer, fingerprint, row_seed
 from persyn.engines.spec import EngineSpec, resolve_model
-from persyn.hardware import dtype_name, dtype_reason, resolve_device, resolve_dtype
+from persyn.util.hardware import dtype_name, dtype_reason, resolve_device, resolve_dtype
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -112,7 +112,7 @@ class TransformersEngine(LocalChecks):
                 f"labels ({archs[0]})"
             )
         # `auto`: bf16 only on CPUs that compute it natively, else float32; the checkpoint's own
-        # dtype on GPU (persyn.hardware, the one rule for every model persyn loads).
+        # dtype on GPU (persyn.util.hardware, the one rule for every model persyn loads).
         dtype: Any = resolve_dtype(spec.dtype, self.device) or "auto"
         self.dtype_reason = dtype_reason(spec.dtype, self.device)
         cls = AutoModelForSequenceClassification if self.kind == "reward" else AutoModelForCausalLM

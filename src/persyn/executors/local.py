@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 
 from persyn.engines.base import Engine
 from persyn.engines.spec import EngineSpec
-from persyn.executors import BatchResult, Executor, Job, engine_description, run_batch
+from persyn.executors.base import BatchResult, Executor, Job, engine_description, run_batch
 
 log = logging.getLogger(__name__)
 

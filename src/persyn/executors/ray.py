@@ -38,7 +38,15 @@ from ray.exceptions import ActorDiedError, ObjectLostError, RayActorError
 from persyn.config import ExecutorConfig, PoolConfig
 from persyn.engines.base import EngineError
 from persyn.engines.spec import EngineSpec
-from persyn.executors import BatchResult, Executor, ItemResult, Job, WorkItem, engine_description, run_batch
+from persyn.executors.base import (
+    BatchResult,
+    Executor,
+    ItemResult,
+    Job,
+    WorkItem,
+    engine_description,
+    run_batch,
+)
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +79,7 @@ class Replica:
         from transformers.utils import logging as hf_logging
 
         from persyn.engines import load_engine
-        from persyn.hardware import set_threads
+        from persyn.util.hardware import set_threads
 
         hf_logging.disable_progress_bar()  # the driver's bars cover the work
         # As many torch threads as CPUs reserved, so replicas sharing a node do not oversubscribe

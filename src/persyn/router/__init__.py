@@ -10,7 +10,7 @@ Names are imported lazily, so `import persyn.cli.router` (the CLI) does not pay 
 
 from __future__ import annotations
 
-from persyn.lazy import lazy_exports
+from persyn.util.lazy import lazy_exports
 
 __all__, __getattr__, __dir__ = lazy_exports(
     __name__,

@@ -21,9 +21,9 @@ from typing import Literal, Protocol, runtime_checkable
 import numpy as np
 import torch
 
-from persyn.errors import PersynError
-from persyn.hardware import resolve_device, resolve_dtype
 from persyn.store.keys import digest
+from persyn.util.errors import PersynError
+from persyn.util.hardware import resolve_device, resolve_dtype
 
 Pooling = Literal["auto", "mean", "last", "cls"]
 POOLINGS: tuple[str, ...] = ("auto", "mean", "last", "cls")
@@ -237,7 +237,7 @@ def load_encoder(
     A sentence-transformers folder with pooling 'auto' loads through sentence-transformers; any
     explicit pooling, or a plain model folder, loads through AutoModel. `path` overrides where the
     weights come from (a fine-tuned copy) while `name` stays the recorded identity. `dtype`: the
-    rule every model follows (persyn.hardware; `auto`: bf16 on CPUs with native bf16, else float32).
+    rule every model follows (persyn.util.hardware; `auto`: bf16 on CPUs with native bf16, else float32).
     """
     return _load_encoder_cached(name, pooling, max_length, device, trust_remote_code, path, dtype)
 

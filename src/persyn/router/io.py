@@ -18,10 +18,10 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from persyn.atomic import write_json
-from persyn.errors import PersynError
 from persyn.router.encoders import EmbeddingCache, load_encoder
 from persyn.router.model import ROUTER_FORMAT_VERSION, BTRouter, CoefficientHead
+from persyn.util.atomic import write_json
+from persyn.util.errors import PersynError
 
 ROUTER_JSON = "router.json"
 HEAD_FILE = "head.safetensors"
@@ -118,7 +118,7 @@ def load_router(
     """Load a router directory written by `save_router`.
 
     With `expected_teachers`, refuse a router whose teacher list differs (names or order).
-    `dtype`: the encoder's (`auto`: the machine's rule, persyn.hardware).
+    `dtype`: the encoder's (`auto`: the machine's rule, persyn.util.hardware).
     """
     p = Path(path)
     cfg = read_router_config(p)

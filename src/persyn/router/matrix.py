@@ -24,9 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
-from persyn.atomic import atomic_write
-from persyn.errors import PersynError
 from persyn.store.keys import digest
+from persyn.util.atomic import atomic_write
+from persyn.util.errors import PersynError
 
 PROMPT_FIELDS = ("question", "prompt", "query")
 MODEL_FIELDS = ("model_name", "model")

@@ -35,7 +35,7 @@ from functools import lru_cache
 from types import SimpleNamespace
 from typing import Any
 
-from persyn.errors import PersynError
+from persyn.util.errors import PersynError
 
 __all__ = [
     "EXCLUDED_TYPES",

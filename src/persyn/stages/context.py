@@ -28,14 +28,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from persyn.atomic import atomic_write, remove, write_json
 from persyn.config import Config
 from persyn.engines.spec import EngineSpec
-from persyn.errors import PersynError
 from persyn.executors import BatchResult, Executor, Job, WorkItem
-from persyn.progress import Progress
 from persyn.store import ResponseKey, ResponseRow, RunStore, ScoreRow, make_gen_key
 from persyn.store.keys import digest
+from persyn.util.atomic import atomic_write, remove, write_json
+from persyn.util.errors import PersynError
+from persyn.util.progress import Progress
 
 # The run directory beside the store and its manifest: every file and folder a stage writes.
 PROMPTS_DIR = "prompts"  # ingest: load_report.json, bad_rows.jsonl, duplicates.jsonl, too_long.jsonl
@@ -346,7 +346,7 @@ def spec_digest(spec: EngineSpec) -> str:
     to learn its fingerprint instead of keying new rows by the old one."""
     key = digest(spec.model_dump_json())
     if spec.engine == "transformers" and spec.dtype == "auto":
-        from persyn.hardware import dtype_name, resolve_device, resolve_dtype
+        from persyn.util.hardware import dtype_name, resolve_device, resolve_dtype
 
         key += ":" + dtype_name(resolve_dtype("auto", resolve_device(spec.device)))
     return key

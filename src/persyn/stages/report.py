@@ -1,4 +1,4 @@
-"""Stage report: gather the run's figures into `persyn.html_report.ReportData` and write
+"""Stage report: gather the run's figures into `persyn.report.ReportData` and write
 `<run>/report/index.html` (allocation, router metrics against the baselines, the cost ledger
 against Generate-then-Select, strategies, sample rows).
 
@@ -29,7 +29,7 @@ def gts_counterfactual(ctx: RunContext, n_prompts: int) -> dict[str, dict[str, f
 
 
 def run(ctx: RunContext) -> Path:
-    from persyn.html_report import LedgerRow, ReportData, write_report
+    from persyn.report import LedgerRow, ReportData, write_report
 
     cfg = ctx.config
     ids = ctx.working_ids()

@@ -25,10 +25,10 @@ from typing import Any
 
 import numpy as np
 
-from persyn.atomic import atomic_path
 from persyn.stages.context import METRICS_FILE, ROUTERS_DIR, RunContext, StageError
 from persyn.stages.embeddings import embed_ids, load_router_encoder
 from persyn.store.keys import content_key, digest
+from persyn.util.atomic import atomic_path
 
 
 @dataclass

@@ -9,7 +9,7 @@ cheap leaves that any layer may import.
 
 from __future__ import annotations
 
-from persyn.lazy import lazy_exports
+from persyn.util.lazy import lazy_exports
 
 __all__, __getattr__, __dir__ = lazy_exports(
     __name__,

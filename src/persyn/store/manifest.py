@@ -17,10 +17,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from persyn.atomic import write_json
-from persyn.credentials import find_secrets
 from persyn.store.keys import canonical_json, config_hash
 from persyn.store.records import StoreError
+from persyn.util.atomic import write_json
+from persyn.util.credentials import find_secrets
 
 __all__ = ["MANIFEST_NAME", "ConfigMismatchError", "check_no_secrets", "read_manifest", "reconcile_manifest"]
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 import numpy as np
 
-from persyn.errors import PersynError
+from persyn.util.errors import PersynError
 
 if TYPE_CHECKING:
     from persyn.engines.base import Generation

@@ -7,8 +7,8 @@
     result.metrics["accuracy"]                                 # Interval(mean, low, high, n)
 
 Every verb goes through `persyn.engines` (`generate`, `loglik`, `score`), so the student and the judge
-can be any back end. Per item, and then the mean with a 95% interval (stats.py: Wilson for 0/1 metrics, else the
-bootstrap):
+can be any back end. Per item, and then the mean with a 95% interval (stats.py: Wilson for 0/1
+metrics, else the bootstrap):
 
 * prompts with a reference answer:
   - `accuracy`: the greedy answer's final answer checked against the reference by the project's
@@ -51,11 +51,11 @@ from fractions import Fraction
 from typing import Any, Protocol
 
 from persyn.engines.base import Engine, Generation, GenerationParams
-from persyn.progress import Progress
 from persyn.prompts import normalise_text, text_id
 from persyn.store.keys import content_key, digest
 from persyn.student.settings import EvalSet, EvalSettings
 from persyn.student.stats import Interval, metric_interval
+from persyn.util.progress import Progress
 
 __all__ = [
     "DEFAULT_REFERENCE_TEMPLATE",

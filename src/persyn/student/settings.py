@@ -59,7 +59,7 @@ class TrainSettings(_Section):
     # null: full fine-tune. LoRA trains faster on CPU and the merged model loads like any other.
     lora: LoraSettings | None = Field(default_factory=LoraSettings)
     device: str = "auto"  # auto: cuda when present, else cpu
-    # The compute dtype; `auto` follows persyn.hardware (bf16 where the CPU computes it natively).
+    # The compute dtype; `auto` follows persyn.util.hardware (bf16 where the CPU computes it natively).
     # Weights stay float32 (bf16 runs as autocast), so small updates are not rounded away.
     dtype: Literal["auto", "bfloat16", "float32", "float16"] = "auto"
     # checkpoint every N optimizer steps (resume point); at most a quarter of the training apart

@@ -38,11 +38,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from persyn.atomic import write_json
-from persyn.errors import PersynError
-from persyn.progress import Progress, quiet_libraries
 from persyn.store.keys import content_key, digest
 from persyn.student.settings import TrainSettings
+from persyn.util.atomic import write_json
+from persyn.util.errors import PersynError
+from persyn.util.progress import Progress, quiet_libraries
 
 __all__ = [
     "SFTExample",
@@ -162,11 +162,11 @@ def machine_name() -> str:
 
 
 def _precision(settings: TrainSettings):
-    """(device, compute dtype) from persyn.hardware's rule. On a GPU, `auto` means bf16 where the GPU
+    """(device, compute dtype) from persyn.util.hardware's rule. On a GPU, `auto` means bf16 where the GPU
     has it, else float32 (the checkpoint's own dtype, the inference answer, does not suit training)."""
     import torch
 
-    from persyn.hardware import resolve_device, resolve_dtype
+    from persyn.util.hardware import resolve_device, resolve_dtype
 
     device = resolve_device(settings.device)
     dtype = resolve_dtype(settings.dtype, device)

@@ -1,6 +1,6 @@
 """The report's student comparison (`persyn compare`'s `<run>/compare.json`): one panel per metric,
 a bar per model with its 95% bootstrap interval, the generation cost of each strategy's data
-beside them, and the table behind the figure (html_report.py places both in the page).
+beside them, and the table behind the figure (report/page.py places both in the page).
 
     plot_comparison(doc, report_dir / "comparison.png")
     comparison_context(doc)     # the template's rows: metric cells, cost, paired differences
@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
+
+from persyn.report.figures import count_axis, new_figure, save, style
 
 __all__ = ["FIGURE", "comparison_context", "plot_comparison"]
 
@@ -26,15 +28,13 @@ def _columns(doc: dict[str, Any]) -> list[str]:
 
 
 def plot_comparison(doc: dict[str, Any], path: Path) -> None:
-    from persyn.html_report import _count_axis, _new_figure, _save, _style
-
     rows = doc["table"]["rows"]
     names = [r["name"] for r in rows]
     cols = _columns(doc)
     panels = [*cols, "cost"]
     ncols = min(3, len(panels))
     nrows = -(-len(panels) // ncols)
-    fig = _new_figure(4.2 * ncols, 0.5 + (1.1 + 0.32 * len(names)) * nrows)
+    fig = new_figure(4.2 * ncols, 0.5 + (1.1 + 0.32 * len(names)) * nrows)
     colors = [_UNTRAINED if n == "untrained" else _OURS if n == "persyn" else _OTHER for n in names]
     ys = list(range(len(names)))[::-1]
     for k, col in enumerate(panels):
@@ -42,7 +42,7 @@ def plot_comparison(doc: dict[str, Any], path: Path) -> None:
         if col == "cost":
             vals = [(r.get("cost") or {}).get("generations") or 0 for r in rows]
             ax.barh(ys, vals, color=colors)
-            _count_axis(ax.xaxis)
+            count_axis(ax.xaxis)
             ax.set_title("generations to build the data", fontsize=10, loc="left")
         else:
             means, lo, hi = [], [], []
@@ -56,14 +56,14 @@ def plot_comparison(doc: dict[str, Any], path: Path) -> None:
             ax.barh(ys, [m - left for m in means], left=left, color=colors, xerr=[lo, hi], capsize=3)
             ax.set_title(f"{col} (95% interval)", fontsize=10, loc="left")
         ax.set_yticks(ys, names)
-        _style(ax)
+        style(ax)
     fig.suptitle(
         f"The student trained on each strategy's data ({doc.get('examples')} examples each)",
         fontsize=11,
         x=0.01,
         ha="left",
     )
-    _save(fig, path)
+    save(fig, path)
 
 
 def _cell(m: dict[str, Any] | None) -> str:

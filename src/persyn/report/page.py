@@ -32,9 +32,10 @@ from typing import Any
 
 import yaml
 
-from persyn.atomic import atomic_path, atomic_write
-from persyn.comparison_report import comparison_context, plot_comparison
-from persyn.credentials import scrub_secrets
+from persyn.report.comparison import comparison_context, plot_comparison
+from persyn.report.figures import count_axis, new_figure, save, style
+from persyn.util.atomic import atomic_write
+from persyn.util.credentials import scrub_secrets
 
 __all__ = ["LedgerRow", "ReportData", "headline", "write_report"]
 
@@ -182,42 +183,10 @@ def headline(data: ReportData) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- figures
 
 
-def _new_figure(width: float, height: float):
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height), dpi=110, layout="constrained")
-    return fig
-
-
-def _short_count(x: float, _pos: Any = None) -> str:
-    """Axis labels people read at a glance: 950, 12K, 1.5M (no '1e7' offset text)."""
-    for div, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
-        if abs(x) >= div:
-            return f"{x / div:.3g}{suffix}"
-    return f"{x:.4g}"
-
-
-def _count_axis(axis) -> None:
-    from matplotlib.ticker import FuncFormatter
-
-    axis.set_major_formatter(FuncFormatter(_short_count))
-
-
-def _style(ax) -> None:
-    for side in ("top", "right"):
-        ax.spines[side].set_visible(False)
-    ax.tick_params(labelsize=9)
-
-
-def _save(fig, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", facecolor="white")
-
-
 def _plot_allocation(allocation: Mapping[str, int], path: Path) -> None:
     items = sorted(allocation.items(), key=lambda kv: (-kv[1], kv[0]))
     total = sum(v for _, v in items)
-    fig = _new_figure(8.5, max(2.2, 0.38 * len(items) + 1.2))
+    fig = new_figure(8.5, max(2.2, 0.38 * len(items) + 1.2))
     ax = fig.add_subplot()
     names = [k for k, _ in items][::-1]
     values = [v for _, v in items][::-1]
@@ -232,11 +201,11 @@ def _plot_allocation(allocation: Mapping[str, int], path: Path) -> None:
             fontsize=9,
         )
     ax.set_xlim(0, max(values + [1]) * 1.22)
-    _count_axis(ax.xaxis)
+    count_axis(ax.xaxis)
     ax.set_xlabel("routed prompts")
     ax.set_title(f"Teacher allocation: {total:,} prompts routed", fontsize=11, loc="left")
-    _style(ax)
-    _save(fig, path)
+    style(ax)
+    save(fig, path)
 
 
 def _router_colors(names: Sequence[str], ours: str | None) -> list[str]:
@@ -254,7 +223,7 @@ def _plot_router_quality(
     metrics: Mapping[str, Mapping[str, Any]], names: Sequence[str], ours: str | None, path: Path
 ) -> None:
     shown = [m for m in QUALITY_METRICS if any(_num(metrics[n].get(m)) is not None for n in names)]
-    fig = _new_figure(min(11.0, max(7.0, 1.5 + 0.3 * len(names) * len(shown))), 4.0)
+    fig = new_figure(min(11.0, max(7.0, 1.5 + 0.3 * len(names) * len(shown))), 4.0)
     ax = fig.add_subplot()
     width = 0.8 / max(1, len(names))
     colors = _router_colors(names, ours)
@@ -293,14 +262,14 @@ def _plot_router_quality(
     ax.legend(
         fontsize=8, ncols=min(len(names), 4), loc="upper center", bbox_to_anchor=(0.5, -0.1), frameon=False
     )
-    _style(ax)
-    _save(fig, path)
+    style(ax)
+    save(fig, path)
 
 
 def _plot_regret(
     metrics: Mapping[str, Mapping[str, Any]], names: Sequence[str], ours: str | None, path: Path
 ) -> None:
-    fig = _new_figure(7.0, max(2.2, 0.38 * len(names) + 1.2))
+    fig = new_figure(7.0, max(2.2, 0.38 * len(names) + 1.2))
     ax = fig.add_subplot()
     vals = [_num(metrics[n].get("regret")) for n in names]
     colors = _router_colors(names, ours)
@@ -324,8 +293,8 @@ def _plot_regret(
     ax.set_xlim(0, right * 1.25)
     ax.set_xlabel("regret against the oracle (label units, lower is better)")
     ax.set_title("Regret", fontsize=11, loc="left")
-    _style(ax)
-    _save(fig, path)
+    style(ax)
+    save(fig, path)
 
 
 def _plot_cost(data: ReportData, path: Path) -> None:
@@ -339,7 +308,7 @@ def _plot_cost(data: ReportData, path: Path) -> None:
     colors = {s: _STAGES[i % len(_STAGES)] for i, s in enumerate(stages)}
     has_gts = any(_num(v.get("generations")) for v in data.gts.values())
     gts_per_teacher = [_num(data.gts.get(t, {}).get("generations")) or 0 for t in teachers]
-    fig = _new_figure(max(9.0, 3.5 + 0.6 * len(teachers)), 4.6)
+    fig = new_figure(max(9.0, 3.5 + 0.6 * len(teachers)), 4.6)
     grid = fig.add_gridspec(1, 3, width_ratios=[max(3, len(teachers) * 0.6), 1.2, 1.2])
     ax, ax_g, ax_t = (fig.add_subplot(grid[0, i]) for i in range(3))
 
@@ -407,9 +376,9 @@ def _plot_cost(data: ReportData, path: Path) -> None:
         axis.set_title(f"Total {unit}", fontsize=11, loc="left")
         axis.set_ylim(0, max(base, gts_total, 1) * 1.1)
     for a in (ax, ax_g, ax_t):
-        _count_axis(a.yaxis)
-        _style(a)
-    _save(fig, path)
+        count_axis(a.yaxis)
+        style(a)
+    save(fig, path)
 
 
 # ----------------------------------------------------------------------------- tables
