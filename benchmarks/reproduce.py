@@ -32,9 +32,9 @@ def main() -> None:
     ap.add_argument("--json", type=Path, help="also write compare.json, the timings and the machine here")
     args = ap.parse_args()
 
-    from persyn.cli.student import summary_lines
     from persyn.demo.evidence import EVIDENCE_DESIGN, SIZES, write_evidence
     from persyn.pipeline import Pipeline
+    from persyn.student.compare import comparison_summary
     from persyn.util.hardware import describe_machine
 
     machine = describe_machine()
@@ -57,7 +57,7 @@ def main() -> None:
     print()
     print(table.render())
     print()
-    for line in summary_lines(doc):
+    for line in comparison_summary(doc):
         print(line)
     print(f"\nrouting: {doc['routing']}")
     print(f"timings: {timings} (run, then compare) on {machine['cpu']}")

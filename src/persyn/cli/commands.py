@@ -443,8 +443,8 @@ def demo(
 def _evidence_demo(task: str, out: Path, force: bool) -> None:
     """`persyn demo --task evidence[-quick]`: write the evidence project, run the pipeline, then
     `persyn compare` with the pre-registered design (demo/evidence.py)."""
-    from persyn.cli.student import summary_lines
     from persyn.demo.evidence import EVIDENCE_DESIGN, EvidenceSettingsError, write_evidence
+    from persyn.student.compare import comparison_summary
 
     sizes = {"evidence": "full", "evidence-quick": "quick"}
     if task not in sizes:
@@ -470,7 +470,7 @@ def _evidence_demo(task: str, out: Path, force: bool) -> None:
     except PersynError as exc:
         _report_error(exc)
     _out.print(table.render(), soft_wrap=True)
-    for line in summary_lines(doc):
+    for line in comparison_summary(doc):
         _out.print(line, soft_wrap=True)
 
 

@@ -100,56 +100,6 @@ def _numbers(text: str | None, kind, flag: str):
         raise typer.BadParameter(f"{flag} {text!r}: expected comma-separated numbers") from None
 
 
-def _test_line(col: str, t: dict) -> str:
-    d = t["difference"]
-    return (
-        f"{col}: {d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}], p = {t['p_value']:.3g} ({t['test']})"
-    )
-
-
-def summary_lines(doc: dict) -> list[str]:
-    """What `persyn compare` prints under the table: the primary comparison, Strong's gain over the
-    untrained student, the alpha curve, seeds, identical data, routing, the teachers' quality."""
-    lines = []
-    p = doc.get("primary")
-    if p:
-        lines.append(f"primary (named before the run): {p['arm']} vs {p['against']} on {p['metric']}")
-        lines += [f"  {_test_line(c, t)}" for c, t in p["tests"].items()] or ["  not measured"]
-    g = doc.get("strong_gain")
-    if g:
-        lines.append("strong vs untrained on the primary metric (can this miniature show anything?)")
-        lines += [f"  {_test_line(c, t)}" for c, t in g["tests"].items()]
-        if not g["informative"]:
-            lines.append("  the interval holds 0: the comparison of strategies is not informative")
-    a = doc.get("alpha")
-    if a:
-        curve = ", ".join(
-            f"{c['alpha']:g}: {c['validation']['mean']:.3f}"
-            + (f" (= {c['same_data_as']})" if c["same_data_as"] else "")
-            for c in a["curve"]
-        )
-        lines.append(f"alpha chosen on validation ({a['metric']}): {a['chosen']:g}; curve {curve}")
-    for arm, by_set in (doc.get("seed_means") or {}).items():
-        for s, metrics in by_set.items():
-            shown = ", ".join(f"{m} {' / '.join(f'{v:.3f}' for v in vs)}" for m, vs in metrics.items())
-            lines.append(f"seeds of {arm} on {s}: {shown}")
-    if doc.get("same_data_as"):
-        lines.append(
-            "identical training data, trained once: "
-            + ", ".join(f"{a} = {b}" for a, b in doc["same_data_as"].items())
-        )
-    unlike = {k: v for k, v in (doc.get("routed_unlike_strong") or {}).items() if v is not None}
-    if unlike:
-        lines.append(
-            "share of prompts given another teacher than Strong's: "
-            + ", ".join(f"{k} {v:.2f}" for k, v in unlike.items())
-        )
-    for name, by_method in (doc.get("teachers") or {}).items():
-        shown = ", ".join(f"{m} {_interval(iv)}" for m, iv in by_method.items())
-        lines.append(f"teacher {name} on the calibration prompts: {shown}")
-    return lines
-
-
 def compare(
     config: Path = _CONFIG,
     strategies: str | None = typer.Option(
@@ -206,7 +156,9 @@ def compare(
         print(json.dumps(doc, indent=2))
         return
     _out.print(table.render(), soft_wrap=True)
-    for line in summary_lines(doc):
+    from persyn.student.compare import comparison_summary
+
+    for line in comparison_summary(doc):
         _out.print(line, soft_wrap=True)
     _err.print(f"compare.json and the report: {report}")
 

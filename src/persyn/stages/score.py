@@ -296,7 +296,7 @@ def score_constraint_rows(
 ) -> WorkCounts:
     """Check (response key, row) pairs against their prompts' constraints in the driver (lm-eval's
     IFEval checkers, fast) and store the share met (strict) as quality, with every verdict in meta."""
-    from persyn.scoring.constraints import CONSTRAINTS_FIELD, check_response
+    from persyn.scoring.constraints import CONSTRAINTS_FIELD, ConstraintError, check_response
 
     counts = WorkCounts("quality constraints", wanted=len(work))
     t0 = time.perf_counter()
@@ -305,7 +305,12 @@ def score_constraint_rows(
         rows = []
         for k, r in chunk:
             p = by_id[k.prompt_id]
-            check = check_response(r.text or "", p.meta[CONSTRAINTS_FIELD], prompt=p.text)
+            try:
+                check = check_response(r.text or "", p.meta[CONSTRAINTS_FIELD], prompt=p.text)
+            except ConstraintError as e:
+                raise StageError(
+                    f"prompt {p.source or p.id}: its {CONSTRAINTS_FIELD} cannot be checked: {e}"
+                ) from None
             meta = {"method": "constraints", **check.as_dict()}
             rows.append(
                 ScoreRow(QUALITY, key, k.prompt_id, k.teacher, k.gen_key, check.fraction_strict, meta=meta)
