@@ -34,6 +34,7 @@ def main() -> None:
     ap.add_argument("--dir", type=Path, required=True, help="an evidence project directory (persyn run done)")
     ap.add_argument("--metric", default="constraints_strict", help="what chooses (the primary metric)")
     ap.add_argument("--candidates", default=",".join(CANDIDATES), help="comma-separated, from CANDIDATES")
+    ap.add_argument("--size", choices=("full", "quick"), help="quick: the two 1-epoch candidates only")
     args = ap.parse_args()
 
     from persyn.engines.spec import resolve_model
@@ -55,7 +56,10 @@ def main() -> None:
         rows = equal_subsamples({"strong": rows}, n, seed=ctx.config.train.seed)["strong"]
         base = ctx.run_stage("eval", model="base", sets=val)
         table = []
-        for name in args.candidates.split(","):
+        names = args.candidates.split(",")
+        if args.size == "quick":
+            names = [n for n in names if n.endswith("-1ep")]
+        for name in names:
             settings = ctx.config.train.model_copy(update=CANDIDATES[name])
             t = time.perf_counter()
             trained = train_student(

@@ -8,7 +8,7 @@ test split with paired tests, one comparison named in advance.
     .venv/bin/python benchmarks/reproduce.py --size full --json /tmp/evidence.json
 
 It is `persyn demo --task evidence[-quick]`: `persyn run` then `persyn compare` with the design of
-`persyn.demo.evidence.EVIDENCE_DESIGN`; a killed run resumes when the same command is run again.
+`persyn.demo.evidence.evidence_design`; a killed run resumes when the same command is run again.
 It prints the CPU, the table, the primary comparison, Strong's gain over the untrained student,
 the alpha curve, the seeds' spread, the teachers' quality and the wall time of each step.
 """
@@ -32,7 +32,7 @@ def main() -> None:
     ap.add_argument("--json", type=Path, help="also write compare.json, the timings and the machine here")
     args = ap.parse_args()
 
-    from persyn.demo.evidence import EVIDENCE_DESIGN, SIZES, write_evidence
+    from persyn.demo.evidence import SIZES, evidence_design, write_evidence
     from persyn.pipeline import Pipeline
     from persyn.student.compare import comparison_summary
     from persyn.util.hardware import describe_machine
@@ -43,7 +43,7 @@ def main() -> None:
         f"dtype auto -> {machine['auto_dtype']}",
         flush=True,
     )
-    print(f"size {args.size}: {SIZES[args.size]}; design {EVIDENCE_DESIGN}", flush=True)
+    print(f"size {args.size}: {SIZES[args.size]}; design {evidence_design(args.size)}", flush=True)
     cfg = write_evidence(args.dir or Path(f"runs/evidence-{args.size}"), args.size)
     timings = {}
     with Pipeline.from_config(cfg, progress=True) as pipe:
@@ -51,7 +51,7 @@ def main() -> None:
         pipe.run()
         timings["run_s"] = round(time.perf_counter() - t, 1)
         t = time.perf_counter()
-        table = pipe.compare(**EVIDENCE_DESIGN)
+        table = pipe.compare(**evidence_design(args.size))
         timings["compare_s"] = round(time.perf_counter() - t, 1)
         doc = pipe.ctx.result("compare")
     print()

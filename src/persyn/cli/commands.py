@@ -443,7 +443,7 @@ def demo(
 def _evidence_demo(task: str, out: Path, force: bool) -> None:
     """`persyn demo --task evidence[-quick]`: write the evidence project, run the pipeline, then
     `persyn compare` with the pre-registered design (demo/evidence.py)."""
-    from persyn.demo.evidence import EVIDENCE_DESIGN, EvidenceSettingsError, write_evidence
+    from persyn.demo.evidence import EvidenceSettingsError, evidence_design, write_evidence
     from persyn.student.compare import comparison_summary
 
     sizes = {"evidence": "full", "evidence-quick": "quick"}
@@ -457,15 +457,16 @@ def _evidence_demo(task: str, out: Path, force: bool) -> None:
         shutil.rmtree(out)
     try:
         cfg_path = write_evidence(out, sizes[task])
+        design = evidence_design(sizes[task])
     except (ValueError, EvidenceSettingsError) as exc:
         _fail(str(exc))
-    _err.print(f"evidence config: {cfg_path} ({sizes[task]} size); design: {EVIDENCE_DESIGN}", soft_wrap=True)
+    _err.print(f"evidence config: {cfg_path} ({sizes[task]} size); design: {design}", soft_wrap=True)
     print_summary(
         _run_stage(cfg_path, "run", force=False, retry_failed=False, skip_bad_rows=False, overrides=())
     )
     try:
         with _pipeline(cfg_path, overrides=()) as pipe:
-            table = pipe.compare(**{k: v for k, v in EVIDENCE_DESIGN.items()})
+            table = pipe.compare(**design)
             doc = pipe.ctx.result("compare")
     except PersynError as exc:
         _report_error(exc)

@@ -35,7 +35,14 @@ from persyn.store.store import RunStore
 from persyn.util.atomic import atomic_write
 from persyn.util.errors import PersynError
 
-__all__ = ["EVIDENCE_DESIGN", "SIZES", "EvidenceSize", "evidence_fewshot_template", "write_evidence"]
+__all__ = [
+    "EVIDENCE_DESIGN",
+    "SIZES",
+    "EvidenceSize",
+    "evidence_design",
+    "evidence_fewshot_template",
+    "write_evidence",
+]
 
 MATH_LEVELS = (1,)  # the student is at the floor above level 1 (docs/student.md, teacher survey)
 TRAIN_SEED, TEST_SEED, VALIDATION_SEED, SHOT_SEED = 0, 1, 2, 99
@@ -90,6 +97,15 @@ EVIDENCE_DESIGN = {
     "seeds": [0, 1],
     "primary": "persyn:strong:constraints_strict",
 }
+
+
+def evidence_design(size: str) -> dict:
+    """The design `persyn compare` is asked for at `size`: the quick size has a coarser alpha grid
+    (three trainings fewer), everything else is the same."""
+    if size not in SIZES:
+        raise ValueError(f"size must be one of {sorted(SIZES)}, not {size!r}")
+    return {**EVIDENCE_DESIGN, "alpha_grid": [0.0, 0.4, 0.8]} if size == "quick" else dict(EVIDENCE_DESIGN)
+
 
 EVIDENCE_CONFIG = """\
 # persyn evidence miniature ({size}): written by `persyn demo --task evidence`; docs/student.md.
