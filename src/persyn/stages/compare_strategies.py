@@ -6,7 +6,7 @@ the untrained student: the method's Table 2 for this run (`persyn compare CONFIG
     doc = ctx.result("compare")                                   # <run>/compare.json, or None
 
 1. `strategies` builds each dataset (generating only what the store lacks), the PerSyn datasets of
-   the alpha grid included (`persyn@A`: a router trained with alpha A; the config's own alpha is
+   the alpha grid included (`persyn-alphaA`: a router trained with alpha A; the config's own alpha is
    `persyn`).
 2. Each student gets the same number of examples (`train.examples`, else the smallest dataset's
    usable rows; a seeded draw by prompt) and the same `train:` settings. Arms whose examples are

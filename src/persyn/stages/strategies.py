@@ -7,7 +7,7 @@ comparison.
 | strategy | who answers each prompt |
 |---|---|
 | persyn | the routed teacher (the run's own dataset, `<run>/dataset/`) |
-| persyn@A | the teacher a router trained with `router.alpha = A` routes to (the alpha grid) |
+| persyn-alphaA | the teacher a router trained with `router.alpha = A` routes to (the alpha grid) |
 | strong | the teacher with the best mean quality on the calibration set |
 | family-strong | the strongest teacher of the student's family (`student.family` / `teachers[].family`) |
 | random | a seeded uniform draw per prompt |
