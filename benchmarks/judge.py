@@ -40,14 +40,10 @@ from transformers.utils import logging as transformers_logging  # noqa: E402
 from persyn.engines import load_engine  # noqa: E402
 from persyn.engines.base import DEFAULT_JUDGE_TEMPLATE  # noqa: E402
 from persyn.engines.spec import EngineSpec  # noqa: E402
-from persyn.scoring.reliability import (  # noqa: E402
-    ACCURACY_FILE,
-    DOMAINS,
-    bootstrap_interval,
-    judge_id,
-    load_triples,
-    pair_outcomes,
-)
+from persyn.scoring.reliability import ACCURACY_FILE, judge_id  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # the labelled set's reader
+from judge_set import DOMAINS, bootstrap_interval, load_triples, pair_outcomes  # noqa: E402
 
 ZOO_JUDGES = ("zoo:qwen2.5-coder-0.5b-instruct", "zoo:smollm2-135m-instruct", "zoo:gemma3-270m")
 

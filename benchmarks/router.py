@@ -16,15 +16,20 @@ from __future__ import annotations
 
 import argparse
 import resource
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from persyn.router.encoders import MemoryEmbeddingCache, embed_prompts, load_encoder
 from persyn.router.model import TrainConfig, train_router
-from persyn.router.synthetic import distinct_prompts, make_synthetic
 from persyn.scoring.labels import combine_labels, make_pairs
+
+# The synthetic calibration data lives with the tests that also use it (not in the package).
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from synthetic_router import distinct_prompts, make_synthetic  # noqa: E402
 
 
 def peak_rss_mb() -> float:

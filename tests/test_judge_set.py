@@ -9,19 +9,11 @@ from importlib import resources
 
 import numpy as np
 import pytest
+from judge_set import DOMAINS, bootstrap_interval, load_triples, pair_outcomes
 
 from persyn.engines.base import DEFAULT_JUDGE_TEMPLATE
 from persyn.engines.spec import EngineSpec
-from persyn.scoring.reliability import (
-    ACCURACY_FILE,
-    DOMAINS,
-    bootstrap_interval,
-    judge_id,
-    load_measurements,
-    load_triples,
-    measured_accuracy,
-    pair_outcomes,
-)
+from persyn.scoring.reliability import ACCURACY_FILE, judge_id, load_measurements, measured_accuracy
 
 DEMO_JUDGE = "zoo:qwen2.5-coder-0.5b-instruct"  # the judge `persyn demo` uses
 

@@ -7,13 +7,13 @@ import json
 
 import numpy as np
 import pytest
+from synthetic_router import make_synthetic
 
 from persyn.router.baselines import CARRouter, KNNRouter, OracleRouter, RandomRouter, StrongestRouter
 from persyn.router.encoders import MemoryEmbeddingCache, PromptEncoder, embed_prompts, load_encoder
 from persyn.router.io import TeacherMismatchError, load_router, read_router_config, save_router
 from persyn.router.metrics import compare
 from persyn.router.model import TrainConfig, holdout_mask, prompt_hash, train_router
-from persyn.router.synthetic import make_synthetic
 from persyn.scoring.labels import combine_labels
 
 

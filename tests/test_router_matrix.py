@@ -7,13 +7,13 @@ import json
 
 import numpy as np
 import pytest
+from synthetic_router import make_synthetic
 from typer.testing import CliRunner
 
 from persyn.cli import app
 from persyn.router.io import read_router_config
 from persyn.router.matrix import ScoreFileError, load_score_matrix
 from persyn.router.model import prompt_hash
-from persyn.router.synthetic import make_synthetic
 
 nan = np.nan
 

@@ -101,3 +101,25 @@ def test_full_oracle_costs_generate_then_select(run_copy):
     assert out["scope"] == "all" and out["generations"] == N * T and out["rows"] == N
     learn = [k for k in scores(run) if k[0] == "learnability"]
     assert len(learn) == N * T  # and every response was scored
+
+
+def test_adding_a_strategy_follows_the_recipe(run_copy, monkeypatch):
+    """docs/architecture.md, "Adding a strategy", followed once: a baseline in BASELINES, its name
+    in STRATEGIES and in BASELINE_OF; then `persyn strategies` builds its dataset like the others."""
+    import persyn.router.baselines as baselines_mod
+    import persyn.stages.strategies as strategies_mod
+    from persyn.router.baselines import FixedRouter
+
+    def last_teacher(c):
+        c.need("quality")
+        return FixedRouter(c.teachers, np.arange(len(c.teachers), dtype=float), "last-teacher")
+
+    monkeypatch.setitem(baselines_mod.BASELINES, "last-teacher", last_teacher)
+    monkeypatch.setattr(strategies_mod, "STRATEGIES", (*strategies_mod.STRATEGIES, "last"))
+    monkeypatch.setitem(strategies_mod.BASELINE_OF, "last", "last-teacher")
+    res = cli(["strategies", str(run_copy / "persyn.yaml"), "--strategies", "last", "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)["last"]
+    rows = _rows(run_copy / "run" / "strategies" / "last" / "persyn-last.messages.jsonl")
+    assert out["rows"] == N and {r["teacher"] for r in rows} == {TEACHERS[-1]}
+    assert {r["strategy"] for r in rows} == {"last"}

@@ -20,7 +20,7 @@ __all__, __getattr__, __dir__ = lazy_exports(
         "persyn.stages.context": ["StageError"],
         "persyn.config": ["Config", "ConfigError", "load_config"],
         "persyn.plan": ["Plan", "make_plan"],
-        "persyn.stages.strategies": ["STRATEGIES"],
+        "persyn.defaults": ["STRATEGIES"],
         "persyn.store": ["RunStore"],
         "persyn.util.errors": ["PersynError"],
     },

@@ -28,6 +28,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from persyn.config_errors import KeyedProblems, format_validation_error
+from persyn.defaults import ALPHA, CAR_BETA, ENCODER, KNN_K, MIX_SHARE, ROUTER, default_strategies
 from persyn.engines.base import GenerationParams
 from persyn.engines.spec import EngineSpec
 from persyn.store.keys import config_hash
@@ -180,26 +181,27 @@ class CalibrationConfig(_Section):
 class RouterConfig(_Section):
     """Combined label (docs/method.md, Eq. 2) and the Bradley-Terry router (Eq. 3)."""
 
-    alpha: float = Field(default=0.4, ge=0.0, le=1.0)
-    normalisation: Literal["zscore", "minmax"] = "zscore"
-    encoder: str = "zoo:minilm-l6-v2"
-    pooling: Literal["auto", "mean", "last", "cls"] = "auto"
-    max_length: int = Field(default=256, ge=8)
+    # Defaults: persyn.defaults (the CLI and the Python API read the same).
+    alpha: float = Field(default=ALPHA, ge=0.0, le=1.0)
+    normalisation: Literal["zscore", "minmax"] = ROUTER.normalisation
+    encoder: str = ENCODER
+    pooling: Literal["auto", "mean", "last", "cls"] = ROUTER.pooling
+    max_length: int = Field(default=ROUTER.max_length, ge=8)
     device: str = "cpu"
     fine_tune: bool = False
-    encoder_lr: float = Field(default=2e-5, gt=0)
-    hidden: int = Field(default=256, ge=1)
-    layers: int = Field(default=1, ge=0)
-    dropout: float = Field(default=0.1, ge=0.0, lt=1.0)
-    learning_rate: float = Field(default=1e-3, gt=0)
-    weight_decay: float = Field(default=1e-2, ge=0)
-    batch_prompts: int = Field(default=64, ge=1)
-    max_epochs: int = Field(default=300, ge=1)
-    patience: int = Field(default=20, ge=1)
+    encoder_lr: float = Field(default=ROUTER.encoder_lr, gt=0)
+    hidden: int = Field(default=ROUTER.hidden, ge=1)
+    layers: int = Field(default=ROUTER.layers, ge=0)
+    dropout: float = Field(default=ROUTER.dropout, ge=0.0, lt=1.0)
+    learning_rate: float = Field(default=ROUTER.learning_rate, gt=0)
+    weight_decay: float = Field(default=ROUTER.weight_decay, ge=0)
+    batch_prompts: int = Field(default=ROUTER.batch_prompts, ge=1)
+    max_epochs: int = Field(default=ROUTER.max_epochs, ge=1)
+    patience: int = Field(default=ROUTER.patience, ge=1)
     # Early stopping split, inside the training prompts.
-    val_fraction: float = Field(default=0.15, ge=0.0, lt=1.0)
+    val_fraction: float = Field(default=ROUTER.val_fraction, ge=0.0, lt=1.0)
     # Calibration prompts held out to measure the router against the baselines (report metrics).
-    test_fraction: float = Field(default=0.2, ge=0.0, le=0.5)
+    test_fraction: float = Field(default=ROUTER.test_fraction, ge=0.0, le=0.5)
     # After measuring, train the router that routes on every calibration prompt (more data).
     refit: bool = True
 
@@ -223,12 +225,12 @@ class RoutingConfig(_Section):
 
 
 class BaselinesConfig(_Section):
-    car_beta: float = Field(default=3.0, ge=0.0)
-    mix_share: float = Field(default=0.2, ge=0.0, le=1.0)
+    car_beta: float = Field(default=CAR_BETA, ge=0.0)
+    mix_share: float = Field(default=MIX_SHARE, ge=0.0, le=1.0)
     # Mix blends the strong teacher with this one; default: the teacher with the best CAR other
     # than the strong one.
     mix_weak: str | None = None
-    knn_k: int = Field(default=10, ge=1)
+    knn_k: int = Field(default=KNN_K, ge=1)
 
 
 class OutputConfig(_Section):
@@ -440,6 +442,24 @@ class Config(_Section):
         """The teachers of the student's family (`student.family`), for the Family-Strong baseline."""
         fam = self.student.family
         return [] if fam is None else [t.name for t in self.teachers if t.family == fam]
+
+    def default_strategies(self, oracle: bool = False) -> list[str]:
+        """The strategies built and compared when none are named (persyn.defaults): family-strong
+        when a teacher shares the student's family, the full oracle only with `oracle`."""
+        return default_strategies(bool(self.family_teachers()), oracle)
+
+    def baseline_settings(self) -> dict[str, Any]:
+        """The keyword arguments of `persyn.router.baselines.build_baselines` this config sets
+        (the same for the report's measurement and the strategies' datasets)."""
+        b = self.baselines
+        return {
+            "seed": self.seed,
+            "car_beta": b.car_beta,
+            "mix_share": b.mix_share,
+            "mix_weak": b.mix_weak,
+            "knn_k": b.knn_k,
+            "family": self.family_teachers(),
+        }
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

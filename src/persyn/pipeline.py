@@ -36,6 +36,7 @@ from rich.console import Console
 
 from persyn.config import Config, load_config
 from persyn.executors import Executor, make_executor
+from persyn.stages import RUN_ORDER, STAGES
 from persyn.stages.context import RunContext, StageError
 from persyn.store import RunStore
 from persyn.util.progress import Progress, quiet_libraries, stderr_console
@@ -155,6 +156,7 @@ class Pipeline:
                     self.ui,
                     retry_failed=self.retry_failed,
                     on_commit=self.on_commit,
+                    stages=STAGES,
                 )
                 self.ingested = ingest(ctx, prompt_set)
                 self.ui.say(f"[dim]prompts[/] {self.ingested.summary()}")
@@ -194,6 +196,13 @@ class Pipeline:
         with quiet_libraries(datasets=datasets):
             return self.ctx.run_stage(name, **options)
 
+    def _run_order_stage(self, name: str):
+        # The report stage draws figures with matplotlib only, and runs outside the quiet block as
+        # `report()` does; the export writes datasets (the datasets library's bars are silenced).
+        if name == "report":
+            return self.report()
+        return self._stage(name, datasets=name == "export")
+
     def calibrate(self):
         """Choose the calibration subset and have every teacher answer it -> CalibrationResult."""
         return self._stage("calibrate")
@@ -222,10 +231,9 @@ class Pipeline:
         """Write <run>/report/index.html; returns its path."""
         return self.ctx.run_stage("report")
 
-    def strategies(
-        self, names: list[str] | str = ("persyn", "strong", "random", "mix", "car"), *, oracle: bool = False
-    ):
-        """Baseline datasets from this run -> {name: StrategyResult}; refreshes the report."""
+    def strategies(self, names: list[str] | str | None = None, *, oracle: bool = False):
+        """Baseline datasets from this run -> {name: StrategyResult}; refreshes the report. Default:
+        the config's default set (`Config.default_strategies`, the same as `persyn strategies`)."""
         results = self._stage("strategies", datasets=True, names=names, oracle=oracle)
         self.report()
         return results
@@ -287,13 +295,9 @@ class Pipeline:
         t0 = time.perf_counter()
         ctx = self.ctx
         before = _responses(ctx)
-        cal = self.calibrate()
-        self.score()
-        router = self.train_router()
-        self.route()
-        self.generate()
-        exp = self.export()
-        report = self.report()
+        # The stages of `persyn run`, in RUN_ORDER (stages/__init__.py): a stage registered there runs.
+        done = {name: self._run_order_stage(name) for name in RUN_ORDER}
+        cal, router, exp, report = done["calibrate"], done["train-router"], done["export"], done["report"]
         counts = ctx.store.response_counts()
         gks = set(ctx.gen_keys().values())
         held = sum(r["ok"] + r["error"] for r in counts if r["gen_key"] in gks)

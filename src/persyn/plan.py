@@ -237,11 +237,12 @@ def make_plan(config: Config, *, skip_bad_rows: bool | None = None) -> Plan:
 def _read_run(config: Config) -> dict[str, Any]:
     """What an existing run directory tells the plan, read through a read-only run context (its
     keys are the ones the run remembered; nothing is loaded or written). Empty when there is none."""
+    from persyn.stages import STAGES
     from persyn.stages.context import RunContext, StageError
     from persyn.store import StoreError
 
     try:
-        ctx = RunContext.read_only(config)
+        ctx = RunContext.read_only(config, STAGES)
     except StoreError:
         return {}
     if ctx is None:

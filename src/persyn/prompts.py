@@ -398,15 +398,8 @@ def load_prompts(
     report = LoadReport(path=shown, format=fmt, unit=unit)
     own_fields = {f.split(".")[0] for f in (prompt_field, answer_field, id_field) if f}
 
-    prompts: list[Prompt] = []
-    # id -> (index in prompts, line); normalised text -> index; index -> duplicate lines/ids
-    by_id: dict[str, tuple[int, int]] = {}
-    by_text: dict[str, int] = {}
-    dups: dict[int, tuple[list[int], list[str]]] = {}
-    answer_lines: dict[int, int] = {}  # index -> line of the answer kept, when copies disagreed
-    # Without id_field: a row's own "id" value -> (normalised text, line), to refuse one id on two texts.
-    row_ids: dict[str, tuple[str, int]] = {}
-
+    rows = _Rows(shown, unit, prompt_field, answer_field, id_field)
+    prompts = rows.prompts
     try:
         for line, row, raw in readers[fmt](p):
             if row is None:
@@ -416,52 +409,11 @@ def load_prompts(
             try:
                 if isinstance(row, _Bad):
                     raise row
-                text = _prompt_text(_lookup(row, prompt_field), prompt_field)
-                answer = _answer_text(_lookup(row, answer_field), answer_field) if answer_field else None
-                norm = normalise_text(text)
-                pid = _id_text(_lookup(row, id_field), id_field) if id_field else text_id(text)
-                seen = by_id.get(pid)
-                if seen is not None and normalise_text(prompts[seen[0]].text) != norm:
-                    raise _Bad(
-                        "id_conflict", f"id {pid!r} is already used at {unit} {seen[1]} for another text"
-                    )
-                row_id = None if id_field else _row_id(row)
-                if row_id is not None and row_id in row_ids and row_ids[row_id][0] != norm:
-                    raise _Bad(
-                        "id_conflict",
-                        f"id {row_id!r} (field 'id') is already used at {unit} {row_ids[row_id][1]} for "
-                        "another text; ids are provenance: give each prompt its own",
-                    )
-                first = seen[0] if seen is not None else by_text.get(norm)
-                if first is not None:
-                    kept = prompts[first]
-                    if kept.answer != answer:
-                        if kept.answer is not None and answer is not None:
-                            raise _Bad(
-                                "answer_conflict",
-                                f"same prompt as {unit} {_line_of(kept)} with a different answer "
-                                f"({answer!r} vs {kept.answer!r})",
-                            )
-                        # One copy has a reference answer, the other none: one prompt, with it.
-                        if answer is not None:
-                            prompts[first] = replace(kept, answer=answer)
-                        answer_lines.setdefault(first, line if answer is not None else _line_of(kept))
-                    lines, ids = dups.setdefault(first, ([], []))
-                    lines.append(line)
-                    ids.append(pid)
-                    if row_id is not None:
-                        row_ids.setdefault(row_id, (norm, line))
-                    continue
+                added = rows.add(line, row, own_fields)
             except _Bad as bad:
                 report.bad_rows.append(BadRow(line, bad.kind, bad.reason, _excerpt(raw)))
                 continue
-            if row_id is not None:
-                row_ids.setdefault(row_id, (norm, line))
-            meta = {k: v for k, v in row.items() if k not in own_fields}
-            by_id[pid] = (len(prompts), line)
-            by_text[norm] = len(prompts)
-            prompts.append(Prompt(pid, text, answer, f"{shown}:{line}", _json_safe(meta)))
-            if limit is not None and len(prompts) >= limit:
+            if added and limit is not None and len(prompts) >= limit:
                 report.stopped_at_limit = True
                 break
     except UnicodeDecodeError as e:
@@ -469,10 +421,10 @@ def load_prompts(
     except csv.Error as e:
         raise PromptSetError(shown, f"malformed CSV: {e}") from e
 
-    for idx, (lines, ids) in dups.items():
+    for idx, (lines, ids) in rows.dups.items():
         pr = prompts[idx]
         report.duplicates.append(
-            DuplicateGroup(pr.id, _line_of(pr), tuple(lines), tuple(ids), answer_lines.get(idx))
+            DuplicateGroup(pr.id, _line_of(pr), tuple(lines), tuple(ids), rows.answer_lines.get(idx))
         )
     report.n_prompts = len(prompts)
     report.n_with_answer = sum(pr.answer is not None for pr in prompts)
@@ -492,6 +444,75 @@ def load_prompts(
         )
         raise PromptSetError(shown, reason + hint, report.bad_rows, unit)
     return PromptSet(prompts, report)
+
+
+class _Rows:
+    """The prompts read so far, and what finds a row's earlier copy: by id, by normalised text."""
+
+    def __init__(
+        self, shown: str, unit: str, prompt_field: str, answer_field: str | None, id_field: str | None
+    ):
+        self.shown, self.unit = shown, unit
+        self.prompt_field, self.answer_field, self.id_field = prompt_field, answer_field, id_field
+        self.prompts: list[Prompt] = []
+        # id -> (index in prompts, line); normalised text -> index; index -> duplicate lines/ids
+        self.by_id: dict[str, tuple[int, int]] = {}
+        self.by_text: dict[str, int] = {}
+        self.dups: dict[int, tuple[list[int], list[str]]] = {}
+        self.answer_lines: dict[int, int] = {}  # index -> line of the answer kept, when copies disagreed
+        # Without id_field: a row's own "id" value -> (normalised text, line), to refuse one id on two texts.
+        self.row_ids: dict[str, tuple[str, int]] = {}
+
+    def add(self, line: int, row: dict, own_fields: set[str]) -> bool:
+        """Add the row as a new prompt (True) or merge it into its earlier copy (False); raises
+        `_Bad` for a malformed row or one that conflicts with an earlier one."""
+        unit, prompts = self.unit, self.prompts
+        text = _prompt_text(_lookup(row, self.prompt_field), self.prompt_field)
+        answer = (
+            _answer_text(_lookup(row, self.answer_field), self.answer_field) if self.answer_field else None
+        )
+        norm = normalise_text(text)
+        pid = _id_text(_lookup(row, self.id_field), self.id_field) if self.id_field else text_id(text)
+        seen = self.by_id.get(pid)
+        if seen is not None and normalise_text(prompts[seen[0]].text) != norm:
+            raise _Bad("id_conflict", f"id {pid!r} is already used at {unit} {seen[1]} for another text")
+        row_id = None if self.id_field else _row_id(row)
+        if row_id is not None and row_id in self.row_ids and self.row_ids[row_id][0] != norm:
+            raise _Bad(
+                "id_conflict",
+                f"id {row_id!r} (field 'id') is already used at {unit} {self.row_ids[row_id][1]} for "
+                "another text; ids are provenance: give each prompt its own",
+            )
+        first = seen[0] if seen is not None else self.by_text.get(norm)
+        if first is not None:
+            self._merge(first, line, answer, pid)
+            if row_id is not None:
+                self.row_ids.setdefault(row_id, (norm, line))
+            return False
+        if row_id is not None:
+            self.row_ids.setdefault(row_id, (norm, line))
+        meta = {k: v for k, v in row.items() if k not in own_fields}
+        self.by_id[pid] = (len(prompts), line)
+        self.by_text[norm] = len(prompts)
+        prompts.append(Prompt(pid, text, answer, f"{self.shown}:{line}", _json_safe(meta)))
+        return True
+
+    def _merge(self, first: int, line: int, answer: str | None, pid: str) -> None:
+        kept = self.prompts[first]
+        if kept.answer != answer:
+            if kept.answer is not None and answer is not None:
+                raise _Bad(
+                    "answer_conflict",
+                    f"same prompt as {self.unit} {_line_of(kept)} with a different answer "
+                    f"({answer!r} vs {kept.answer!r})",
+                )
+            # One copy has a reference answer, the other none: one prompt, with it.
+            if answer is not None:
+                self.prompts[first] = replace(kept, answer=answer)
+            self.answer_lines.setdefault(first, line if answer is not None else _line_of(kept))
+        lines, ids = self.dups.setdefault(first, ([], []))
+        lines.append(line)
+        ids.append(pid)
 
 
 def _row_id(row: dict) -> str | None:

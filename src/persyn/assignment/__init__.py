@@ -5,18 +5,8 @@ Modules: `solve` (`route_prompts`: checks the limits and picks a solver, `Routin
 This file only re-exports the package's public names.
 """
 
-from persyn.assignment.solve import (
-    RoutingInfeasibleError,
-    RoutingResult,
-    TeacherCap,
-    cost_per_prompt,
-    route_prompts,
-)
+# The modules' own __all__ lists are the one list of the package's public names.
+from persyn.assignment import solve
+from persyn.assignment.solve import *  # noqa: F403
 
-__all__ = [
-    "RoutingInfeasibleError",
-    "RoutingResult",
-    "TeacherCap",
-    "cost_per_prompt",
-    "route_prompts",
-]
+__all__ = solve.__all__

@@ -191,17 +191,8 @@ def route_prompts(
     teacher names, a cost limit without a cost).
     """
     t0 = time.perf_counter()
-    S = np.asarray(scores, dtype=np.float64)
     names = list(teachers)
-    if S.ndim != 2 or S.shape[1] != len(names):
-        raise ValueError(f"scores must be n_prompts x {len(names)} teachers, got shape {S.shape}")
-    if len(set(names)) != len(names):
-        raise ValueError(f"teacher names repeat: {names}")
-    if not np.isfinite(S).all():
-        bad = np.argwhere(~np.isfinite(S))[0]
-        raise ValueError(
-            f"scores must be finite; prompt {bad[0]} teacher {names[bad[1]]!r} is {S[tuple(bad)]}"
-        )
+    S = _checked_scores(scores, names)
     caps = dict(caps or {})
     costs_map = dict(cost_per_prompt or {})
     for label, mapping in (("caps", caps), ("cost_per_prompt", costs_map)):
@@ -209,23 +200,7 @@ def route_prompts(
         if unknown:
             raise ValueError(f"{label} name unknown teacher(s) {unknown}; teachers are {names}")
     n, T = S.shape
-
-    cost = None
-    needs_cost = budget is not None or any(c.max_cost is not None for c in caps.values())
-    if needs_cost or costs_map:
-        missing = (
-            [t for t in names if t not in costs_map]
-            if budget is not None
-            else [t for t, c in caps.items() if c.max_cost is not None and t not in costs_map]
-        )
-        if missing:
-            why = "a budget" if budget is not None else "max_cost"
-            raise ValueError(f"{why} needs cost_per_prompt for teacher(s) {missing}")
-        cost = np.array([float(costs_map.get(t, 0.0)) for t in names])
-        if (cost < 0).any() or not np.isfinite(cost).all():
-            raise ValueError(
-                f"cost_per_prompt must be finite and >= 0, got {dict(zip(names, cost, strict=True))}"
-            )
+    cost = _cost_vector(names, caps, costs_map, budget)
 
     cap, reasons = _count_caps(names, caps, cost, n)
     _check_feasible(names, cap, reasons, n)
@@ -278,6 +253,43 @@ def route_prompts(
 
 
 # ----------------------------------------------------------------------------- limits
+
+
+def _checked_scores(scores: np.ndarray, names: list[str]) -> np.ndarray:
+    S = np.asarray(scores, dtype=np.float64)
+    if S.ndim != 2 or S.shape[1] != len(names):
+        raise ValueError(f"scores must be n_prompts x {len(names)} teachers, got shape {S.shape}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"teacher names repeat: {names}")
+    if not np.isfinite(S).all():
+        bad = np.argwhere(~np.isfinite(S))[0]
+        raise ValueError(
+            f"scores must be finite; prompt {bad[0]} teacher {names[bad[1]]!r} is {S[tuple(bad)]}"
+        )
+    return S
+
+
+def _cost_vector(
+    names: list[str], caps: Mapping[str, TeacherCap], costs_map: Mapping[str, float], budget: float | None
+) -> np.ndarray | None:
+    """Cost per prompt in teacher order (None when no limit needs it and none was given)."""
+    needs_cost = budget is not None or any(c.max_cost is not None for c in caps.values())
+    if not (needs_cost or costs_map):
+        return None
+    missing = (
+        [t for t in names if t not in costs_map]
+        if budget is not None
+        else [t for t, c in caps.items() if c.max_cost is not None and t not in costs_map]
+    )
+    if missing:
+        why = "a budget" if budget is not None else "max_cost"
+        raise ValueError(f"{why} needs cost_per_prompt for teacher(s) {missing}")
+    cost = np.array([float(costs_map.get(t, 0.0)) for t in names])
+    if (cost < 0).any() or not np.isfinite(cost).all():
+        raise ValueError(
+            f"cost_per_prompt must be finite and >= 0, got {dict(zip(names, cost, strict=True))}"
+        )
+    return cost
 
 
 def _count_caps(

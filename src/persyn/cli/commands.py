@@ -28,6 +28,7 @@ from persyn.cli.common import (
 )
 from persyn.cli.router import router_app
 from persyn.cli.student import register_student_commands
+from persyn.defaults import DEFAULT_STRATEGIES, STRATEGIES
 from persyn.util.errors import PersynError
 
 app = typer.Typer(
@@ -294,16 +295,18 @@ def print_summary(s) -> None:
 @app.command()
 def strategies(
     config: Path = _CONFIG,
-    names: str = typer.Option(
-        "persyn,strong,random,mix,car,oracle",
+    names: str | None = typer.Option(
+        None,
         "--strategies",
-        help="Comma-separated: persyn, strong, family-strong, random, mix, car, oracle.",
+        help=f"Comma-separated, from: {', '.join(STRATEGIES)} (default: {', '.join(DEFAULT_STRATEGIES)}, "
+        "and family-strong when a teacher shares the student's family).",
     ),
     oracle: bool = typer.Option(
         False,
         "--oracle",
         help="Full oracle: every teacher answers and is scored on every prompt (Generate-then-Select "
-        "cost). Without it the oracle dataset covers the calibration prompts only.",
+        "cost); joins the default set. Without it, an oracle named in --strategies covers the "
+        "calibration prompts only.",
     ),
     force: bool = typer.Option(False, "--force", help=FORCE_HELP),
     retry_failed: bool = typer.Option(False, "--retry-failed", help=RETRY_HELP),
@@ -315,7 +318,7 @@ def strategies(
     from persyn.stages.strategies import parse_strategies
 
     try:
-        wanted = parse_strategies(names)
+        wanted = None if names is None else parse_strategies(names)
         with _pipeline(config, force=force, retry_failed=retry_failed, overrides=overrides) as pipe:
             results = pipe.strategies(wanted, oracle=oracle)
     except PersynError as exc:

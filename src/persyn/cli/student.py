@@ -9,10 +9,11 @@ from pathlib import Path
 import typer
 
 from persyn.cli.common import _CONFIG, SET_HELP, _err, _out, _pipeline, _report_error
+from persyn.defaults import DEFAULT_STRATEGIES, STRATEGIES
 from persyn.util.errors import PersynError
 
 RETRAIN_HELP = "Train again although a finished (or differently configured) student is in the folder."
-STRATEGY_NAMES = "persyn, strong, family-strong, mix, car, random, oracle"
+STRATEGY_NAMES = ", ".join(STRATEGIES)
 
 
 def _interval(d: dict) -> str:
@@ -105,7 +106,7 @@ def compare(
     strategies: str | None = typer.Option(
         None,
         "--strategies",
-        help=f"Comma-separated, from: {STRATEGY_NAMES} (default: persyn, strong, mix, car, random, and "
+        help=f"Comma-separated, from: {STRATEGY_NAMES} (default: {', '.join(DEFAULT_STRATEGIES)}, and "
         "family-strong when a teacher shares the student's family).",
     ),
     oracle: bool = typer.Option(

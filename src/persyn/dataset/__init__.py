@@ -5,22 +5,8 @@ their provenance), `formats` (one writer per format), `card` (the data card).
 This file only re-exports the package's public names.
 """
 
-from persyn.dataset.export import (
-    FORMATS,
-    DataCard,
-    ExportError,
-    ExportRecord,
-    export_dataset,
-    render_card,
-    scrub_secrets,
-)
+# The modules' own __all__ lists are the one list of the package's public names.
+from persyn.dataset import export
+from persyn.dataset.export import *  # noqa: F403
 
-__all__ = [
-    "FORMATS",
-    "DataCard",
-    "ExportError",
-    "ExportRecord",
-    "export_dataset",
-    "render_card",
-    "scrub_secrets",
-]
+__all__ = export.__all__

@@ -7,32 +7,8 @@ IFEval constraints), `project` (the folder `persyn demo` writes).
 This file only re-exports the package's public names.
 """
 
-from persyn.demo.bundled import (
-    EVAL_RESERVE_PER_CATEGORY,
-    INSTRUCTION_CATEGORIES,
-    MathProblem,
-    demo_eval_prompts,
-    demo_prompts,
-    fewshot_template,
-    format_number,
-    generate_math_problems,
-    load_instructions,
-    split_instructions,
-    write_demo_prompts,
-    write_jsonl,
-)
+# The modules' own __all__ lists are the one list of the package's public names.
+from persyn.demo import bundled
+from persyn.demo.bundled import *  # noqa: F403
 
-__all__ = [
-    "EVAL_RESERVE_PER_CATEGORY",
-    "INSTRUCTION_CATEGORIES",
-    "MathProblem",
-    "demo_eval_prompts",
-    "demo_prompts",
-    "fewshot_template",
-    "format_number",
-    "generate_math_problems",
-    "load_instructions",
-    "split_instructions",
-    "write_demo_prompts",
-    "write_jsonl",
-]
+__all__ = bundled.__all__

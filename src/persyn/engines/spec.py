@@ -16,6 +16,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from persyn.defaults import DType
+
 EngineKind = Literal["transformers", "vllm", "openai"]
 
 
@@ -36,7 +38,7 @@ class EngineSpec(BaseModel):
     system_prompt: str | None = None
     # Judge prompt for `score` with a causal LM; must contain {prompt} and {response}.
     judge_template: str | None = None
-    dtype: Literal["auto", "bfloat16", "float32", "float16"] = "auto"
+    dtype: DType = "auto"
     device: str = "auto"
     batch_size: int = Field(default=8, ge=1)
     max_model_len: int | None = Field(default=None, ge=16)

@@ -1,7 +1,7 @@
 """Executors: where model work runs. The pipeline driver hands a `Job` to an executor and writes
 the `BatchResult`s it yields to the store; executors never open the store.
 
-    executor = make_executor(config.executor)
+    executor = make_executor(config.executor)      # executors/factory.py
     fp = executor.fingerprint(spec)                 # the engine's identity (loads it if needed)
     for batch in executor.run(Job("calibrate/qwen", spec, "generate", items, params, batch_size=32)):
         store.put_responses(rows_from(batch))       # the driver: one transaction per batch
@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -43,7 +43,7 @@ from persyn.engines.base import (
 from persyn.engines.spec import EngineSpec
 
 if TYPE_CHECKING:
-    from persyn.config import ExecutorConfig
+    pass
 
 __all__ = [
     "BatchResult",
@@ -54,7 +54,6 @@ __all__ = [
     "Verb",
     "WorkItem",
     "engine_description",
-    "make_executor",
     "run_batch",
 ]
 
@@ -141,24 +140,6 @@ class Executor(ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def make_executor(config: ExecutorConfig, roles: Mapping[str, EngineSpec] | None = None) -> Executor:
-    """The executor `config` names. `roles` (`Config.engine_roles()`: teacher names, student,
-    judge or reward -> spec) lets the Ray executor give each model the resources of its pool."""
-    if config.kind == "local":
-        from persyn.executors.local import LocalExecutor
-
-        return LocalExecutor(max_loaded=config.max_loaded_engines)
-    if config.kind == "ray":
-        try:
-            from persyn.executors.ray import RayExecutor
-        except ImportError as exc:
-            from persyn.config import ConfigError
-
-            raise ConfigError(f"executor.kind 'ray' needs Ray: `pip install 'persyn[ray]'` ({exc})") from exc
-        return RayExecutor(config, roles)
-    raise ValueError(f"unknown executor kind {config.kind!r}")
 
 
 def engine_description(engine: Engine, spec: EngineSpec) -> dict[str, Any]:

@@ -297,6 +297,7 @@ def _plot_regret(
     save(fig, path)
 
 
+# long: one figure drawn in order (stacked bars, the GtS marks, labels); its parts share the axes
 def _plot_cost(data: ReportData, path: Path) -> None:
     teachers = list(dict.fromkeys([*(r.teacher for r in data.ledger), *data.gts]))
     stages = list(dict.fromkeys(r.stage for r in data.ledger))
@@ -397,6 +398,7 @@ def _truncate(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[:limit].rstrip() + f" … [{len(text):,} chars]"
 
 
+# long: the template's one flat namespace, section by section; split, its names would scatter
 def _context(data: ReportData, figures: dict[str, str | None]) -> dict[str, Any]:
     ours = _router_name(data)
     names = list(data.router_metrics)

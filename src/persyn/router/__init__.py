@@ -1,9 +1,9 @@
 """The router: prompt encoder + Bradley-Terry coefficient head, its baselines, metrics and files.
 
 Modules: `encoders` (MiniLM or any HF model, embedding cache), `model` (head, training, splits),
-`baselines` (random, strongest, CAR, Mix, kNN, oracle), `metrics`, `matrix` (import score files),
-`io` (safetensors + JSON), `synthetic` (test data). The `persyn router train|eval` commands
-are in `persyn.cli.router`.
+`baselines` (random, strongest, CAR, Mix, family-strong, kNN, oracle, and `build_baselines`, the one
+function that fits them), `metrics`, `matrix` (import score files), `io` (safetensors + JSON). The
+`persyn router train|eval` commands are in `persyn.cli.router`.
 
 Names are imported lazily, so `import persyn.cli.router` (the CLI) does not pay for torch.
 """
@@ -17,14 +17,18 @@ __all__, __getattr__, __dir__ = lazy_exports(
     {
         ".base": ["Router"],
         ".baselines": [
+            "Baselines",
             "CARRouter",
+            "FixedRouter",
             "KNNRouter",
             "MixRouter",
             "OracleError",
             "OracleRouter",
             "RandomRouter",
             "StrongestRouter",
+            "build_baselines",
             "car_scores",
+            "mix_weak_teacher",
         ],
         ".encoders": [
             "DEFAULT_ENCODER",

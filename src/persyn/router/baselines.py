@@ -1,4 +1,10 @@
-"""Baselines with the router's interface: random, strongest, CAR, Mix, kNN, oracle (docs/method.md).
+"""Baselines with the router's interface: random, strongest, CAR, Mix, family-strong, kNN, oracle
+(docs/method.md).
+
+`build_baselines` is the one place that fits them from calibration matrices: the report's
+measurement (stage train-router), the strategies' datasets (stage strategies, `persyn compare`) and
+`persyn router eval` all call it, so the "weak teacher for Mix" and the Family-Strong pick are made
+once, and a new baseline added there reaches all three.
 
 Fitted baselines learn from the calibration matrices (n_calib x n_teachers, NaN = missing):
 quality `r_q`, learnability `r_l` (mean log-likelihood) and combined labels `r`.
@@ -9,10 +15,12 @@ whatever batch or order it arrives in, so a resumed run routes exactly as a clea
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 
+from persyn.defaults import CAR_BETA, KNN_K, MIX_SHARE
 from persyn.router.base import Router
 from persyn.router.encoders import EmbeddingCache, PromptEncoder, embed_prompts
 
@@ -84,7 +92,7 @@ class StrongestRouter(FixedRouter):
         super().__init__(teachers, _nanmean_columns(quality, "quality", teachers), "strongest")
 
 
-def car_scores(quality: np.ndarray, learnability: np.ndarray, beta: float = 3.0) -> np.ndarray:
+def car_scores(quality: np.ndarray, learnability: np.ndarray, beta: float = CAR_BETA) -> np.ndarray:
     """CAR = r / (1 + beta * L) per teacher.
 
     r is the teacher's mean quality after min-max scaling *all* calibration quality scores to [0, 1]
@@ -105,7 +113,7 @@ class CARRouter(FixedRouter):
     """Compatibility-adjusted reward: the single teacher with the highest CAR writes everything."""
 
     def __init__(
-        self, teachers: Sequence[str], quality: np.ndarray, learnability: np.ndarray, beta: float = 3.0
+        self, teachers: Sequence[str], quality: np.ndarray, learnability: np.ndarray, beta: float = CAR_BETA
     ):
         if beta < 0:
             raise ValueError(f"CAR beta must be >= 0, got {beta}")
@@ -121,7 +129,9 @@ class MixRouter(Router):
 
     name = "mix"
 
-    def __init__(self, teachers: Sequence[str], strong: str, weak: str, share: float = 0.2, seed: int = 0):
+    def __init__(
+        self, teachers: Sequence[str], strong: str, weak: str, share: float = MIX_SHARE, seed: int = 0
+    ):
         if not 0.0 <= share <= 1.0:
             raise ValueError(f"Mix share must be in [0, 1], got {share}")
         self.teachers = list(teachers)
@@ -149,7 +159,7 @@ class KNNRouter(Router):
         teachers: Sequence[str],
         embeddings: np.ndarray,
         labels: np.ndarray,
-        k: int = 10,
+        k: int = KNN_K,
         encoder: PromptEncoder | None = None,
         cache: EmbeddingCache | None = None,
     ):
@@ -221,6 +231,162 @@ class OracleRouter(Router):
                 raise OracleError(f"oracle needs every teacher's label; prompt {i} lacks {missing}")
             out[i] = row
         return out
+
+
+@dataclass
+class Calibration:
+    """What the baselines are fitted on: the calibration matrices (n_calib x n_teachers, NaN =
+    missing; None = not available), the prompts' embeddings, the settings, and the baselines
+    fitted before this one (Mix reads strongest and CAR)."""
+
+    teachers: list[str]
+    quality: np.ndarray | None
+    learnability: np.ndarray | None
+    labels: np.ndarray | None
+    embeddings: np.ndarray | None
+    seed: int = 0
+    car_beta: float = CAR_BETA
+    mix_share: float = MIX_SHARE
+    mix_weak: str | None = None
+    knn_k: int = KNN_K
+    family: Collection[str] = ()
+    fitted: dict[str, Router] = field(default_factory=dict)
+
+    def need(self, what: str) -> np.ndarray:
+        """The matrix `what` ("quality", "learnability", "labels", "embeddings"), or Skip."""
+        value = getattr(self, what)
+        if value is None:
+            raise Skip(f"no {what}" + (" scores" if what in ("quality", "learnability") else ""))
+        return value
+
+
+class Skip(Exception):
+    """A baseline these inputs do not allow; the message says why (it becomes a note)."""
+
+
+class NotApplicable(Exception):
+    """A baseline that does not apply to this pool (Family-Strong without a family): no note."""
+
+
+@dataclass
+class Baselines:
+    """What `build_baselines` fitted: name -> router (in `BASELINES` order), and a note per
+    baseline it could not fit (why)."""
+
+    routers: dict[str, Router] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def mix_pair(self) -> tuple[str, str] | None:
+        """Mix's (strong, weak) teachers, when Mix was fitted."""
+        mix = self.routers.get("mix")
+        if not isinstance(mix, MixRouter):
+            return None
+        return mix.teachers[mix.strong], mix.teachers[mix.weak]
+
+    def skipped(self, name: str) -> str:
+        """The note that says why `name` was not fitted (for an error message)."""
+        return next(
+            (n for n in self.notes if n.startswith(f"baseline {name} ")), f"baseline {name} not fitted"
+        )
+
+
+def mix_weak_teacher(teachers: Sequence[str], strong: str, rank: np.ndarray) -> str | None:
+    """The weak teacher for Mix: the best of `rank` (CAR where it could be computed, else mean
+    quality) other than the strong one; None with a single teacher."""
+    order = np.argsort(-np.asarray(rank, dtype=np.float64), kind="stable")
+    return next((teachers[i] for i in order if teachers[i] != strong), None)
+
+
+def _random(c: Calibration) -> Router:
+    return RandomRouter(c.teachers, seed=c.seed)
+
+
+def _strongest(c: Calibration) -> Router:
+    return StrongestRouter(c.teachers, c.need("quality"))
+
+
+def _car(c: Calibration) -> Router:
+    return CARRouter(c.teachers, c.need("quality"), c.need("learnability"), beta=c.car_beta)
+
+
+def _mix(c: Calibration) -> Router:
+    """`mix_share` to the strongest, the rest to `mix_weak`: by default the best CAR teacher other
+    than the strongest (best mean quality when CAR could not be fitted)."""
+    strong = c.fitted.get("strongest")
+    if not isinstance(strong, StrongestRouter):
+        raise Skip("it needs the strongest teacher")
+    car = c.fitted.get("car")
+    rank = car.teacher_scores if isinstance(car, CARRouter) else strong.teacher_scores
+    weak = c.mix_weak or mix_weak_teacher(c.teachers, strong.choice, rank)
+    if weak is None or weak == strong.choice:
+        raise Skip(f"it needs two teachers, but the weak one is the strong one, {weak}")
+    return MixRouter(c.teachers, strong.choice, weak, share=c.mix_share, seed=c.seed)
+
+
+def _family_strong(c: Calibration) -> Router:
+    """The strongest teacher among those of the student's family (`family`)."""
+    strong = c.fitted.get("strongest")
+    fam = set(c.family)
+    if not fam & set(c.teachers):
+        raise NotApplicable
+    if not isinstance(strong, StrongestRouter):
+        raise Skip("it needs the strongest teacher")
+    means = np.where([t in fam for t in c.teachers], strong.teacher_scores, -np.inf)
+    return FixedRouter(c.teachers, means, "family-strong")
+
+
+def _knn(c: Calibration) -> Router:
+    if c.labels is None or c.embeddings is None:
+        raise NotApplicable  # no labels or embeddings given: not asked for
+    return KNNRouter(c.teachers, c.embeddings, c.labels, k=c.knn_k)
+
+
+#: Every baseline, name -> how to fit it from the calibration, in the report's order (a fitter may
+#: read the ones before it). Adding a baseline is a `Router` subclass and one entry here: the
+#: report's measurement, the strategies and `persyn router eval` all build from this table.
+BASELINES: dict[str, Callable[[Calibration], Router]] = {
+    "random": _random,
+    "strongest": _strongest,
+    "car": _car,
+    "mix": _mix,
+    "family-strong": _family_strong,
+    "knn": _knn,
+}
+
+
+def build_baselines(
+    teachers: Sequence[str],
+    quality: np.ndarray | None,
+    learnability: np.ndarray | None = None,
+    labels: np.ndarray | None = None,
+    embeddings: np.ndarray | None = None,
+    *,
+    seed: int = 0,
+    car_beta: float = CAR_BETA,
+    mix_share: float = MIX_SHARE,
+    mix_weak: str | None = None,
+    knn_k: int = KNN_K,
+    family: Collection[str] = (),
+) -> Baselines:
+    """Every baseline of `BASELINES` these calibration matrices allow (n_calib x n_teachers, NaN =
+    missing): random always; strongest and family-strong need `quality`; CAR `learnability` too;
+    kNN the combined `labels` and the prompts' `embeddings`. One that cannot be fitted (a teacher
+    without any score, ...) is left out with a note. The oracle is not fitted here: it is the true
+    labels of the prompts being evaluated."""
+    c = Calibration(
+        list(teachers), quality, learnability, labels, embeddings,
+        seed=seed, car_beta=car_beta, mix_share=mix_share, mix_weak=mix_weak, knn_k=knn_k, family=family,
+    )  # fmt: skip
+    out = Baselines()
+    for name, fit in BASELINES.items():
+        try:
+            out.routers[name] = c.fitted[name] = fit(c)
+        except NotApplicable:
+            continue
+        except (Skip, ValueError) as exc:
+            out.notes.append(f"baseline {name} skipped: {exc}")
+    return out
 
 
 # ----------------------------------------------------------------------------- strategy names

@@ -21,13 +21,14 @@ from typing import Literal, Protocol, runtime_checkable
 import numpy as np
 import torch
 
+from persyn.defaults import ENCODER, ROUTER
 from persyn.store.keys import digest
 from persyn.util.errors import PersynError
 from persyn.util.hardware import resolve_device, resolve_dtype
 
 Pooling = Literal["auto", "mean", "last", "cls"]
 POOLINGS: tuple[str, ...] = ("auto", "mean", "last", "cls")
-DEFAULT_ENCODER = "zoo:minilm-l6-v2"
+DEFAULT_ENCODER = ENCODER  # persyn.defaults holds it
 
 
 class EncoderError(PersynError, RuntimeError):
@@ -225,8 +226,8 @@ class HFEncoder(PromptEncoder):
 def load_encoder(
     name: str = DEFAULT_ENCODER,
     *,
-    pooling: Pooling = "auto",
-    max_length: int = 256,
+    pooling: Pooling = ROUTER.pooling,
+    max_length: int = ROUTER.max_length,
     device: str = "cpu",
     trust_remote_code: bool = False,
     path: str | None = None,

@@ -167,75 +167,26 @@ def load_score_matrix(path: str | Path) -> ScoreMatrix:
     path = Path(path)
     if not path.is_file():
         raise ScoreFileError(f"{path}: no such file")
-    teachers: dict[str, int] = {}
-    rows: dict[str, dict[str, float | None]] = {}
-    first_line: dict[str, int] = {}
-    seen_cells: dict[tuple[str, str], int] = {}
+    read = _Cells()
     bad: list[BadRow] = []
     layout: str | None = None
-
-    def reject(line: int, msg: str) -> None:
-        bad.append(BadRow(str(path), line, msg))
-
     for line, rec in _records(path):
-        if isinstance(rec, Exception):
-            reject(line, str(rec))
-            continue
-        if not isinstance(rec, dict):
-            reject(line, f"expected an object, got {type(rec).__name__}")
-            continue
-        _, prompt = _first(rec, PROMPT_FIELDS)
-        if not isinstance(prompt, str) or not prompt.strip():
-            reject(line, f"no prompt: need a non-empty string in one of {list(PROMPT_FIELDS)}")
-            continue
-        row_layout = "wide" if "scores" in rec else "long"
-        if layout is None:
-            layout = row_layout
-        elif row_layout != layout:
-            reject(line, f"a {row_layout}-format row in a {layout}-format file")
-            continue
-        if layout == "wide":
-            scores = rec["scores"]
-            if not isinstance(scores, dict) or not scores:
-                reject(line, "'scores' must be a non-empty object of model name -> number")
-                continue
-            if prompt in rows:
-                reject(line, f"duplicate prompt (first on line {first_line[prompt]})")
-                continue
-            try:
-                parsed = {str(m): _score_value(v) for m, v in scores.items()}
-            except ValueError as exc:
-                reject(line, f"'scores': {exc}")
-                continue
-            rows[prompt] = parsed
-            first_line[prompt] = line
-            for m in parsed:
-                teachers.setdefault(m, len(teachers))
-        else:
-            _, model = _first(rec, MODEL_FIELDS)
-            skey, score = _first(rec, SCORE_FIELDS)
-            if not isinstance(model, str) or not model.strip():
-                reject(line, f"no model name: need one of {list(MODEL_FIELDS)}")
-                continue
-            if skey is None:
-                reject(line, f"no score: need one of {list(SCORE_FIELDS)}")
-                continue
-            try:
-                value = _score_value(score)
-            except ValueError as exc:
-                reject(line, f"{skey!r}: {exc}")
-                continue
-            if value is None:
-                reject(line, f"{skey!r} is empty")
-                continue
-            cell = (prompt, model)
-            if cell in seen_cells:
-                reject(line, f"duplicate score for model {model!r} (first on line {seen_cells[cell]})")
-                continue
-            seen_cells[cell] = line
-            rows.setdefault(prompt, {})[model] = value
-            first_line.setdefault(prompt, line)
-            teachers.setdefault(model, len(teachers))
+        try:
+            if isinstance(rec, Exception):
+                raise _Reject(str(rec))
+            if not isinstance(rec, dict):
+                raise _Reject(f"expected an object, got {type(rec).__name__}")
+            _, prompt = _first(rec, PROMPT_FIELDS)
+            if not isinstance(prompt, str) or not prompt.strip():
+                raise _Reject(f"no prompt: need a non-empty string in one of {list(PROMPT_FIELDS)}")
+            row_layout = "wide" if "scores" in rec else "long"
+            layout = layout or row_layout
+            if row_layout != layout:
+                raise _Reject(f"a {row_layout}-format row in a {layout}-format file")
+            (read.wide if layout == "wide" else read.long)(line, rec, prompt)
+        except _Reject as exc:
+            bad.append(BadRow(str(path), line, str(exc)))
+    rows, teachers = read.rows, read.teachers
     if not rows:
         detail = f"; first problem: {bad[0]}" if bad else ""
         raise ScoreFileError(f"{path}: no usable rows{detail}")
@@ -249,3 +200,53 @@ def load_score_matrix(path: str | Path) -> ScoreMatrix:
     if len(names) < 2:
         raise ScoreFileError(f"{path}: routing needs at least two models, found {names}")
     return ScoreMatrix(prompts, names, values, str(path), bad)
+
+
+class _Reject(Exception):
+    """A row left out, and why."""
+
+
+class _Cells:
+    """The scores read so far: prompt -> model -> score, models in order of first appearance."""
+
+    def __init__(self) -> None:
+        self.teachers: dict[str, int] = {}
+        self.rows: dict[str, dict[str, float | None]] = {}
+        self.first_line: dict[str, int] = {}
+        self.seen_cells: dict[tuple[str, str], int] = {}
+
+    def wide(self, line: int, rec: dict, prompt: str) -> None:
+        scores = rec["scores"]
+        if not isinstance(scores, dict) or not scores:
+            raise _Reject("'scores' must be a non-empty object of model name -> number")
+        if prompt in self.rows:
+            raise _Reject(f"duplicate prompt (first on line {self.first_line[prompt]})")
+        try:
+            parsed = {str(m): _score_value(v) for m, v in scores.items()}
+        except ValueError as exc:
+            raise _Reject(f"'scores': {exc}") from None
+        self.rows[prompt] = parsed
+        self.first_line[prompt] = line
+        for m in parsed:
+            self.teachers.setdefault(m, len(self.teachers))
+
+    def long(self, line: int, rec: dict, prompt: str) -> None:
+        _, model = _first(rec, MODEL_FIELDS)
+        skey, score = _first(rec, SCORE_FIELDS)
+        if not isinstance(model, str) or not model.strip():
+            raise _Reject(f"no model name: need one of {list(MODEL_FIELDS)}")
+        if skey is None:
+            raise _Reject(f"no score: need one of {list(SCORE_FIELDS)}")
+        try:
+            value = _score_value(score)
+        except ValueError as exc:
+            raise _Reject(f"{skey!r}: {exc}") from None
+        if value is None:
+            raise _Reject(f"{skey!r} is empty")
+        cell = (prompt, model)
+        if cell in self.seen_cells:
+            raise _Reject(f"duplicate score for model {model!r} (first on line {self.seen_cells[cell]})")
+        self.seen_cells[cell] = line
+        self.rows.setdefault(prompt, {})[model] = value
+        self.first_line.setdefault(prompt, line)
+        self.teachers.setdefault(model, len(self.teachers))

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from persyn.defaults import ROUTER
 from persyn.router.base import Router
 from persyn.router.encoders import (
     DEFAULT_ENCODER,
@@ -146,23 +147,23 @@ def _head_device(head: nn.Module) -> torch.device:
 class TrainConfig:
     """How the router trains. `alpha`/`normalisation` only record how the labels were made."""
 
-    hidden: int = 256
-    layers: int = 1
-    dropout: float = 0.1
-    lr: float = 1e-3
-    weight_decay: float = 1e-2
-    batch_prompts: int = 64
-    max_epochs: int = 300
-    patience: int = 20
-    val_fraction: float = 0.15
+    hidden: int = ROUTER.hidden
+    layers: int = ROUTER.layers
+    dropout: float = ROUTER.dropout
+    lr: float = ROUTER.learning_rate
+    weight_decay: float = ROUTER.weight_decay
+    batch_prompts: int = ROUTER.batch_prompts
+    max_epochs: int = ROUTER.max_epochs
+    patience: int = ROUTER.patience
+    val_fraction: float = ROUTER.val_fraction
     seed: int = 0
     finetune_encoder: bool = False
-    encoder_lr: float = 2e-5
+    encoder_lr: float = ROUTER.encoder_lr
     #: Stop after this many optimiser steps (end-to-end runs on a budget; tests).
     max_steps: int | None = None
     embed_batch_size: int = 64
     alpha: float = DEFAULT_ALPHA
-    normalisation: str = "zscore"
+    normalisation: str = ROUTER.normalisation
 
     def __post_init__(self) -> None:
         if self.hidden < 1 or self.layers < 0 or self.batch_prompts < 1 or self.max_epochs < 1:
@@ -249,14 +250,7 @@ def train_router(
         raise ValueError(f"labels have shape {r.shape}, expected ({len(prompts)}, {len(teachers)})")
     if len(set(teachers)) != len(teachers):
         raise ValueError(f"teacher names must be unique: {teachers}")
-    if encoder is None or isinstance(encoder, str):
-        encoder = load_encoder(encoder or DEFAULT_ENCODER)
-    if cfg.finetune_encoder:
-        # Never mutate the shared (memoised) frozen encoder. Train float32 weights: in bf16 (what
-        # `dtype: auto` loads on some CPUs) AdamW's small updates round away.
-        encoder = copy.deepcopy(encoder)
-        encoder.module.float()
-
+    encoder = _training_encoder(encoder, cfg)
     pairs = make_pairs(r)
     if len(pairs) == 0:
         raise ValueError("no training pairs: every prompt's teachers tie or lack scores")
@@ -267,7 +261,6 @@ def train_router(
     if train_idx.size == 0:
         raise ValueError("no training prompt has a pair; lower val_fraction or add prompts")
     batcher = _PairBatcher(pairs, len(prompts))
-    val_pairs = batcher.gather(val_idx)
 
     t0 = time.perf_counter()
     emb_t: torch.Tensor | None = None
@@ -286,123 +279,13 @@ def train_router(
     threads = torch.get_num_threads()
     with torch.random.fork_rng(devices=[]), _threads(1 if not cfg.finetune_encoder else threads):
         torch.manual_seed(cfg.seed)
-        head = CoefficientHead(encoder.dim, len(teachers), cfg.hidden, cfg.layers, cfg.dropout)
-        device = encoder.device if cfg.finetune_encoder else torch.device("cpu")
-        head.to(device)
-        if emb_t is not None:
-            emb_t = emb_t.to(device)
-        groups = [{"params": head.parameters(), "lr": cfg.lr, "weight_decay": cfg.weight_decay}]
-        if cfg.finetune_encoder:
-            encoder.module.train()
-            groups.append({"params": encoder.module.parameters(), "lr": cfg.encoder_lr, "weight_decay": 0.0})
-        opt = torch.optim.AdamW(groups)
-
-        def coefficients(idx: np.ndarray, train: bool) -> torch.Tensor:
-            if emb_t is not None:
-                return head(emb_t[torch.as_tensor(idx, device=device)])
-            texts = [prompts[i] for i in idx]
-            if train:
-                return head(encoder.forward(texts))
-            with torch.no_grad():  # frozen-in-eval: batch to bound memory on big encoders
-                chunks = [
-                    encoder.forward(texts[s : s + cfg.embed_batch_size])
-                    for s in range(0, len(texts), cfg.embed_batch_size)
-                ]
-                return head(torch.cat(chunks))
-
-        def evaluate() -> tuple[float, float] | None:
-            if len(val_pairs[0]) == 0:
-                return None
-            head.eval()
-            if cfg.finetune_encoder:
-                encoder.module.eval()
-            with torch.no_grad():
-                coef = coefficients(val_idx, train=False)
-                loss = float(bt_loss(coef, *val_pairs))
-                row, a, b, y = val_pairs
-                diff = (
-                    (
-                        coef[torch.as_tensor(row), torch.as_tensor(b)]
-                        - coef[torch.as_tensor(row), torch.as_tensor(a)]
-                    )
-                    .cpu()
-                    .numpy()
-                )
-                acc = float(np.mean((diff > 0) == (y > 0.5)))
-            head.train()
-            if cfg.finetune_encoder:
-                encoder.module.train()
-            return loss, acc
-
-        def snapshot() -> dict:
-            state = {"head": {k: v.detach().clone() for k, v in head.state_dict().items()}}
-            if cfg.finetune_encoder:
-                state["encoder"] = {k: v.detach().clone() for k, v in encoder.module.state_dict().items()}
-            return state
-
-        best = (math.inf, 0, None, None)  # (val loss, epoch, accuracy, state)
-        history: list[dict] = []
-        steps = 0
-        epoch = 0
-        train_loss = math.nan
-        head.train()
-        while epoch < cfg.max_epochs:
-            epoch += 1
-            perm = train_idx[rng.permutation(train_idx.size)]
-            losses = []
-            for s in range(0, perm.size, cfg.batch_prompts):
-                batch = perm[s : s + cfg.batch_prompts]
-                row, a, b, y = batcher.gather(batch)
-                loss = bt_loss(coefficients(batch, train=True), row, a, b, y)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                losses.append(loss.item())
-                steps += 1
-                if cfg.max_steps is not None and steps >= cfg.max_steps:
-                    break
-            train_loss = float(np.mean(losses))
-            ev = evaluate()
-            info = {
-                "epoch": epoch,
-                "steps": steps,
-                "train_loss": train_loss,
-                "val_loss": ev[0] if ev else None,
-                "val_pair_accuracy": ev[1] if ev else None,
-            }
-            history.append(info)
-            if progress is not None:
-                progress(info)
-            if ev is not None and ev[0] < best[0] - 1e-6:
-                best = (ev[0], epoch, ev[1], snapshot())
-            stop_budget = cfg.max_steps is not None and steps >= cfg.max_steps
-            if stop_budget or (ev is not None and epoch - best[1] >= cfg.patience):
-                break
-        if best[3] is not None:
-            head.load_state_dict(best[3]["head"])
-            if cfg.finetune_encoder:
-                encoder.module.load_state_dict(best[3]["encoder"])
-        head.eval()
+        fit = _Fit(encoder, len(teachers), cfg, prompts, emb_t, val_idx, batcher.gather(val_idx))
+        fit.train(train_idx, batcher, rng, progress)
     if cfg.finetune_encoder:
         encoder.module.eval()
         encoder.finetuned_digest = weights_digest(encoder.module)
 
-    report = TrainReport(
-        n_prompts=len(prompts),
-        n_train_prompts=int(train_idx.size),
-        n_val_prompts=int(val_idx.size),
-        n_train_pairs=int(batcher.counts[train_idx].sum()),
-        n_val_pairs=int(len(val_pairs[0])),
-        epochs=epoch,
-        steps=steps,
-        best_epoch=best[1] if best[3] is not None else epoch,
-        train_loss=train_loss,
-        val_loss=None if best[3] is None else float(best[0]),
-        val_pair_accuracy=best[2],
-        embed_seconds=embed_seconds,
-        train_seconds=time.perf_counter() - t1,
-        history=history,
-    )
+    report = fit.report(len(prompts), train_idx, batcher, embed_seconds, time.perf_counter() - t1)
     meta = {
         "alpha": cfg.alpha,
         "normalisation": cfg.normalisation,
@@ -413,7 +296,144 @@ def train_router(
             "seen_prompts": sorted(prompt_hash(p) for p in prompts),
         },
     }
-    return BTRouter(encoder, head, teachers, meta=meta, cache=cache), report
+    return BTRouter(encoder, fit.head, teachers, meta=meta, cache=cache), report
+
+
+def _training_encoder(encoder: PromptEncoder | str | None, cfg: TrainConfig) -> PromptEncoder:
+    if encoder is None or isinstance(encoder, str):
+        encoder = load_encoder(encoder or DEFAULT_ENCODER)
+    if cfg.finetune_encoder:
+        # Never mutate the shared (memoised) frozen encoder. Train float32 weights: in bf16 (what
+        # `dtype: auto` loads on some CPUs) AdamW's small updates round away.
+        encoder = copy.deepcopy(encoder)
+        encoder.module.float()
+    return encoder
+
+
+class _Fit:
+    """One training run of the coefficient head (and the encoder, when fine-tuned): the model and
+    optimiser, the epoch loop with early stopping on the validation pairs, and the best state."""
+
+    def __init__(self, encoder, n_teachers: int, cfg: TrainConfig, prompts, emb_t, val_idx, val_pairs):
+        self.encoder, self.cfg, self.prompts = encoder, cfg, prompts
+        self.val_idx, self.val_pairs = val_idx, val_pairs
+        self.head = CoefficientHead(encoder.dim, n_teachers, cfg.hidden, cfg.layers, cfg.dropout)
+        self.device = encoder.device if cfg.finetune_encoder else torch.device("cpu")
+        self.head.to(self.device)
+        self.emb_t = emb_t.to(self.device) if emb_t is not None else None
+        groups = [{"params": self.head.parameters(), "lr": cfg.lr, "weight_decay": cfg.weight_decay}]
+        if cfg.finetune_encoder:
+            encoder.module.train()
+            groups.append({"params": encoder.module.parameters(), "lr": cfg.encoder_lr, "weight_decay": 0.0})
+        self.opt = torch.optim.AdamW(groups)
+        self.best: tuple = (math.inf, 0, None, None)  # (val loss, epoch, accuracy, state)
+        self.history: list[dict] = []
+        self.steps = 0
+        self.epoch = 0
+        self.train_loss = math.nan
+
+    def coefficients(self, idx: np.ndarray, train: bool) -> torch.Tensor:
+        if self.emb_t is not None:
+            return self.head(self.emb_t[torch.as_tensor(idx, device=self.device)])
+        texts = [self.prompts[i] for i in idx]
+        if train:
+            return self.head(self.encoder.forward(texts))
+        size = self.cfg.embed_batch_size
+        with torch.no_grad():  # frozen-in-eval: batch to bound memory on big encoders
+            chunks = [self.encoder.forward(texts[s : s + size]) for s in range(0, len(texts), size)]
+            return self.head(torch.cat(chunks))
+
+    def _mode(self, train: bool) -> None:
+        self.head.train(train)
+        if self.cfg.finetune_encoder:
+            self.encoder.module.train(train)
+
+    def evaluate(self) -> tuple[float, float] | None:
+        """(validation loss, pair accuracy), or None without validation pairs."""
+        if len(self.val_pairs[0]) == 0:
+            return None
+        self._mode(False)
+        with torch.no_grad():
+            coef = self.coefficients(self.val_idx, train=False)
+            loss = float(bt_loss(coef, *self.val_pairs))
+            row, a, b, y = self.val_pairs
+            rows = torch.as_tensor(row)
+            diff = (coef[rows, torch.as_tensor(b)] - coef[rows, torch.as_tensor(a)]).cpu().numpy()
+            acc = float(np.mean((diff > 0) == (y > 0.5)))
+        self._mode(True)
+        return loss, acc
+
+    def snapshot(self) -> dict:
+        state = {"head": {k: v.detach().clone() for k, v in self.head.state_dict().items()}}
+        if self.cfg.finetune_encoder:
+            state["encoder"] = {k: v.detach().clone() for k, v in self.encoder.module.state_dict().items()}
+        return state
+
+    def _epoch(self, train_idx: np.ndarray, batcher: _PairBatcher, rng: np.random.Generator) -> None:
+        cfg = self.cfg
+        perm = train_idx[rng.permutation(train_idx.size)]
+        losses = []
+        for s in range(0, perm.size, cfg.batch_prompts):
+            batch = perm[s : s + cfg.batch_prompts]
+            row, a, b, y = batcher.gather(batch)
+            loss = bt_loss(self.coefficients(batch, train=True), row, a, b, y)
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.opt.step()
+            losses.append(loss.item())
+            self.steps += 1
+            if cfg.max_steps is not None and self.steps >= cfg.max_steps:
+                break
+        self.train_loss = float(np.mean(losses))
+
+    def train(self, train_idx, batcher: _PairBatcher, rng, progress: Callable[[dict], None] | None) -> None:
+        """Epochs until `max_epochs`, `max_steps` or `patience` epochs without a better validation
+        loss; then the best epoch's weights are restored."""
+        cfg = self.cfg
+        self.head.train()
+        while self.epoch < cfg.max_epochs:
+            self.epoch += 1
+            self._epoch(train_idx, batcher, rng)
+            ev = self.evaluate()
+            info = {
+                "epoch": self.epoch,
+                "steps": self.steps,
+                "train_loss": self.train_loss,
+                "val_loss": ev[0] if ev else None,
+                "val_pair_accuracy": ev[1] if ev else None,
+            }
+            self.history.append(info)
+            if progress is not None:
+                progress(info)
+            if ev is not None and ev[0] < self.best[0] - 1e-6:
+                self.best = (ev[0], self.epoch, ev[1], self.snapshot())
+            stop_budget = cfg.max_steps is not None and self.steps >= cfg.max_steps
+            if stop_budget or (ev is not None and self.epoch - self.best[1] >= cfg.patience):
+                break
+        if self.best[3] is not None:
+            self.head.load_state_dict(self.best[3]["head"])
+            if cfg.finetune_encoder:
+                self.encoder.module.load_state_dict(self.best[3]["encoder"])
+        self.head.eval()
+
+    def report(self, n_prompts: int, train_idx, batcher: _PairBatcher, embed_s: float, train_s: float):
+        best_loss, best_epoch, best_acc, state = self.best
+        return TrainReport(
+            n_prompts=n_prompts,
+            n_train_prompts=int(train_idx.size),
+            n_val_prompts=int(self.val_idx.size),
+            n_train_pairs=int(batcher.counts[train_idx].sum()),
+            n_val_pairs=int(len(self.val_pairs[0])),
+            epochs=self.epoch,
+            steps=self.steps,
+            best_epoch=best_epoch if state is not None else self.epoch,
+            train_loss=self.train_loss,
+            val_loss=None if state is None else float(best_loss),
+            val_pair_accuracy=best_acc,
+            embed_seconds=embed_s,
+            train_seconds=train_s,
+            history=self.history,
+        )
 
 
 @contextlib.contextmanager

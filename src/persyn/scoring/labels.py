@@ -13,9 +13,13 @@ from typing import Literal
 
 import numpy as np
 
+from persyn.defaults import ALPHA
+
 Normalisation = Literal["zscore", "minmax"]
 NORMALISATIONS: tuple[str, ...] = ("zscore", "minmax")
-DEFAULT_ALPHA = 0.4
+DEFAULT_ALPHA = ALPHA  # persyn.defaults holds it; kept under this name for the API
+#: alpha of labels made from quality alone (a score file without learnability).
+QUALITY_ONLY = 0.0
 # Two combined labels closer than this are a tie (no pair): float noise must not invent a winner.
 TIE_TOL = 1e-9
 
@@ -139,3 +143,9 @@ def oracle_sets(labels: np.ndarray, tie_tol: float = TIE_TOL) -> np.ndarray:
     complete = ~np.isnan(r).any(axis=1, keepdims=True)
     best = np.nanmax(np.where(complete, r, 0.0), axis=1, keepdims=True)
     return complete & (np.where(complete, r, -np.inf) >= best - tie_tol)
+
+
+def quality_labels(quality: np.ndarray, normalisation: Normalisation = "zscore") -> np.ndarray:
+    """Labels from quality alone (alpha = `QUALITY_ONLY`): what a score file without learnability
+    gives (`persyn router train|eval`)."""
+    return combine_labels(quality, None, alpha=QUALITY_ONLY, normalisation=normalisation)

@@ -6,39 +6,20 @@ A judge is right on a triple when it scores the good answer above the bad one, w
 what the router's labels need (they are compared within a prompt). `benchmarks/judge.py` measures
 judges and writes their figures to `data/judge_accuracy.json`, keyed by `judge_id`: the model and
 everything that changes how it renders the judging prompt. The report looks a run's judge up there.
+Reading the labelled set and scoring judges on it is the benchmark's work: tests/judge_set.py.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
 from importlib import resources
 from typing import Any
-
-import numpy as np
 
 from persyn.engines.base import DEFAULT_JUDGE_TEMPLATE
 from persyn.engines.spec import EngineSpec
 
-TRIPLES_FILE = "judge_triples.jsonl"
 ACCURACY_FILE = "judge_accuracy.json"
-DOMAINS = ("math", "facts", "code", "instructions")
-
-
-@dataclass(frozen=True)
-class Triple:
-    id: str
-    domain: str
-    prompt: str
-    good: str
-    bad: str
-    why: str
-
-
-def load_triples() -> list[Triple]:
-    text = resources.files("persyn").joinpath("data", TRIPLES_FILE).read_text(encoding="utf-8")
-    return [Triple(**json.loads(line)) for line in text.splitlines() if line.strip()]
 
 
 def judge_id(spec: EngineSpec) -> str:
@@ -52,26 +33,6 @@ def judge_id(spec: EngineSpec) -> str:
     }
     digest = hashlib.sha256(json.dumps(render, sort_keys=True).encode()).hexdigest()[:12]
     return f"{spec.model}#{digest}"
-
-
-def pair_outcomes(good: np.ndarray, bad: np.ndarray) -> np.ndarray:
-    """1 where the good answer scored higher, 0 where lower, 0.5 on a tie (a coin flip's worth);
-    a NaN score (e.g. over the judge's context) counts as a tie."""
-    good, bad = np.asarray(good, dtype=float), np.asarray(bad, dtype=float)
-    out = np.where(good > bad, 1.0, np.where(good < bad, 0.0, 0.5))
-    return np.where(np.isnan(good) | np.isnan(bad), 0.5, out)
-
-
-def bootstrap_interval(
-    values: np.ndarray, *, seed: int = 0, n_resamples: int = 10_000
-) -> tuple[float, float]:
-    """95% percentile-bootstrap interval of the mean of `values` (items resampled with replacement).
-
-    Plain numpy: scipy.stats.bootstrap changed its seeding argument within our scipy range."""
-    v = np.asarray(values, dtype=float)
-    idx = np.random.default_rng(seed).integers(0, len(v), size=(n_resamples, len(v)))
-    lo, hi = np.percentile(v[idx].mean(axis=1), [2.5, 97.5])
-    return float(lo), float(hi)
 
 
 def load_measurements() -> dict[str, dict[str, Any]]:

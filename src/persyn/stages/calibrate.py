@@ -4,9 +4,9 @@ teacher answers it.
 Selection (deterministic for a config and seed):
 - `random`: the `size` prompts with the smallest SHA-256 of (seed, prompt id). A prompt's
   membership never depends on file order or on the other prompts.
-- `diverse`: k-means (k = size) over the router encoder's prompt embeddings (cached in the store
-  and reused by routing), on a seeded pool of `pool_factor x size` prompts; the prompt nearest
-  each centroid is taken (each prompt once).
+- `diverse`: scikit-learn's k-means (k = size) over the router encoder's prompt embeddings
+  (cached in the store and reused by routing), on a seeded pool of `pool_factor x size` prompts;
+  the prompt nearest each centroid is taken (each prompt once).
 The subset is stored as subset "calibration"; its key (selection settings + working set) is kept
 in the store state, so a resumed run reuses it and a changed setting re-selects it (responses of
 prompts that stay selected are reused: they are keyed by content).
@@ -76,36 +76,21 @@ def _diverse(ctx: RunContext, ids: list[str], size: int) -> list[str]:
     return [pool[i] for i in picked]
 
 
-def kmeans_representatives(x: np.ndarray, k: int, *, seed: int, iters: int = 25) -> list[int]:
-    """Indices of k distinct rows of `x`, one nearest each centroid of a seeded k-means
-    (k-means++ start, Lloyd iterations with matrix-product distances on unit vectors)."""
+def kmeans_representatives(x: np.ndarray, k: int, *, seed: int) -> list[int]:
+    """Indices of k distinct rows of `x`, one nearest each centroid of scikit-learn's seeded
+    k-means (k-means++ start, one initialisation) over the rows scaled to unit length.
+
+    A run directory keeps the subset it stored (its calibration key does not name the algorithm),
+    so runs made with persyn's earlier hand-written k-means resume with their own subset."""
+    from sklearn.cluster import KMeans
+
     n = len(x)
     if k >= n:
         return list(range(n))
     x = np.asarray(x, dtype=np.float64)
     x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    centres = KMeans(n_clusters=k, init="k-means++", n_init=1, random_state=seed).fit(x).cluster_centers_
     sq = (x * x).sum(axis=1)
-    rng = np.random.default_rng(seed)
-    centres = np.empty((k, x.shape[1]))
-    first = int(rng.integers(n))
-    centres[0] = x[first]
-    d2 = np.maximum(sq - 2 * x @ x[first] + sq[first], 0.0)
-    for j in range(1, k):
-        total = d2.sum()
-        i = int(rng.choice(n, p=d2 / total)) if total > 0 else int(rng.integers(n))
-        centres[j] = x[i]
-        d2 = np.minimum(d2, np.maximum(sq - 2 * x @ x[i] + sq[i], 0.0))
-    assign = np.full(n, -1)
-    for _ in range(iters):
-        dist = sq[:, None] - 2 * x @ centres.T + (centres * centres).sum(axis=1)[None, :]
-        new = dist.argmin(axis=1)
-        if np.array_equal(new, assign):
-            break
-        assign = new
-        for j in range(k):
-            members = x[assign == j]
-            if len(members):
-                centres[j] = members.mean(axis=0)
     dist = sq[:, None] - 2 * x @ centres.T + (centres * centres).sum(axis=1)[None, :]
     # Each centroid takes its nearest prompt not taken yet (centroids in order of how close their
     # best prompt is, so a shared nearest prompt goes to the centroid it fits best).

@@ -35,11 +35,8 @@ from typing import Any
 from persyn.stages.context import COMPARE_FILE, RunContext, StageError
 from persyn.stages.student_data import student_name, training_examples
 
-__all__ = ["DEFAULT_STRATEGIES", "Primary", "result", "run"]
+__all__ = ["Primary", "result", "run"]
 
-#: What `persyn compare` compares when not told (family-strong joins when the config has a family
-#: teacher; the oracle on request: it needs every teacher's answer to every prompt).
-DEFAULT_STRATEGIES = ("persyn", "strong", "mix", "car", "random")
 #: Arms trained once per seed when `seeds` is given (the primary comparison's two sides).
 SEEDED = ("persyn", "strong")
 CHOSEN = "persyn (chosen alpha)"
@@ -70,10 +67,8 @@ def result(ctx: RunContext) -> dict[str, Any] | None:
 
 
 def default_strategies(ctx: RunContext, oracle: bool = False) -> list[str]:
-    names = list(DEFAULT_STRATEGIES)
-    if ctx.config.family_teachers():
-        names.insert(2, "family-strong")
-    return [*names, "oracle"] if oracle else names
+    """What `persyn compare` compares when not told: the one default set (persyn.defaults)."""
+    return ctx.config.default_strategies(oracle)
 
 
 def teacher_quality(ctx: RunContext) -> dict[str, dict[str, Any]]:

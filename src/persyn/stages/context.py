@@ -20,12 +20,12 @@ remembered one; if they differ (e.g. another dtype on a GPU machine) the real on
 
 from __future__ import annotations
 
-import importlib
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from persyn.config import Config
@@ -94,6 +94,9 @@ class RunContext:
     #: Called after each committed batch with (stage, batches committed so far in that stage);
     #: tests use it to crash at a deterministic point.
     on_commit: Callable[[str, int], None] | None = None
+    #: Stage name -> module (`persyn.stages.STAGES`, given by the pipeline or the plan: this module
+    #: imports no stage, so stages can import it without a circle).
+    stages: Mapping[str, ModuleType] = field(default_factory=dict)
     _batches: dict[str, int] = field(default_factory=dict)
     _working: list[str] | None = None
     #: Set on a context for another router alpha (`with_router_alpha`): its router and routes are
@@ -111,12 +114,14 @@ class RunContext:
         return replace(self, config=config, variant=f"alpha={float(alpha):g}", _working=self._working)
 
     @classmethod
-    def read_only(cls, config: Config) -> RunContext | None:
+    def read_only(cls, config: Config, stages: Mapping[str, ModuleType]) -> RunContext | None:
         """A context over the existing run directory of `config`, for reading (None if there is
         none): keys are the remembered ones, and asking for one never remembered is a StageError."""
         if not RunStore.exists(config.output.dir):
             return None
-        return cls(config, RunStore.open(config.output.dir, readonly=True), None, Progress(None))
+        return cls(
+            config, RunStore.open(config.output.dir, readonly=True), None, Progress(None), stages=stages
+        )
 
     @property
     def teachers(self) -> list[str]:
@@ -195,11 +200,16 @@ class RunContext:
     def result(self, stage: str, /) -> Any:
         """What `stage` offers later stages, for the current config, read back from the run
         (its module's `result(ctx)`); a StageError names the command to run first."""
-        return _stage_module(stage).result(self)
+        return self._stage_module(stage).result(self)
 
     def run_stage(self, stage: str, /, **options: Any) -> Any:
         """Run `stage` (its module's `run(ctx, **options)`); it resumes from what the store holds."""
-        return _stage_module(stage).run(self, **options)
+        return self._stage_module(stage).run(self, **options)
+
+    def _stage_module(self, stage: str) -> ModuleType:
+        if stage not in self.stages:
+            raise StageError(f"unknown stage {stage!r}; stages are {', '.join(self.stages)}")
+        return self.stages[stage]
 
     # ------------------------------------------------------------------ the run directory
 
@@ -329,14 +339,6 @@ class RunContext:
 QUALITY = "quality"
 LEARNABILITY = "learnability"
 NOT_SCORABLE = "not scorable (empty response, or over the model's context window)"
-
-
-def _stage_module(stage: str):
-    from persyn.stages import STAGES
-
-    if stage not in STAGES:
-        raise StageError(f"unknown stage {stage!r}; stages are {', '.join(STAGES)}")
-    return importlib.import_module(f"persyn.stages.{STAGES[stage]}")
 
 
 def spec_digest(spec: EngineSpec) -> str:

@@ -138,7 +138,12 @@ def run(ctx: RunContext) -> RouteResult:
             res.reused = True
             return res
 
-    router = load_router(router_path, expected_teachers=teachers, cache=ctx.store.embedding_cache())
+    router = load_router(
+        router_path,
+        expected_teachers=teachers,
+        device=ctx.config.router.device,
+        cache=ctx.store.embedding_cache(),
+    )
     ctx.ui.say(f"[bold]route[/]: {len(ids)} prompts ({len(ids) - len(cal & set(ids))} outside calibration)")
     emb = embed_ids(ctx, ids, stage="route", encoder=router.encoder)
     scores = router.scores([""] * len(ids), embeddings=emb) if len(ids) else np.zeros((0, len(teachers)))
@@ -155,23 +160,10 @@ def run(ctx: RunContext) -> RouteResult:
     assigned[out_idx] = routing.assignment
     cal_idx = np.flatnonzero(in_cal)
     if r.calibration_prompts == "best" and cal_idx.size:
-        scores_of = ctx.result("score")
-        q, lm = scores_of.matrices([ids[i] for i in cal_idx])
-        labels = scores_of.labels(q, lm)
-        has = ~np.isnan(labels).all(axis=1)
-        best = np.nanargmax(np.where(has[:, None], np.nan_to_num(labels, nan=-np.inf), 0.0), axis=1)
-        assigned[cal_idx[has]] = best[has]
-    names = [teachers[i] for i in assigned]
-    for s in range(0, len(ids), _PUT_CHUNK):
-        ctx.store.put_routes(
-            key,
-            teachers,
-            ids[s : s + _PUT_CHUNK],
-            names[s : s + _PUT_CHUNK],
-            scores[s : s + _PUT_CHUNK],
-            meta={"router": str(router_path), "routing": routing.method},
-        )
-        ctx.committed("route")
+        _best_on_calibration(ctx, ids, cal_idx, assigned)
+    _store_routes(
+        ctx, key, ids, assigned, scores, meta={"router": str(router_path), "routing": routing.method}
+    )
     counts = {t: int((assigned == j).sum()) for j, t in enumerate(teachers)}
     cal_counts = {t: int((assigned[cal_idx] == j).sum()) for j, t in enumerate(teachers)}
     info = {"teacher_costs": costs, "mean_tokens": tokens, "calibration_prompts": r.calibration_prompts}
@@ -192,6 +184,32 @@ def run(ctx: RunContext) -> RouteResult:
     ctx.store.log_event("route", "done", routing.summary().splitlines()[0], key=key, counts=counts)
     ctx.ui.say(f"[dim]route[/] {routing.summary()}")
     return res
+
+
+def _best_on_calibration(ctx: RunContext, ids: list[str], cal_idx: np.ndarray, assigned: np.ndarray) -> None:
+    """`routing.calibration_prompts: best`: each calibration prompt to its best combined label."""
+    scores_of = ctx.result("score")
+    q, lm = scores_of.matrices([ids[i] for i in cal_idx])
+    labels = scores_of.labels(q, lm)
+    has = ~np.isnan(labels).all(axis=1)
+    best = np.nanargmax(np.where(has[:, None], np.nan_to_num(labels, nan=-np.inf), 0.0), axis=1)
+    assigned[cal_idx[has]] = best[has]
+
+
+def _store_routes(ctx: RunContext, key: str, ids, assigned: np.ndarray, scores: np.ndarray, meta) -> None:
+    """The routes into the store, a chunk per transaction (a crash loses at most one chunk)."""
+    teachers = ctx.teachers
+    names = [teachers[i] for i in assigned]
+    for s in range(0, len(ids), _PUT_CHUNK):
+        ctx.store.put_routes(
+            key,
+            teachers,
+            ids[s : s + _PUT_CHUNK],
+            names[s : s + _PUT_CHUNK],
+            scores[s : s + _PUT_CHUNK],
+            meta=meta,
+        )
+        ctx.committed("route")
 
 
 def _result_from_doc(doc: dict, assignment: list[int]) -> RouteResult:

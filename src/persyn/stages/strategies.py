@@ -38,12 +38,10 @@ from typing import Any
 
 import numpy as np
 
+from persyn.defaults import STRATEGIES
 from persyn.router.baselines import persyn_alpha
 from persyn.stages.context import STRATEGIES_DIR, STRATEGIES_FILE, RunContext, StageError
 from persyn.stages.export_records import build_records, dataset_files, left_out_notes, write_dataset
-
-#: The strategies this stage builds (a name per baseline, plus PerSyn's own dataset).
-STRATEGIES = ("persyn", "strong", "family-strong", "random", "mix", "car", "oracle")
 
 
 @dataclass
@@ -115,11 +113,29 @@ def parse_strategies(text: str | list[str]) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+#: Strategy -> the baseline router (persyn.router.baselines) that picks its teachers.
+BASELINE_OF = {
+    "strong": "strongest",
+    "family-strong": "family-strong",
+    "random": "random",
+    "mix": "mix",
+    "car": "car",
+}
+
+
+def fit_strategy_baselines(cfg, teachers: list[str], q: np.ndarray, lm: np.ndarray):
+    """The baselines that pick the strategies' teachers, fitted on every calibration prompt by the
+    function the report's measurement uses (`build_baselines`), with the config's settings."""
+    from persyn.router.baselines import build_baselines
+
+    return build_baselines(teachers, q, lm, **cfg.baseline_settings())
+
+
 def _assignments(
     ctx: RunContext, names: list[str], oracle: bool
 ) -> dict[str, tuple[str, list[tuple[str, str]]]]:
     """name -> (scope, [(prompt id, teacher)])."""
-    from persyn.router.baselines import CARRouter, MixRouter, RandomRouter, StrongestRouter, car_scores
+    from persyn.router.baselines import FixedRouter
 
     cfg = ctx.config
     teachers = ctx.teachers
@@ -129,6 +145,7 @@ def _assignments(
     q, lm = scores.matrices(cal)
     if np.isnan(q).all():
         raise StageError("no calibration scores yet: run `persyn score CONFIG` first")
+    fitted = fit_strategy_baselines(cfg, teachers, q, lm)
     texts: list[str] | None = None
 
     def all_texts() -> list[str]:
@@ -139,48 +156,30 @@ def _assignments(
             texts = [texts[pos[i]] for i in ids]
         return texts
 
-    strong = StrongestRouter(teachers, q)
     out: dict[str, tuple[str, list[tuple[str, str]]]] = {}
     for name in names:
-        if name == "persyn":
-            routes = ctx.result("route").routes
-            out[name] = ("all", list(zip(routes.prompt_ids, routes.assigned, strict=True)))
-        elif (alpha := persyn_alpha(name)) is not None:
+        if (alpha := persyn_alpha(name)) is not None:  # PerSyn with a router of another alpha
             variant = ctx.with_router_alpha(alpha)
             variant.run_stage("train-router")
             routes = ctx.store.get_routes(variant.run_stage("route").router_key, ids)
             out[name] = ("all", list(zip(routes.prompt_ids, routes.assigned, strict=True)))
-        elif name == "strong":
-            out[name] = ("all", [(pid, strong.choice) for pid in ids])
-        elif name == "family-strong":
-            fam = cfg.family_teachers()
-            if not fam:
+            continue
+        router = fitted.routers.get(BASELINE_OF.get(name, name))
+        if name in BASELINE_OF and router is None:
+            if name == "family-strong" and not cfg.family_teachers():
                 raise StageError(
                     "family-strong needs student.family and at least one teacher with that family "
                     f"(student.family = {cfg.student.family!r}; teacher families: "
                     f"{ {t.name: t.family for t in cfg.teachers} })"
                 )
-            best = max(fam, key=lambda t: strong.teacher_scores[teachers.index(t)])
-            out[name] = ("all", [(pid, best) for pid in ids])
-        elif name == "random":
-            routed = RandomRouter(teachers, seed=cfg.seed).route(all_texts())
-            out[name] = ("all", list(zip(ids, routed, strict=True)))
-        elif name == "car":
-            car = CARRouter(teachers, q, lm, beta=cfg.baselines.car_beta).choice
-            out[name] = ("all", [(pid, car) for pid in ids])
-        elif name == "mix":
-            weak = cfg.baselines.mix_weak
-            if weak is None:
-                rank = car_scores(q, lm, cfg.baselines.car_beta)
-                weak = next(
-                    teachers[i] for i in np.argsort(-rank, kind="stable") if teachers[i] != strong.choice
-                )
-            if weak == strong.choice:
-                raise StageError(f"mix needs two teachers, but baselines.mix_weak is the strong one ({weak})")
-            routed = MixRouter(
-                teachers, strong.choice, weak, share=cfg.baselines.mix_share, seed=cfg.seed
-            ).route(all_texts())
-            out[name] = ("all", list(zip(ids, routed, strict=True)))
+            raise StageError(f"cannot build strategy {name!r}: {fitted.skipped(BASELINE_OF[name])}")
+        if name == "persyn":
+            routes = ctx.result("route").routes
+            out[name] = ("all", list(zip(routes.prompt_ids, routes.assigned, strict=True)))
+        elif isinstance(router, FixedRouter):  # strong, family-strong, car: one teacher writes everything
+            out[name] = ("all", [(pid, router.choice) for pid in ids])
+        elif router is not None:  # random, mix: a seeded draw per prompt
+            out[name] = ("all", list(zip(ids, router.route(all_texts()), strict=True)))
         elif name == "oracle":
             if oracle:
                 out[name] = ("all", [])  # filled after every teacher answered and was scored
@@ -194,12 +193,13 @@ def _assignments(
 
 def run(
     ctx: RunContext,
-    names: list[str] | str = ("persyn", "strong", "random", "mix", "car"),
+    names: list[str] | str | None = None,
     *,
     oracle: bool = False,
 ) -> dict[str, StrategyResult]:
-    """Build the datasets of `names`, generating only what the store lacks; see the module docstring."""
-    names = parse_strategies(names)
+    """Build the datasets of `names` (default: the config's default set, persyn.defaults),
+    generating only what the store lacks; see the module docstring."""
+    names = ctx.config.default_strategies(oracle) if names is None else parse_strategies(names)
     teachers = ctx.teachers
     ids = ctx.working_ids()
     cal = ctx.calibration_ids()
@@ -211,54 +211,24 @@ def run(
     q_cal, l_cal = scores.matrices(cal)
     labels_cal = scores.labels(q_cal, l_cal)
     cal_pos = {pid: i for i, pid in enumerate(cal)}
-    strong_choice = _strong_choice(teachers, q_cal)
+    strong = fit_strategy_baselines(ctx.config, teachers, q_cal, l_cal).routers.get("strongest")
+    strong_choice = getattr(strong, "choice", None)
 
     for name, (scope, assignment) in plans.items():
         ctx.ui.say(f"[bold]strategies[/]: {name}")
         start = _response_total(ctx)
         if name == "oracle" and scope == "all":
-            # Generate-then-Select: every teacher answers every prompt; score them all.
-            for t in teachers:
-                ctx.generate_responses("strategies", t, ids)
-            sc = ctx.run_stage("score", prompt_ids=ids, stage="strategies")
-            labels = scores.labels(sc.quality, sc.learnability)
-            keep = ~np.isnan(labels).all(axis=1)
-            best = np.argmax(np.where(np.isnan(labels), -np.inf, labels), axis=1)
-            assignment = [(ids[i], teachers[best[i]]) for i in np.flatnonzero(keep)]
+            assignment = _full_oracle(ctx, ids, scores)
         else:
-            per_teacher: dict[str, list[str]] = {}
-            for pid, t in assignment:
-                per_teacher.setdefault(t, []).append(pid)
-            for t in teachers:
-                if per_teacher.get(t):
-                    ctx.generate_responses("strategies", t, per_teacher[t])
+            _generate(ctx, assignment)
         new = _response_total(ctx) - start
         scores.check_answers(assignment, stage="strategies")
         if name == "persyn":
             exp = ctx.run_stage("export")
             path, rows, counts = exp.path, exp.n_rows, exp.teacher_counts
-            records = None
         else:
-            records, left = build_records(ctx, assignment, name)
-            counts = {t: sum(1 for r in records if r.teacher == t) for t in teachers}
             path = ctx.path(STRATEGIES_DIR, name)
-            gens = {t: {"dataset": v} for t, v in counts.items() if v}
-            toks: dict[str, dict[str, int]] = {}
-            for r in records:
-                tk = toks.setdefault(r.teacher, {"prompt": 0, "completion": 0})
-                tk["prompt"] += r.generation.get("prompt_tokens") or 0
-                tk["completion"] += r.generation.get("completion_tokens") or 0
-            notes = [
-                f"Baseline strategy {name!r} built from PerSyn run {ctx.store.run_dir.name}.",
-                *left_out_notes(left),
-            ]
-            if scope == "calibration":
-                notes.append("Oracle on the calibration prompts only (labels need every teacher's response).")
-            if records:
-                write_dataset(
-                    ctx, records, path, strategy=name, generations=gens, tokens=toks, cost=None, notes=notes
-                )
-            rows = len(records)
+            rows, counts = _write_baseline_dataset(ctx, name, scope, assignment, path)
         if name == "random":
             standalone = n
         elif name == "oracle":
@@ -280,19 +250,55 @@ def run(
             rows=rows,
             new=new,
         )
-        del records
     _write_summary(ctx, results)
     ctx.ui.say(f"strategies: {_response_total(ctx) - before} new generations in all")
     return results
 
 
-def _strong_choice(teachers: list[str], q: np.ndarray) -> str | None:
-    from persyn.router.baselines import StrongestRouter
+def _full_oracle(ctx: RunContext, ids: list[str], scores) -> list[tuple[str, str]]:
+    """Generate-then-Select: every teacher answers every prompt, all are scored, and each prompt
+    goes to its best combined label."""
+    teachers = ctx.teachers
+    for t in teachers:
+        ctx.generate_responses("strategies", t, ids)
+    sc = ctx.run_stage("score", prompt_ids=ids, stage="strategies")
+    labels = scores.labels(sc.quality, sc.learnability)
+    keep = ~np.isnan(labels).all(axis=1)
+    best = np.argmax(np.where(np.isnan(labels), -np.inf, labels), axis=1)
+    return [(ids[i], teachers[best[i]]) for i in np.flatnonzero(keep)]
 
-    try:
-        return StrongestRouter(teachers, q).choice
-    except ValueError:
-        return None
+
+def _generate(ctx: RunContext, assignment: list[tuple[str, str]]) -> None:
+    """Each teacher answers the prompts assigned to it that the store does not hold yet."""
+    per_teacher: dict[str, list[str]] = {}
+    for pid, t in assignment:
+        per_teacher.setdefault(t, []).append(pid)
+    for t in ctx.teachers:
+        if per_teacher.get(t):
+            ctx.generate_responses("strategies", t, per_teacher[t])
+
+
+def _write_baseline_dataset(ctx: RunContext, name: str, scope: str, assignment, path: Path):
+    """A baseline's dataset exported like the main one -> (rows, rows per teacher)."""
+    records, left = build_records(ctx, assignment, name)
+    counts = {t: sum(1 for r in records if r.teacher == t) for t in ctx.teachers}
+    gens = {t: {"dataset": v} for t, v in counts.items() if v}
+    toks: dict[str, dict[str, int]] = {}
+    for r in records:
+        tk = toks.setdefault(r.teacher, {"prompt": 0, "completion": 0})
+        tk["prompt"] += r.generation.get("prompt_tokens") or 0
+        tk["completion"] += r.generation.get("completion_tokens") or 0
+    notes = [
+        f"Baseline strategy {name!r} built from PerSyn run {ctx.store.run_dir.name}.",
+        *left_out_notes(left),
+    ]
+    if scope == "calibration":
+        notes.append("Oracle on the calibration prompts only (labels need every teacher's response).")
+    if records:
+        write_dataset(
+            ctx, records, path, strategy=name, generations=gens, tokens=toks, cost=None, notes=notes
+        )
+    return len(records), counts
 
 
 def _response_total(ctx: RunContext) -> int:

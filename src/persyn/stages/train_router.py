@@ -3,8 +3,10 @@ router, measured against every baseline on held-out calibration prompts.
 
 1. Labels `r = (1 - alpha) * z(r_q) + alpha * z(r_l)` over the calibration matrices.
 2. `router.test_fraction` of the calibration prompts (a hash of seed and text) are held out. A
-   router trained on the rest, and the baselines fitted on the rest (random, strongest, CAR, Mix,
-   kNN, family-strong where families are declared), are scored on the held-out prompts with
+   router trained on the rest, and the baselines fitted on the rest by
+   `persyn.router.baselines.build_baselines` (random, strongest, CAR, Mix, family-strong where
+   families are declared, kNN: the same function that picks the strategies' teachers), are scored
+   on the held-out prompts with
    `persyn.router.metrics.compare` against the oracle (Hit@1, Hit@3, regret, share of the
    oracle's gain recovered...).
 3. With `router.refit` (default) the router that routes is then trained on every calibration
@@ -104,57 +106,38 @@ def _train_config(ctx: RunContext):
     )
 
 
-def fit_baselines(ctx: RunContext, texts, q, lm, labels, emb) -> tuple[dict[str, Any], list[str]]:
-    """Every applicable baseline router fitted on these calibration rows, and notes on the ones
-    that could not be fitted (e.g. a teacher without any score)."""
-    from persyn.router.baselines import (
-        CARRouter,
-        FixedRouter,
-        KNNRouter,
-        MixRouter,
-        RandomRouter,
-        StrongestRouter,
-        car_scores,
-    )
+def measure(
+    router,
+    teachers,
+    texts,
+    q,
+    lm,
+    labels,
+    emb,
+    test: np.ndarray,
+    settings: dict[str, Any],
+    own_embeddings: bool,
+) -> tuple[dict[str, Any], list[str]]:
+    """The report's router table: `router` and every baseline (fitted on the calibration prompts
+    outside `test` by `build_baselines`, the function the strategies use too) scored on the `test`
+    prompts against the oracle; and the notes of baselines that could not be fitted.
+    `own_embeddings`: the router embeds prompts itself (a fine-tuned encoder)."""
+    from persyn.router.baselines import build_baselines
+    from persyn.router.metrics import compare, json_safe
 
-    cfg = ctx.config
-    teachers = ctx.teachers
-    out: dict[str, Any] = {"random": RandomRouter(teachers, seed=cfg.seed)}
-    notes: list[str] = []
-
-    def attempt(name: str, build) -> Any:
-        try:
-            out[name] = build()
-            return out[name]
-        except ValueError as exc:
-            notes.append(f"baseline {name} skipped: {exc}")
-            return None
-
-    strong = attempt("strongest", lambda: StrongestRouter(teachers, q))
-    attempt("car", lambda: CARRouter(teachers, q, lm, beta=cfg.baselines.car_beta))
-    if strong is not None:
-        weak = cfg.baselines.mix_weak
-        if weak is None:
-            # The best CAR teacher other than the strong one (by mean quality without CAR).
-            rank = strong.teacher_scores
-            if "car" in out:
-                rank = car_scores(q, lm, cfg.baselines.car_beta)
-            weak = next(teachers[i] for i in np.argsort(-rank, kind="stable") if teachers[i] != strong.choice)
-        if weak != strong.choice:
-            share = cfg.baselines.mix_share
-            attempt("mix", lambda: MixRouter(teachers, strong.choice, weak, share=share, seed=cfg.seed))
-        fam = cfg.family_teachers()
-        if fam:
-            means = np.where([t in fam for t in teachers], strong.teacher_scores, -np.inf)
-            attempt("family-strong", lambda: FixedRouter(teachers, means, "family-strong"))
-    attempt("knn", lambda: KNNRouter(teachers, emb, labels, k=cfg.baselines.knn_k))
-    return out, notes
+    t_idx, f_idx = np.flatnonzero(test), np.flatnonzero(~test)
+    fitted = build_baselines(teachers, q[f_idx], lm[f_idx], labels[f_idx], emb[f_idx], **settings)
+    t_texts = [texts[i] for i in t_idx]
+    matrices = {"router": router.scores(t_texts, embeddings=None if own_embeddings else emb[t_idx])}
+    for name, b in fitted.routers.items():
+        matrices[name] = b.scores(t_texts, embeddings=emb[t_idx])
+    matrices["oracle"] = np.where(np.isnan(labels[t_idx]), -np.inf, labels[t_idx])
+    metrics = compare(matrices, labels[t_idx], teachers, quality=q[t_idx], learnability=lm[t_idx])
+    return json_safe(metrics), fitted.notes
 
 
 def run(ctx: RunContext) -> RouterResult:
-    from persyn.router.io import save_router
-    from persyn.router.metrics import compare, json_safe
-    from persyn.router.model import holdout_mask, train_router
+    from persyn.router.model import holdout_mask
 
     cfg = ctx.config
     ids = ctx.calibration_ids()
@@ -171,15 +154,7 @@ def run(ctx: RunContext) -> RouterResult:
     teachers = ctx.teachers
     prompts = ctx.store.get_prompts(ids)
     texts = [p.text for p in prompts]
-    scores = ctx.result("score")
-    q, lm = scores.matrices(ids)
-    if np.isnan(q).all():
-        raise StageError("no quality scores for the calibration prompts: run `persyn score CONFIG` first")
-    if cfg.router.alpha > 0 and np.isnan(lm).all():
-        raise StageError(
-            "no learnability scores for the calibration prompts: run `persyn score CONFIG` first"
-        )
-    labels = scores.labels(q, lm)
+    q, lm, labels = _labels(ctx, ids)
     encoder = load_router_encoder(ctx)
     emb = embed_ids(ctx, ids, stage="train-router", encoder=encoder)
     test = holdout_mask(texts, cfg.router.test_fraction, cfg.seed, salt="test")
@@ -192,42 +167,23 @@ def run(ctx: RunContext) -> RouterResult:
     )
 
     def train(mask: np.ndarray, what: str):
-        sel = np.flatnonzero(mask)
-        # Epochs, up to max_epochs: early stopping usually ends sooner, and the bar then jumps to the end.
-        with ctx.ui.task(f"train-router · {what}", total=tcfg.max_epochs) as advance:
-            try:
-                out = train_router(
-                    [texts[i] for i in sel],
-                    labels[sel],
-                    teachers,
-                    encoder=encoder,
-                    config=tcfg,
-                    cache=cache,
-                    embeddings=None if tcfg.finetune_encoder else emb[sel],
-                    progress=lambda info: advance(1),
-                )
-            except ValueError as exc:
-                raise StageError(f"cannot train the router ({what}): {exc}") from exc
-            advance(tcfg.max_epochs - out[1].epochs)
-            return out
+        return _train(ctx, np.flatnonzero(mask), what, texts, labels, encoder, tcfg, cache, emb)
 
     metrics: dict[str, Any] = {}
     notes: list[str] = []
     measured, report = train(fit, "measured")
     if test.any():
-        t_idx = np.flatnonzero(test)
-        f_idx = np.flatnonzero(fit)
-        baselines, notes = fit_baselines(
-            ctx, [texts[i] for i in f_idx], q[f_idx], lm[f_idx], labels[f_idx], emb[f_idx]
-        )
-        t_texts = [texts[i] for i in t_idx]
-        emb_t = None if tcfg.finetune_encoder else emb[t_idx]
-        matrices = {"router": measured.scores(t_texts, embeddings=emb_t)}
-        for name, b in baselines.items():
-            matrices[name] = b.scores(t_texts, embeddings=emb[t_idx])
-        matrices["oracle"] = np.where(np.isnan(labels[t_idx]), -np.inf, labels[t_idx])
-        metrics = json_safe(
-            compare(matrices, labels[t_idx], teachers, quality=q[t_idx], learnability=lm[t_idx])
+        metrics, notes = measure(
+            measured,
+            teachers,
+            texts,
+            q,
+            lm,
+            labels,
+            emb,
+            test,
+            cfg.baseline_settings(),
+            tcfg.finetune_encoder,
         )
     final, final_report = (
         train(np.ones(len(ids), dtype=bool), "all prompts")
@@ -246,24 +202,69 @@ def run(ctx: RunContext) -> RouterResult:
         "metrics": metrics,
         "notes": notes,
     }
-    extra = {
-        "train_key": key,
-        "calibration_prompts": len(ids),
-        "held_out": int(test.sum()),
-        "refit": bool(cfg.router.refit and test.any()),
-    }
-    with atomic_path(path) as tmp:  # the folder appears complete (weights and metrics) or not at all
-        save_router(final, tmp, extra={"persyn": extra})
-        ctx.write_artifact(f"{ROUTERS_DIR}/{tmp.name}/{METRICS_FILE}", json_safe(doc))
-    if ctx.variant is None:
-        ctx.store.set_state("router", {"key": key, "path": str(path)})
+    doc = _save(ctx, final, path, doc, refit=bool(cfg.router.refit and test.any()))
     rm = metrics.get("router", {})
     msg = f"router {key} trained ({report.n_train_pairs} pairs)"
     if rm:
         msg += f"; held out: hit@1 {_f(rm.get('hit@1'))}, regret {_f(rm.get('regret'))}"
     ctx.store.log_event("train-router", "done", msg, key=key)
     ctx.ui.say(f"[dim]train-router[/] {msg}")
-    return RouterResult(path, key, metrics, trained=True, doc=json_safe(doc))
+    return RouterResult(path, key, metrics, trained=True, doc=doc)
+
+
+def _labels(ctx: RunContext, ids: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Quality, learnability and combined labels of the calibration prompts (StageError if unscored)."""
+    scores = ctx.result("score")
+    q, lm = scores.matrices(ids)
+    if np.isnan(q).all():
+        raise StageError("no quality scores for the calibration prompts: run `persyn score CONFIG` first")
+    if ctx.config.router.alpha > 0 and np.isnan(lm).all():
+        raise StageError(
+            "no learnability scores for the calibration prompts: run `persyn score CONFIG` first"
+        )
+    return q, lm, scores.labels(q, lm)
+
+
+def _train(ctx: RunContext, sel, what: str, texts, labels, encoder, tcfg, cache, emb):
+    """A router trained on the calibration prompts `sel`, with a bar of epochs."""
+    from persyn.router.model import train_router
+
+    # Epochs, up to max_epochs: early stopping usually ends sooner, and the bar then jumps to the end.
+    with ctx.ui.task(f"train-router · {what}", total=tcfg.max_epochs) as advance:
+        try:
+            out = train_router(
+                [texts[i] for i in sel],
+                labels[sel],
+                ctx.teachers,
+                encoder=encoder,
+                config=tcfg,
+                cache=cache,
+                embeddings=None if tcfg.finetune_encoder else emb[sel],
+                progress=lambda info: advance(1),
+            )
+        except ValueError as exc:
+            raise StageError(f"cannot train the router ({what}): {exc}") from exc
+        advance(tcfg.max_epochs - out[1].epochs)
+        return out
+
+
+def _save(ctx: RunContext, router, path: Path, doc: dict[str, Any], *, refit: bool) -> dict[str, Any]:
+    """Write the router and its metrics.json into `path` (all or nothing); returns the document."""
+    from persyn.router.io import save_router
+    from persyn.router.metrics import json_safe
+
+    extra = {
+        "train_key": doc["train_key"],
+        "calibration_prompts": doc["n_calibration"],
+        "held_out": doc["n_test"],
+        "refit": refit,
+    }
+    with atomic_path(path) as tmp:  # the folder appears complete (weights and metrics) or not at all
+        save_router(router, tmp, extra={"persyn": extra})
+        ctx.write_artifact(f"{ROUTERS_DIR}/{tmp.name}/{METRICS_FILE}", json_safe(doc))
+    if ctx.variant is None:  # another alpha's router never becomes the run's current one
+        ctx.store.set_state("router", {"key": doc["train_key"], "path": str(path)})
+    return json_safe(doc)
 
 
 def _f(v) -> str:

@@ -367,6 +367,7 @@ def _number(v: Any) -> float:
     return math.nan if v is None else float(v)
 
 
+# long: being reworked for the student evidence (issue 20); split once that lands
 def evaluate(
     engine: Engine,
     items: Sequence[EvalItem],

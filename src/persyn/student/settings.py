@@ -24,6 +24,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from persyn.defaults import DType
 from persyn.store.keys import digest
 
 __all__ = ["EvalSet", "EvalSettings", "LoraSettings", "TrainSettings"]
@@ -61,7 +62,7 @@ class TrainSettings(_Section):
     device: str = "auto"  # auto: cuda when present, else cpu
     # The compute dtype; `auto` follows persyn.util.hardware (bf16 where the CPU computes it natively).
     # Weights stay float32 (bf16 runs as autocast), so small updates are not rounded away.
-    dtype: Literal["auto", "bfloat16", "float32", "float16"] = "auto"
+    dtype: DType = "auto"
     # checkpoint every N optimizer steps (resume point); at most a quarter of the training apart
     save_steps: int = Field(default=50, ge=1)
     # Recompute activations in the backward pass: less memory, ~30% more compute (TRL's default is

@@ -378,35 +378,15 @@ def train_student(
     out = Path(out_dir)
     base_name = base_name or str(base_model)
     ui = progress or Progress(None)
-    if not examples:
-        raise ValueError("no training examples")
-    empty = [i for i, e in enumerate(examples) if not e.completion.strip()]
-    if empty:
-        raise ValueError(
-            f"{len(empty)} example(s) have an empty completion (first: #{empty[0]}); drop them first"
-        )
+    _check_examples(examples)
     data_hash = dataset_hash(examples)
     fp = _fingerprint(settings, data_hash, base_name)
     model_dir, adapter_dir = out / MODEL_DIR, out / ADAPTER_DIR
     ckpt_dir = out / CHECKPOINT_DIR
-
-    result_path, started_path = out / RESULT_FILE, out / STARTED_FILE
-    if force and out.exists():
-        for p in (result_path, started_path, model_dir, adapter_dir, ckpt_dir):
-            if p.is_dir():
-                shutil.rmtree(p)
-            elif p.exists():
-                p.unlink()
-    if result_path.is_file():
-        info = _same_training(result_path, fp, "a finished")
-        return TrainResult(out, model_dir, adapter_dir if settings.lora else None, fp, info, reused=True)
-    if started_path.is_file():
-        _same_training(started_path, fp, "an unfinished")
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(
-        started_path,
-        {"fingerprint": fp, "settings": settings.model_dump(mode="json"), "base_model": base_name},
-    )
+    result_path = out / RESULT_FILE
+    found = _start(out, fp, settings, base_name, force)
+    if found is not None:
+        return found
 
     device, dtype = _precision(settings)
     resume = last_checkpoint(ckpt_dir)
@@ -415,7 +395,6 @@ def train_student(
         trainer = build_trainer(
             examples, base_model, settings, ckpt_dir, callbacks=[_progress_callback(ui, label), *callbacks]
         )
-        tokenizer = trainer.processing_class
         lengths = [len(x) for x in trainer.train_dataset["input_ids"]]
         trained = [sum(1 for t in y if t != -100) for y in trainer.train_dataset["labels"]]
         if resume is not None:
@@ -424,17 +403,29 @@ def train_student(
         trainer.train(resume_from_checkpoint=str(resume) if resume else None)
         train_s = time.perf_counter() - t1
         state = trainer.state
+        _save_model(trainer, settings, model_dir, adapter_dir)
 
-        for p in (model_dir, adapter_dir):
-            if p.exists():
-                shutil.rmtree(p)
-        final = trainer.model
-        if settings.lora is not None:
-            final.save_pretrained(adapter_dir)
-            final = final.merge_and_unload()
-        final.save_pretrained(model_dir)
-        tokenizer.save_pretrained(model_dir)
+    info = _result_info(
+        settings, state, fp, base_name, data_hash, len(examples), lengths, trained, resume, t0, train_s
+    )
+    info.update(device=str(device), dtype=str(dtype).removeprefix("torch."))  # in their places
+    epochs, loss_curve = settings.epochs, info["loss_curve"]
+    write_json(result_path, info)
+    shutil.rmtree(ckpt_dir, ignore_errors=True)  # the model is written: the resume point has done its job
+    ui.say(
+        f"{label}: {len(examples)} examples x {epochs:g} epochs, {state.global_step} steps, loss "
+        f"{loss_curve[0][1]:.3f} -> {loss_curve[-1][1]:.3f}, {info['wall_s']:.0f} s ({info['dtype']}, "
+        f"{info['device']}) -> {model_dir}"
+        if loss_curve
+        else f"{label}: done -> {model_dir}"
+    )
+    return TrainResult(out, model_dir, adapter_dir if settings.lora else None, fp, info)
 
+
+def _result_info(
+    settings, state, fp, base_name, data_hash, n_examples, lengths, trained, resume, t0, train_s
+):
+    """What result.json records of a finished training (device and dtype: filled by the caller)."""
     epochs = settings.epochs
     loss_curve = [(h["step"], h["loss"]) for h in state.log_history if "loss" in h]
     # TRL has already cut rows to max_length: a row that long was (most likely) cut
@@ -446,7 +437,7 @@ def train_student(
         "base_model": base_name,
         "settings": settings.model_dump(mode="json"),
         "dataset_hash": data_hash,
-        "examples": len(examples),
+        "examples": n_examples,
         "examples_at_max_length": truncated,
         "tokens_per_epoch": sum(lengths),
         "trained_tokens_per_epoch": sum(trained),
@@ -461,22 +452,60 @@ def train_student(
             sum(lengths) * epochs * done_steps / max(state.max_steps, 1) / max(train_s, 1e-9),
             1,
         ),
-        "device": str(device),
-        "dtype": str(dtype).removeprefix("torch."),
+        "device": None,  # set by the caller, which knows where it trained
+        "dtype": None,
         "machine": machine_name(),
         "lora": settings.lora is not None,
         "versions": _versions(),
     }
-    write_json(result_path, info)
-    shutil.rmtree(ckpt_dir, ignore_errors=True)  # the model is written: the resume point has done its job
-    ui.say(
-        f"{label}: {len(examples)} examples x {epochs:g} epochs, {state.global_step} steps, loss "
-        f"{loss_curve[0][1]:.3f} -> {loss_curve[-1][1]:.3f}, {info['wall_s']:.0f} s ({info['dtype']}, "
-        f"{info['device']}) -> {model_dir}"
-        if loss_curve
-        else f"{label}: done -> {model_dir}"
+    return info
+
+
+def _check_examples(examples: Sequence[SFTExample]) -> None:
+    if not examples:
+        raise ValueError("no training examples")
+    empty = [i for i, e in enumerate(examples) if not e.completion.strip()]
+    if empty:
+        raise ValueError(
+            f"{len(empty)} example(s) have an empty completion (first: #{empty[0]}); drop them first"
+        )
+
+
+def _start(out: Path, fp: str, settings: TrainSettings, base_name: str, force: bool) -> TrainResult | None:
+    """The finished training of this fingerprint in `out` (reused), or None after marking `out` as
+    started by it (refusing a folder that another training started or finished)."""
+    model_dir, adapter_dir = out / MODEL_DIR, out / ADAPTER_DIR
+    result_path, started_path = out / RESULT_FILE, out / STARTED_FILE
+    if force and out.exists():
+        for p in (result_path, started_path, model_dir, adapter_dir, out / CHECKPOINT_DIR):
+            if p.is_dir():
+                shutil.rmtree(p)
+            elif p.exists():
+                p.unlink()
+    if result_path.is_file():
+        info = _same_training(result_path, fp, "a finished")
+        return TrainResult(out, model_dir, adapter_dir if settings.lora else None, fp, info, reused=True)
+    if started_path.is_file():
+        _same_training(started_path, fp, "an unfinished")
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(
+        started_path,
+        {"fingerprint": fp, "settings": settings.model_dump(mode="json"), "base_model": base_name},
     )
-    return TrainResult(out, model_dir, adapter_dir if settings.lora else None, fp, info)
+    return None
+
+
+def _save_model(trainer, settings: TrainSettings, model_dir: Path, adapter_dir: Path) -> None:
+    """The trained model, merged (and its LoRA adapter beside it), with the tokenizer."""
+    for p in (model_dir, adapter_dir):
+        if p.exists():
+            shutil.rmtree(p)
+    final = trainer.model
+    if settings.lora is not None:
+        final.save_pretrained(adapter_dir)
+        final = final.merge_and_unload()
+    final.save_pretrained(model_dir)
+    trainer.processing_class.save_pretrained(model_dir)
 
 
 def _versions() -> dict[str, str]:

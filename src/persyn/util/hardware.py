@@ -30,7 +30,8 @@ from typing import Any
 
 import torch
 
-DTYPE_NAMES = ("auto", "bfloat16", "float32", "float16")
+from persyn.defaults import DTYPE_NAMES
+
 _BY_NAME = {"bfloat16": torch.bfloat16, "float32": torch.float32, "float16": torch.float16}
 
 

@@ -1,4 +1,5 @@
-"""Synthetic calibration data with a known answer, for tests, benchmarks and demos.
+"""Synthetic calibration data with a known answer, for the router tests and benchmarks/router.py
+(which puts tests/ on its path to import it; it is not part of the package).
 
 Prompts are real sentences from distinct topics (so a sentence encoder separates them); each topic
 has one best teacher, and scores are noisy around per-(topic, teacher) means. A router that reads
