@@ -106,7 +106,7 @@ def run(
     the oracle over every prompt (Generate-then-Select). `force`: retrain finished students.
     `alpha_grid`: PerSyn at each alpha (chosen on the validation sets). `seeds`: training seeds
     of PerSyn and Strong. `primary`: the pre-registered comparison (`Primary` or ARM:AGAINST:METRIC)."""
-    from persyn.student.compare import UNTRAINED, ComparisonError, assert_comparable, equal_subsamples
+    from persyn.student.compare import UNTRAINED
 
     primary = Primary.parse(primary) if isinstance(primary, str) else primary
     names = _names(ctx, strategies, oracle)
@@ -117,44 +117,20 @@ def run(
     if grid and (not val_sets or primary is None):
         raise StageError("compare --alpha-grid needs eval sets with split: validation and a primary metric")
     arms = list(dict.fromkeys([*names, *grid]))
-    built = ctx.run_stage("strategies", names=arms, oracle=oracle)
-    empty = [n for n, r in built.items() if not r.rows]
-    if empty:
-        raise StageError(f"compare: no dataset rows for {', '.join(empty)}")
-    if built.get("oracle") is not None and built["oracle"].scope != "all":
-        raise StageError("compare: the oracle needs --oracle (else it covers the calibration prompts only)")
+    built = _datasets(ctx, arms, oracle)
 
-    # Equal counts by construction; identical example sets are trained once.
-    examples = {a: training_examples(ctx, a, oracle=oracle) for a in arms}
-    counts = {a: len(rows) for a, rows in examples.items()}
-    n = ctx.config.train.examples or min(counts.values())
-    short = {k: v for k, v in counts.items() if v < n}
-    if short:
-        have = ", ".join(f"{k} has {v}" for k, v in short.items())
-        raise StageError(f"compare: train.examples = {n}, but {have} usable rows")
-    drawn = equal_subsamples(examples, n, seed=ctx.config.train.seed)
-    same_as = _same_data(drawn)
+    n, same_as = _equal_examples(ctx, arms, oracle)
     base_seed = ctx.config.train.seed
     seed_list = list(dict.fromkeys(seeds)) if seeds else [base_seed]
-    ctx.ui.say(
-        f"[bold]compare[/]: {len(arms)} arms, {n} examples each, seeds {seed_list} for "
-        f"{', '.join(a for a in SEEDED if a in arms)}" + (f"; identical data: {same_as}" if same_as else "")
-    )
+    seeded = ", ".join(a for a in SEEDED if a in arms)
+    same = f"; identical data: {same_as}" if same_as else ""
+    ctx.ui.say(f"[bold]compare[/]: {len(arms)} arms, {n} examples each, seeds {seed_list} for {seeded}{same}")
 
     def arm_seeds(arm: str) -> list[int]:
         return seed_list if arm in SEEDED else [base_seed]
 
-    trainings: dict[str, dict[str, Any]] = {}
-    for arm in arms:
-        if arm in same_as:
-            continue
-        for s in arm_seeds(arm):
-            trained = ctx.run_stage("train", strategy=arm, examples=n, force=force, oracle=oracle, seed=s)
-            trainings[_student(ctx, arm, s)] = trained.info
-    try:
-        assert_comparable({k: {**v, "settings": _without_seed(v)} for k, v in trainings.items()})
-    except ComparisonError as e:
-        raise StageError(str(e)) from None
+    todo = [(arm, s) for arm in arms if arm not in same_as for s in arm_seeds(arm)]
+    trainings = _train(ctx, todo, n, force=force, oracle=oracle)
 
     def evaluated(arm: str, sets: list[str]) -> list[dict[str, Any]]:
         src = same_as.get(arm, arm)
@@ -218,6 +194,48 @@ def _grid_names(ctx: RunContext, alpha_grid: list[float] | None) -> list[str]:
         name = persyn_at(a)
         out.append("persyn" if abs(float(a) - ctx.config.router.alpha) < 1e-12 else name)
     return list(dict.fromkeys(out))
+
+
+def _datasets(ctx: RunContext, arms: list[str], oracle: bool) -> dict[str, Any]:
+    """Every arm's dataset (strategies stage), refused where one is empty or the oracle partial."""
+    built = ctx.run_stage("strategies", names=arms, oracle=oracle)
+    empty = [n for n, r in built.items() if not r.rows]
+    if empty:
+        raise StageError(f"compare: no dataset rows for {', '.join(empty)}")
+    if built.get("oracle") is not None and built["oracle"].scope != "all":
+        raise StageError("compare: the oracle needs --oracle (else it covers the calibration prompts only)")
+    return built
+
+
+def _equal_examples(ctx: RunContext, arms: list[str], oracle: bool) -> tuple[int, dict[str, str]]:
+    """The number of examples every arm trains on (`train.examples`, else the smallest usable
+    dataset), and which arms' drawn examples are another arm's row for row (trained once)."""
+    from persyn.student.compare import equal_subsamples
+
+    examples = {a: training_examples(ctx, a, oracle=oracle) for a in arms}
+    counts = {a: len(rows) for a, rows in examples.items()}
+    n = ctx.config.train.examples or min(counts.values())
+    short = {k: v for k, v in counts.items() if v < n}
+    if short:
+        have = ", ".join(f"{k} has {v}" for k, v in short.items())
+        raise StageError(f"compare: train.examples = {n}, but {have} usable rows")
+    return n, _same_data(equal_subsamples(examples, n, seed=ctx.config.train.seed))
+
+
+def _train(ctx: RunContext, todo: list[tuple[str, int]], n: int, *, force: bool, oracle: bool) -> dict:
+    """Train each (arm, seed) on `n` examples (the train stage resumes or reuses), then check that
+    every training but for its seed was alike. Returns {student name: train.json}."""
+    from persyn.student.compare import ComparisonError, assert_comparable
+
+    trainings: dict[str, dict[str, Any]] = {}
+    for arm, seed in todo:
+        trained = ctx.run_stage("train", strategy=arm, examples=n, force=force, oracle=oracle, seed=seed)
+        trainings[_student(ctx, arm, seed)] = trained.info
+    try:
+        assert_comparable({k: {**v, "settings": _without_seed(v)} for k, v in trainings.items()})
+    except ComparisonError as e:
+        raise StageError(str(e)) from None
+    return trainings
 
 
 def _student(ctx: RunContext, arm: str, seed: int) -> str:
