@@ -56,8 +56,9 @@ class EvidenceSize:
 
     train: int
     calibration: int
-    test: int  # math: scored by log-likelihood; constraints: all answered (no log-likelihood metric)
+    test: int  # math: scored by log-likelihood; constraints: the items answered come first
     test_answered: int  # math answered (accuracy)
+    constraints_answered: int  # constrained test items answered (they have no log-likelihood metric)
     validation: int
     max_new_tokens: int
     eval_max_new_tokens: int
@@ -70,6 +71,7 @@ SIZES = {
         calibration=40,
         test=300,
         test_answered=150,
+        constraints_answered=300,
         validation=60,
         max_new_tokens=320,
         eval_max_new_tokens=320,
@@ -79,7 +81,8 @@ SIZES = {
         train=40,
         calibration=16,
         test=60,
-        test_answered=40,
+        test_answered=24,
+        constraints_answered=40,
         validation=24,
         max_new_tokens=320,
         eval_max_new_tokens=320,
@@ -138,7 +141,10 @@ train:
   lora: {{r: 16, alpha: 32, dropout: 0.05, target: all-linear}}
 eval:
   sets:
-    - {{name: constraints-test, path: eval-constraints-test.jsonl, id_field: id, split: test}}
+    - name: constraints-test
+      path: eval-constraints-test.jsonl
+      id_field: id
+      answer_limit: {constraints_answered}
     - name: math-test
       path: eval-math-test.jsonl
       id_field: id
@@ -227,6 +233,7 @@ def write_evidence(out: str | Path, size: str = "quick") -> Path:
         max_new_tokens=s.max_new_tokens,
         calibration=2 * s.calibration,
         answered=s.test_answered,
+        constraints_answered=s.constraints_answered,
         eval_max_new_tokens=s.eval_max_new_tokens,
         epochs=TRAINING["epochs"],
         learning_rate=TRAINING["learning_rate"],
