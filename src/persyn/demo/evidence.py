@@ -90,7 +90,7 @@ SIZES = {
 }
 
 #: The student's training: the pilot's choice (benchmarks/pilot.py, docs/student.md).
-TRAINING = {"epochs": 1.0, "learning_rate": 1.0e-3}
+TRAINING = {"epochs": 1.0, "learning_rate": 3.0e-4}
 
 #: What `persyn compare` is asked (benchmarks/reproduce.py passes these): the pre-registered design.
 EVIDENCE_DESIGN = {
