@@ -174,3 +174,15 @@ def test_paired_test_finds_a_known_better_dataset_and_no_difference_between_iden
     assert better.difference.mean > 0.5 and better.difference.low > 0 and better.p_value < 0.001
     same = paired_test(scores["bad"], scores["bad-again"])
     assert same.p_value == 1.0 and same.difference.mean == 0.0 and same.difference.high == 0.0
+
+
+def test_demo_task_names_the_choices_and_an_evidence_folder_is_not_a_demo_folder(tmp_path):
+    from pipeline_fixtures import cli
+
+    res = cli(["demo", "--task", "nope", "--dir", str(tmp_path / "x")])
+    assert res.exit_code == 2 and "choose demo, evidence or evidence-quick" in res.output
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    res = cli(["demo", "--task", "evidence-quick", "--dir", str(tmp_path / "other"), "--force"])
+    assert res.exit_code == 2 and "not an evidence directory" in res.output
+    assert (tmp_path / "other" / "notes.txt").read_text() == "mine"
