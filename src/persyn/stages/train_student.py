@@ -69,6 +69,8 @@ def run(
             raise StageError(f"train: {e}") from None
     if not rows:
         raise StageError(f"strategy {strategy!r}: its dataset has no usable rows")
+    if ctx.executor is not None:
+        ctx.executor.release()  # the teachers' engines are dead weight beside a training (memory)
     out = student_dir(ctx, strategy, seed)
     name = student_name(ctx, strategy, seed)
     if seed is not None:
