@@ -1,15 +1,16 @@
-"""A miniature of the paper's Table 2 on this machine: the demo's teacher pool, SmolLM2-135M as the
-student, every strategy's dataset, the student fine-tuned on each alike, and each evaluated on
-held-out math (answer accuracy, reference log-likelihood) and instructions (judge, win rate).
+"""The evidence miniature of the paper's Table 2 on this machine (docs/student.md): constrained
+instructions and level-1 arithmetic, three zoo teachers whose strengths differ by prompt,
+SmolLM2-135M as the student, every strategy's dataset, the student trained on each alike (PerSyn
+and Strong with two seeds), PerSyn's alpha chosen on a validation split, every arm scored on the
+test split with paired tests, one comparison named in advance.
 
-    .venv/bin/python benchmarks/reproduce.py                       # ~45 min on 2 cores (see docs/student.md)
-    .venv/bin/python benchmarks/reproduce.py --dir /tmp/repro --json /tmp/repro.json
-    .venv/bin/python benchmarks/reproduce.py --prompts 64 --eval-math 40 --max-new-tokens 96   # a quick look
+    .venv/bin/python benchmarks/reproduce.py --size quick            # fewer items, the same design
+    .venv/bin/python benchmarks/reproduce.py --size full --json /tmp/evidence.json
 
-It is `persyn run` then `persyn compare` on a project written by `write_demo` with larger sizes; it
-resumes like they do (re-run the same command after an interruption). It prints the table, the
-teachers' own accuracy, the machine and the wall time of each step. What it measures is what it
-shows: the sizes are chosen to fit the time, not to favour any strategy.
+It is `persyn demo --task evidence[-quick]`: `persyn run` then `persyn compare` with the design of
+`persyn.demo.evidence.evidence_design`; a killed run resumes when the same command is run again.
+It prints the CPU, the table, the primary comparison, Strong's gain over the untrained student,
+the alpha curve, the seeds' spread, the teachers' quality and the wall time of each step.
 """
 
 from __future__ import annotations
@@ -26,22 +27,14 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]  # bench
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--dir", type=Path, default=Path("runs/reproduce"), help="project and run directory")
-    ap.add_argument("--prompts", type=int, default=160, help="training prompts (math and instructions)")
-    ap.add_argument("--instructions", type=int, default=40, help="of which instructions")
-    ap.add_argument("--calibration", type=int, default=48)
-    ap.add_argument("--max-new-tokens", type=int, default=256, help="teachers' answer length")
-    ap.add_argument("--eval-math", type=int, default=200, help="held-out math problems (reference loglik)")
-    ap.add_argument("--eval-answer-limit", type=int, default=60, help="of which answered (accuracy)")
-    ap.add_argument("--eval-instructions", type=int, default=24, help="held-out instructions (judge, win)")
-    ap.add_argument("--epochs", type=float, default=1.0)
-    ap.add_argument("--strategies", default="persyn,strong,mix,car,random")
-    ap.add_argument("--oracle", action="store_true", help="add the full oracle (every teacher, every prompt)")
-    ap.add_argument("--json", type=Path, help="also write compare.json and the timings here")
+    ap.add_argument("--size", choices=("full", "quick"), default="full")
+    ap.add_argument("--dir", type=Path, help="project and run directory (default runs/evidence-<size>)")
+    ap.add_argument("--json", type=Path, help="also write compare.json, the timings and the machine here")
     args = ap.parse_args()
 
-    from persyn.demo.project import write_demo
+    from persyn.demo.evidence import SIZES, evidence_design, write_evidence
     from persyn.pipeline import Pipeline
+    from persyn.student.compare import comparison_summary
     from persyn.util.hardware import describe_machine
 
     machine = describe_machine()
@@ -50,37 +43,28 @@ def main() -> None:
         f"dtype auto -> {machine['auto_dtype']}",
         flush=True,
     )
-    cfg = write_demo(
-        args.dir,
-        n_prompts=args.prompts,
-        n_instructions=args.instructions,
-        calibration=args.calibration,
-        max_new_tokens=args.max_new_tokens,
-        eval_math=args.eval_math,
-        eval_answer_limit=args.eval_answer_limit,
-        eval_instructions=args.eval_instructions,
-    )
+    print(f"size {args.size}: {SIZES[args.size]}; design {evidence_design(args.size)}", flush=True)
+    cfg = write_evidence(args.dir or Path(f"runs/evidence-{args.size}"), args.size)
     timings = {}
-    overrides = {"train.epochs": args.epochs}
-    with Pipeline.from_config(cfg, overrides=overrides, progress=True) as pipe:
+    with Pipeline.from_config(cfg, progress=True) as pipe:
         t = time.perf_counter()
         pipe.run()
         timings["run_s"] = round(time.perf_counter() - t, 1)
         t = time.perf_counter()
-        table = pipe.compare(args.strategies, oracle=args.oracle)
+        table = pipe.compare(**evidence_design(args.size))
         timings["compare_s"] = round(time.perf_counter() - t, 1)
         doc = pipe.ctx.result("compare")
     print()
     print(table.render())
-    print("\nteachers' own accuracy on the calibration prompts with answers:")
-    for name, iv in doc["teachers"].items():
-        print(f"  {name}: {iv['mean']:.3f} [{iv['low']:.3f}, {iv['high']:.3f}] (n={iv['n']})")
-    print(f"\nrouting of the PerSyn dataset: {doc['routing'].get('persyn')}")
-    print(f"timings: {timings} (run, then compare)")
+    print()
+    for line in comparison_summary(doc):
+        print(line)
+    print(f"\nrouting: {doc['routing']}")
+    print(f"timings: {timings} (run, then compare) on {machine['cpu']}")
     if args.json:
         args.json.write_text(
             json.dumps(
-                {"compare": doc, "timings": timings, "machine": machine, "args": vars(args)},
+                {"compare": doc, "timings": timings, "machine": machine, "size": args.size},
                 indent=2,
                 default=str,
             )

@@ -148,3 +148,54 @@ def test_train_is_not_redone_and_other_settings_are_refused_without_retrain(stud
     assert cli(["eval", str(cfg), "--model", str(model)]).exit_code == 0
     unknown = cli(["eval", str(cfg), "--model", "mix"])
     assert unknown.exit_code == 2 and "persyn train CONFIG --strategy mix" in unknown.stderr
+
+
+@pytest.mark.slow
+def test_compare_with_seeds_alpha_grid_and_a_primary_comparison(tmp_path_factory):
+    """Seeds for PerSyn and Strong, PerSyn's alpha chosen on a validation set and reported on test,
+    identical datasets trained once, the pre-registered comparison and Strong's gain in compare.json;
+    the alpha variants never replace the run's own routing."""
+    from persyn.demo import generate_math_problems
+
+    root = copy_run(base_run(tmp_path_factory), tmp_path_factory.mktemp("grid") / "r")
+    run_prompts = {json.loads(x)["prompt"] for x in (root / "prompts.jsonl").read_text().splitlines()}
+    val = [p for p in generate_math_problems(12, seed=654) if p.prompt not in run_prompts][:6]
+    _write_jsonl(root / "val-math.jsonl", [{"prompt": p.prompt, "answer": p.answer} for p in val])
+    sets = [
+        {"name": "math", "path": "eval-math.jsonl", "answer_field": "answer", "answer_limit": 6},
+        {"name": "math-val", "path": "val-math.jsonl", "answer_field": "answer", "split": "validation"},
+    ]
+    cfg = _student_config(root, eval_sets=sets)
+    run = root / "run"
+    routing_before = json.loads((run / "routing.json").read_text())["router_key"]
+    args = ["compare", str(cfg), "--strategies", "persyn,strong,car", "--alpha-grid", "0,0.9"]
+    res = cli([*args, "--seeds", "0,1", "--primary", "persyn:strong:accuracy"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads((run / "compare.json").read_text())
+
+    assert json.loads((run / "routing.json").read_text())["router_key"] == routing_before
+    alpha = doc["alpha"]
+    assert [c["alpha"] for c in alpha["curve"]] == [0.0, 0.9] and alpha["chosen"] in (0.0, 0.9)
+    assert all(c["validation"]["n"] == 6 for c in alpha["curve"]) and alpha["sets"] == ["math-val"]
+    rows = {r["name"]: r for r in doc["table"]["rows"]}
+    assert list(rows) == ["untrained", "persyn", "strong", "car", "persyn (chosen alpha)"]
+    assert all(set(r["metrics"]) >= {"math/accuracy"} for r in rows.values())
+    assert all(not c.startswith("math-val/") for c in doc["table"]["columns"])  # validation: choice only
+
+    # Seeds: PerSyn and Strong twice (unless their data is another arm's), each seed's mean kept.
+    students = {p.name for p in (run / "students").iterdir()}
+    for arm in ("persyn", "strong"):
+        if arm in doc["same_data_as"]:
+            continue
+        assert {arm, f"{arm}+seed1"} <= students
+        assert len(doc["seed_means"][arm]["math"]["accuracy"]) == 2
+    # Identical data is trained once: no student folder of its own.
+    for arm, same in doc["same_data_as"].items():
+        assert arm not in students and same in doc["arms"]
+    assert doc["routed_unlike_strong"]["strong"] == 0.0
+    assert doc["primary"]["metric"] == "accuracy" and list(doc["primary"]["tests"]) == ["math/accuracy"]
+    t = doc["primary"]["tests"]["math/accuracy"]
+    assert 0 <= t["p_value"] <= 1 and t["difference"]["n"] == 6
+    assert isinstance(doc["strong_gain"]["informative"], bool) and doc["strong_gain"]["tests"]
+    assert doc["exploratory"]["holm_adjusted_p"]
+    assert "primary (named before the run): persyn vs strong on accuracy" in res.stdout

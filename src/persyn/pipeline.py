@@ -242,9 +242,19 @@ class Pipeline:
         self.report()
         return results
 
-    def train(self, strategy: str = "persyn", *, examples: int | None = None, retrain: bool = False):
-        """Fine-tune the student on `strategy`'s dataset -> TrainResult (<run>/students/<strategy>/)."""
-        return self._stage("train", datasets=True, strategy=strategy, examples=examples, force=retrain)
+    def train(
+        self,
+        strategy: str = "persyn",
+        *,
+        examples: int | None = None,
+        retrain: bool = False,
+        seed: int | None = None,
+    ):
+        """Fine-tune the student on `strategy`'s dataset -> TrainResult (<run>/students/<strategy>/,
+        or <strategy>+seed<N>/ for another seed than train.seed)."""
+        return self._stage(
+            "train", datasets=True, strategy=strategy, examples=examples, force=retrain, seed=seed
+        )
 
     def evaluate(self, model: str = "base"):
         """The student (`base`), a trained strategy's student or a model folder on the `eval:` sets
@@ -252,11 +262,29 @@ class Pipeline:
         return self._stage("eval", model=model)
 
     def compare(
-        self, strategies: list[str] | str | None = None, *, oracle: bool = False, retrain: bool = False
+        self,
+        strategies: list[str] | str | None = None,
+        *,
+        oracle: bool = False,
+        retrain: bool = False,
+        alpha_grid: list[float] | None = None,
+        seeds: list[int] | None = None,
+        primary: str | None = None,
     ):
         """Every strategy's dataset, a student trained on each alike, each evaluated -> ComparisonTable
-        (<run>/compare.json); refreshes the report."""
-        table = self._stage("compare", datasets=True, strategies=strategies, oracle=oracle, force=retrain)
+        (<run>/compare.json); refreshes the report. `alpha_grid`: PerSyn per alpha, chosen on the
+        validation eval sets; `seeds`: training seeds of PerSyn and Strong; `primary`: the
+        pre-registered comparison ARM:AGAINST:METRIC."""
+        table = self._stage(
+            "compare",
+            datasets=True,
+            strategies=strategies,
+            oracle=oracle,
+            force=retrain,
+            alpha_grid=alpha_grid,
+            seeds=seeds,
+            primary=primary,
+        )
         self.report()
         return table
 

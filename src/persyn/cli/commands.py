@@ -423,6 +423,12 @@ def demo(
         None, "--max-new-tokens", help="Generation length of every teacher (default: 512)."
     ),
     force: bool = typer.Option(False, "--force", help="Start the demo afresh (deletes the demo directory)."),
+    task: str = typer.Option(
+        "demo",
+        "--task",
+        help="demo: the pipeline on the bundled prompts. evidence / evidence-quick: the evidence miniature "
+        "(constrained instructions and arithmetic, every strategy trained and tested; docs/student.md).",
+    ),
 ) -> None:
     """Run the whole pipeline on the bundled demo prompts with three real zoo teachers (Qwen2.5-Coder-0.5B
     with its working, the same model told to give the number only, Gemma-3-270M after worked
@@ -439,6 +445,9 @@ def demo(
         DemoSettingsError,
         write_demo,
     )
+
+    if task != "demo":
+        return _evidence_demo(task, out, force)
 
     if force and out.exists():
         if any(out.iterdir()) and not (out / "persyn-demo.yaml").is_file():
@@ -484,6 +493,41 @@ def demo(
     _err.print(f"demo: {time.monotonic() - _STARTED:.0f} s in all")
     _out.print(f"  config:  {cfg_path}   (re-run: persyn run {cfg_path})")
     _out.print(f"  next:    persyn compare {cfg_path}   (the student trained on each strategy's data)")
+
+
+def _evidence_demo(task: str, out: Path, force: bool) -> None:
+    """`persyn demo --task evidence[-quick]`: write the evidence project, run the pipeline, then
+    `persyn compare` with the pre-registered design (demo/evidence.py)."""
+    from persyn.demo.evidence import EvidenceSettingsError, evidence_design, write_evidence
+    from persyn.student.compare import comparison_summary
+
+    sizes = {"evidence": "full", "evidence-quick": "quick"}
+    if task not in sizes:
+        _fail(f"--task {task!r}: choose demo, evidence or evidence-quick")
+    if out == Path("runs/demo"):
+        out = Path(f"runs/{task}")
+    if force and out.exists():
+        if any(out.iterdir()) and not (out / "persyn-evidence.yaml").is_file():
+            _fail(f"{out} is not an evidence directory (no persyn-evidence.yaml); not deleting it")
+        shutil.rmtree(out)
+    try:
+        cfg_path = write_evidence(out, sizes[task])
+        design = evidence_design(sizes[task])
+    except (ValueError, EvidenceSettingsError) as exc:
+        _fail(str(exc))
+    _err.print(f"evidence config: {cfg_path} ({sizes[task]} size); design: {design}", soft_wrap=True)
+    print_summary(
+        _run_stage(cfg_path, "run", force=False, retry_failed=False, skip_bad_rows=False, overrides=())
+    )
+    try:
+        with _pipeline(cfg_path, overrides=()) as pipe:
+            table = pipe.compare(**design)
+            doc = pipe.ctx.result("compare")
+    except PersynError as exc:
+        _report_error(exc)
+    _out.print(table.render(), soft_wrap=True)
+    for line in comparison_summary(doc):
+        _out.print(line, soft_wrap=True)
 
 
 register_student_commands(app)  # train, eval, compare: after the dataset commands in --help

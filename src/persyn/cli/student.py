@@ -30,6 +30,9 @@ def train(
         "--examples",
         help="Train on this many rows (a seeded draw; default: train.examples, else all).",
     ),
+    seed: int | None = typer.Option(
+        None, "--seed", help="Training seed (default train.seed); another seed trains <strategy>+seed<N>."
+    ),
     retrain: bool = typer.Option(False, "--retrain", help=RETRAIN_HELP),
     overrides: list[str] = typer.Option([], "--set", help=SET_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print train.json only."),
@@ -39,7 +42,7 @@ def train(
     train.json); a killed training resumes from its last checkpoint, a finished one is not redone."""
     try:
         with _pipeline(config, overrides=overrides) as pipe:
-            result = pipe.train(strategy, examples=examples, retrain=retrain)
+            result = pipe.train(strategy, examples=examples, retrain=retrain, seed=seed)
     except PersynError as exc:
         _report_error(exc)
     info = result.info
@@ -89,6 +92,15 @@ def evaluate(
     _out.print(t)
 
 
+def _numbers(text: str | None, kind, flag: str):
+    if text is None:
+        return None
+    try:
+        return [kind(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"{flag} {text!r}: expected comma-separated numbers") from None
+
+
 def compare(
     config: Path = _CONFIG,
     strategies: str | None = typer.Option(
@@ -102,6 +114,22 @@ def compare(
         "--oracle",
         help="Add the full oracle (every teacher answers every prompt, as in Generate-then-Select).",
     ),
+    alpha_grid: str | None = typer.Option(
+        None,
+        "--alpha-grid",
+        help="Comma-separated alphas (e.g. 0,0.2,0.4,0.6,0.8): PerSyn with a router per alpha, alpha "
+        "chosen on the eval sets with split: validation by the --primary metric, reported on test.",
+    ),
+    seeds: str | None = typer.Option(
+        None, "--seeds", help="Comma-separated training seeds for PerSyn and Strong (e.g. 0,1)."
+    ),
+    primary: str | None = typer.Option(
+        None,
+        "--primary",
+        help="The comparison named before the run, ARM:AGAINST:METRIC "
+        "(e.g. persyn:strong:constraints_strict); the other tests are reported as exploratory "
+        "(Holm-adjusted).",
+    ),
     retrain: bool = typer.Option(False, "--retrain", help=RETRAIN_HELP),
     overrides: list[str] = typer.Option([], "--set", help=SET_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print compare.json only."),
@@ -113,7 +141,14 @@ def compare(
     section of the report. Every step resumes."""
     try:
         with _pipeline(config, overrides=overrides) as pipe:
-            table = pipe.compare(strategies, oracle=oracle, retrain=retrain)
+            table = pipe.compare(
+                strategies,
+                oracle=oracle,
+                retrain=retrain,
+                alpha_grid=_numbers(alpha_grid, float, "--alpha-grid"),
+                seeds=_numbers(seeds, int, "--seeds"),
+                primary=primary,
+            )
             doc = pipe.ctx.result("compare")
             report = pipe.run_dir / "report" / "index.html"
     except PersynError as exc:
@@ -122,11 +157,10 @@ def compare(
         print(json.dumps(doc, indent=2))
         return
     _out.print(table.render(), soft_wrap=True)
-    teachers = doc.get("teachers") or {}
-    if teachers:
-        _out.print("teachers' own accuracy (calibration prompts with answers):")
-        for name, iv in teachers.items():
-            _out.print(f"  {name}: {_interval(iv)}")
+    from persyn.student.compare import comparison_summary
+
+    for line in comparison_summary(doc):
+        _out.print(line, soft_wrap=True)
     _err.print(f"compare.json and the report: {report}")
 
 

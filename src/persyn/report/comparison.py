@@ -1,5 +1,5 @@
 """The report's student comparison (`persyn compare`'s `<run>/compare.json`): one panel per metric,
-a bar per model with its 95% bootstrap interval, the generation cost of each strategy's data
+a bar per model with its 95% interval, the generation cost of each strategy's data
 beside them, and the table behind the figure (report/page.py places both in the page).
 
     plot_comparison(doc, report_dir / "comparison.png")
@@ -17,7 +17,17 @@ __all__ = ["FIGURE", "comparison_context", "plot_comparison"]
 
 FIGURE = "comparison.png"
 # The panels, in this order where present; accuracy and win rate are the headline skills.
-PANEL_ORDER = ("accuracy", "reference_margin", "reference_loglik", "judge_score", "win_rate")
+PANEL_ORDER = (
+    "constraints_strict",
+    "accuracy",
+    "constraints_loose",
+    "all_constraints_strict",
+    "all_constraints_loose",
+    "reference_margin",
+    "reference_loglik",
+    "judge_score",
+    "win_rate",
+)
 _UNTRAINED, _OURS, _OTHER = "#868e96", "#1c7ed6", "#adb5bd"
 
 
@@ -104,12 +114,15 @@ def comparison_context(doc: dict[str, Any] | None) -> dict[str, Any] | None:
                 ],
             }
         )
-    teachers = [{"name": t, "accuracy": _cell(m)} for t, m in (doc.get("teachers") or {}).items()]
+    from persyn.student.compare import comparison_summary
+
     return {
         "columns": cols,
         "references": refs,
         "rows": rows,
-        "teachers": teachers,
+        # The primary comparison, Strong's gain, the alpha curve, seeds, identical data, routing,
+        # the teachers' quality: the lines `persyn compare` prints under its table.
+        "summary": comparison_summary(doc),
         "examples": doc.get("examples"),
         "eval_sets": doc.get("eval_sets", {}),
     }

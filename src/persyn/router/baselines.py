@@ -387,3 +387,28 @@ def build_baselines(
         except (Skip, ValueError) as exc:
             out.notes.append(f"baseline {name} skipped: {exc}")
     return out
+
+
+# ----------------------------------------------------------------------------- strategy names
+
+
+def persyn_alpha(name: str) -> float | None:
+    """A in `persyn-alphaA` (PerSyn with another router alpha), else None; ValueError if A is not
+    in [0, 1]. The name holds only letters, digits, '-' and '.': it names the dataset's files."""
+    if not name.startswith(_PERSYN_AT):
+        return None
+    try:
+        alpha = float(name[len(_PERSYN_AT) :])
+    except ValueError:
+        alpha = -1.0
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"{name!r}: alpha must be a number from 0 to 1 (persyn-alpha0.2)")
+    return alpha
+
+
+def persyn_at(alpha: float) -> str:
+    """The strategy name of PerSyn at `alpha` (`persyn-alpha0.2`)."""
+    return f"{_PERSYN_AT}{float(alpha):g}"
+
+
+_PERSYN_AT = "persyn-alpha"

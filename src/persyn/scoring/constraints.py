@@ -41,14 +41,20 @@ __all__ = [
     "EXCLUDED_TYPES",
     "INSTALL_HINT",
     "ConstraintCheck",
+    "CONSTRAINTS_FIELD",
     "ConstraintError",
     "check_response",
+    "checker_key",
     "conflicting",
     "constraint_types",
     "describe",
     "draw_constraint",
     "validate_constraints",
 ]
+
+#: The prompt-file field that holds a row's constraints (a list as `validate_constraints` takes it):
+#: calibration scores such a prompt's responses by the constraints met, eval by IFEval's metrics.
+CONSTRAINTS_FIELD = "constraints"
 
 INSTALL_HINT = "pip install 'persyn[tasks]'  (or: pip install 'lm-eval[ifeval]==0.4.13')"
 
@@ -331,3 +337,15 @@ def check_response(
         strict=tuple(bool(v) for v in strict.follow_instruction_list),
         loose=tuple(bool(v) for v in loose.follow_instruction_list),
     )
+
+
+def checker_key() -> str:
+    """The key of these checks' verdicts (the lm-eval version and the left-out types): a new lm-eval
+    re-checks stored answers instead of mixing verdicts of two versions."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        v = version("lm_eval")
+    except PackageNotFoundError:
+        v = "missing"
+    return f"ifeval@lm-eval-{v}"

@@ -102,6 +102,19 @@ class RunContext:
     stages: Mapping[str, ModuleType] = field(default_factory=dict)
     _batches: dict[str, int] = field(default_factory=dict)
     _working: list[str] | None = None
+    #: Set on a context for another router alpha (`with_router_alpha`): its router and routes are
+    #: content-keyed rows and folders like any other, but never become the run's current ones.
+    variant: str | None = None
+
+    def with_router_alpha(self, alpha: float) -> RunContext:
+        """This run seen with `router.alpha = alpha` (the alpha grid of `persyn compare`): the same
+        store and executor; train-router and route keep their results out of the run's current
+        state (`routing.json`, the current router)."""
+        from dataclasses import replace
+
+        router = self.config.router.model_copy(update={"alpha": float(alpha)})
+        config = self.config.model_copy(update={"router": router})
+        return replace(self, config=config, variant=f"alpha={float(alpha):g}", _working=self._working)
 
     @classmethod
     def read_only(cls, config: Config, stages: Mapping[str, ModuleType]) -> RunContext | None:

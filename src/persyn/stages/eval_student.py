@@ -115,8 +115,9 @@ def _judge(ctx: RunContext):
     return None
 
 
-def eval_items(ctx: RunContext) -> dict[str, list]:
-    """Each eval set's items, refused where a prompt is also one of the run's prompts."""
+def eval_items(ctx: RunContext, names: list[str] | None = None) -> dict[str, list]:
+    """Each eval set's items (or those of `names`), refused where a prompt is also one of the run's
+    prompts."""
     from persyn.student.evaluate import OverlapError, load_eval_set, refuse_overlap
 
     sets = ctx.config.eval.sets
@@ -128,6 +129,8 @@ def eval_items(ctx: RunContext) -> dict[str, list]:
     run_prompts = [p.text for batch in ctx.store.iter_prompts() for p in batch]
     out = {}
     for spec in sets:
+        if names is not None and spec.name not in names:
+            continue
         items = load_eval_set(spec)
         if not items:
             raise StageError(f"eval set {spec.name!r} ({spec.path}) has no prompts")
@@ -139,20 +142,26 @@ def eval_items(ctx: RunContext) -> dict[str, list]:
     return out
 
 
-def run(ctx: RunContext, model: str = BASE) -> dict[str, Any]:
-    """Evaluate `model` on every eval set; see the module docstring. Returns {set: EvalResult}."""
+def run(ctx: RunContext, model: str = BASE, *, sets: list[str] | None = None) -> dict[str, Any]:
+    """Evaluate `model` on every eval set (or those named in `sets`); see the module docstring.
+    Returns {set: EvalResult}."""
     from persyn.executors import JobEngine
     from persyn.student.evaluate import PAIRWISE_TEMPLATE, evaluate
 
     cfg = ctx.config
     settings = cfg.eval
-    sets = eval_items(ctx)
+    wanted = sets
+    known = settings.names()
+    unknown = sorted(set(wanted or ()) - set(known))
+    if unknown:
+        raise StageError(f"no eval set named {', '.join(unknown)} (eval.sets: {', '.join(known)})")
+    sets = eval_items(ctx, wanted)
     label, spec, identity = _model(ctx, model)
     judge = _judge(ctx)
     baseline: dict[str, Any] = {}
     if label != BASE and settings.win_rate and judge is not None:
         # The win rate is against the untrained student's answers: those come first.
-        baseline = {name: r.answers for name, r in run(ctx, BASE).items()}
+        baseline = {name: r.answers for name, r in run(ctx, BASE, sets=wanted).items()}
     engine = JobEngine(ctx.executor, spec, score_verb="loglik", batch_size=settings.batch_size)
     answer_key = content_key("answers", identity, settings.max_new_tokens)
     judge_key = content_key(judge.spec.model_dump(mode="json"), judge.score_verb) if judge else None
@@ -160,12 +169,15 @@ def run(ctx: RunContext, model: str = BASE) -> dict[str, Any]:
     results: dict[str, Any] = {}
     written = 0
     for es in settings.sets:
+        if es.name not in sets:
+            continue
         depends = {
             "answer": answer_key,
             "accuracy": answer_key,
             "reference": identity,
             "judge": [answer_key, judge_key],
             "win": [answer_key, base_answers, judge_key, digest(PAIRWISE_TEMPLATE)],
+            "constraints": answer_key,
         }
         cache = StoreCache(ctx, depends)
         res = evaluate(
@@ -191,6 +203,9 @@ def run(ctx: RunContext, model: str = BASE) -> dict[str, Any]:
     if written:
         ctx.store.log_event("eval", "done", f"{label}: {written} new rows", model=label, rows=written)
     doc = ctx.artifact(EVALS_FILE) or {}
-    doc[label] = {name: {**r.to_dict(), "identity": identity} for name, r in results.items()}
+    doc[label] = {
+        **doc.get(label, {}),
+        **{name: {**r.to_dict(), "identity": identity} for name, r in results.items()},
+    }
     ctx.write_artifact(EVALS_FILE, doc)
     return results

@@ -125,6 +125,8 @@ def run(ctx: RunContext) -> RouteResult:
 
     stored = ctx.store.get_routes(key, ids)
     doc = ctx.artifact(ROUTING_FILE)
+    if ctx.variant is not None:
+        doc = None  # a variant's routes are recomputed (the router's scores; no model work)
     if stored is not None and len(stored) == len(ids) and doc is not None:
         if doc.get("router_key") == key:
             ctx.store.set_state("route", {"router_key": key})
@@ -174,6 +176,9 @@ def run(ctx: RunContext) -> RouteResult:
         "routing": routing.to_dict(),
         "info": info,
     }
+    if ctx.variant is not None:  # routes stored under their key; the run's current ones untouched
+        ctx.ui.say(f"[dim]route ({ctx.variant})[/] {counts}")
+        return res
     ctx.write_artifact(ROUTING_FILE, doc)
     ctx.store.set_state("route", {"router_key": key})
     ctx.store.log_event("route", "done", routing.summary().splitlines()[0], key=key, counts=counts)

@@ -2,7 +2,9 @@
 calibration response.
 
 Quality: one method per prompt, for all of its teachers (`quality.method`; under `auto`, verifiable
-answers where the prompt has a reference, else the judge or reward model). Each score row is keyed
+answers where the prompt has a reference, the share of its constraints met where it carries
+verifiable constraints (a `constraints` field, checked the IFEval way: scoring/constraints.py), else
+the judge or reward model). Each score row is keyed
 by that method's own key (`answers:<checker>@<version>...`, `judge:<fingerprint>`), so switching
 between `judge` and `auto` reuses the judge's rows, and a new `prompts.answer_checker` re-checks the
 answers and nothing else. Answer checking runs in the driver (math-verify in its own worker
@@ -67,21 +69,33 @@ class Scores:
 
         return answers_key(self.ctx.config.prompts.answer_checker)
 
+    def constraints_key(self) -> str:
+        """Store key of constraint-check scores (the lm-eval version that checked them)."""
+        from persyn.scoring.constraints import checker_key
+
+        return f"constraints:{checker_key()}"
+
     def quality_keys(self, prompts: Sequence[Prompt]) -> list[str]:
         """The quality method key of each prompt (one method for all its teachers)."""
+        from persyn.scoring.constraints import CONSTRAINTS_FIELD
         from persyn.scoring.quality import engine_scorer_key, has_reference
 
         q = self.ctx.config.quality
         kind = self.quality_engine_kind()
+        constrained = {p.id for p in prompts if q.method == "auto" and p.meta.get(CONSTRAINTS_FIELD)}
         engine_key = None
         if kind is not None:
-            if q.method in ("judge", "reward") or any(not has_reference(p.answer) for p in prompts):
+            if q.method in ("judge", "reward") or any(
+                not has_reference(p.answer) and p.id not in constrained for p in prompts
+            ):
                 engine_key = engine_scorer_key(kind, self.ctx.fingerprint(q.engine))  # type: ignore[arg-type]
         keys = []
         missing_ref = []
         answers = self.answers_key()
         for p in prompts:
-            if q.method == "answers" or (q.method == "auto" and has_reference(p.answer)):
+            if p.id in constrained:
+                keys.append(self.constraints_key())
+            elif q.method == "answers" or (q.method == "auto" and has_reference(p.answer)):
                 if not has_reference(p.answer):
                     missing_ref.append(p)
                 keys.append(answers)
@@ -236,6 +250,8 @@ def run(ctx: RunContext, prompt_ids: Sequence[str] | None = None, *, stage: str 
         work = [(k, r) for k, r in pairs if k in todo]
         if mkey == answers:
             result_counts[unit] = score_answer_rows(ctx, stage, work, by_id)
+        elif mkey == scores.constraints_key():
+            result_counts[unit] = score_constraint_rows(ctx, stage, work, by_id, mkey)
         else:
             kind = scores.quality_engine_kind()
             from persyn.scoring.quality import with_reference
@@ -319,6 +335,38 @@ def score_answer_rows(ctx: RunContext, stage: str, work, by_id: dict[str, Prompt
     return counts
 
 
+def score_constraint_rows(
+    ctx: RunContext, stage: str, work, by_id: dict[str, Prompt], key: str
+) -> WorkCounts:
+    """Check (response key, row) pairs against their prompts' constraints in the driver (lm-eval's
+    IFEval checkers, fast) and store the share met (strict) as quality, with every verdict in meta."""
+    from persyn.scoring.constraints import CONSTRAINTS_FIELD, ConstraintError, check_response
+
+    counts = WorkCounts("quality constraints", wanted=len(work))
+    t0 = time.perf_counter()
+    for s in range(0, len(work), 256):
+        chunk = work[s : s + 256]
+        rows = []
+        for k, r in chunk:
+            p = by_id[k.prompt_id]
+            try:
+                check = check_response(r.text or "", p.meta[CONSTRAINTS_FIELD], prompt=p.text)
+            except ConstraintError as e:
+                raise StageError(
+                    f"prompt {p.source or p.id}: its {CONSTRAINTS_FIELD} cannot be checked: {e}"
+                ) from None
+            meta = {"method": "constraints", **check.as_dict()}
+            rows.append(
+                ScoreRow(QUALITY, key, k.prompt_id, k.teacher, k.gen_key, check.fraction_strict, meta=meta)
+            )
+        ctx.store.put_scores(rows)
+        ctx.committed(stage)
+        counts.new += len(chunk)
+    counts.seconds = time.perf_counter() - t0
+    ctx.log_done(stage, counts)
+    return counts
+
+
 def quality_summary(ctx: RunContext, prompt_ids: Sequence[str] | None = None) -> list[dict]:
     """Per quality method on the calibration responses (or `prompt_ids`): how many labels it produced,
     how many it could not score, their mean, answer-check timeouts, and for a judge or reward model
@@ -349,6 +397,10 @@ def quality_summary(ctx: RunContext, prompt_ids: Sequence[str] | None = None) ->
             entry["checker"] = ctx.config.prompts.answer_checker
             entry["timeouts"] = sum(bool(r.error) and r.error.startswith("timeout") for r in rows)
             entry["reliability"] = f"checked against the reference answers (checker: {entry['checker']})"
+        elif key == scores.constraints_key():
+            entry["reliability"] = (
+                "share of the prompt's verifiable constraints met (IFEval's strict checkers)"
+            )
         else:
             spec = ctx.config.quality.engine  # set: only answers need no model
             measured = measured_accuracy(spec) if spec is not None else None

@@ -7,6 +7,7 @@ comparison.
 | strategy | who answers each prompt |
 |---|---|
 | persyn | the routed teacher (the run's own dataset, `<run>/dataset/`) |
+| persyn-alphaA | the teacher a router trained with `router.alpha = A` routes to (the alpha grid) |
 | strong | the teacher with the best mean quality on the calibration set |
 | family-strong | the strongest teacher of the student's family (`student.family` / `teachers[].family`) |
 | random | a seeded uniform draw per prompt |
@@ -38,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from persyn.defaults import STRATEGIES
+from persyn.router.baselines import persyn_alpha
 from persyn.stages.context import STRATEGIES_DIR, STRATEGIES_FILE, RunContext, StageError
 from persyn.stages.export_records import build_records, dataset_files, left_out_notes, write_dataset
 
@@ -56,6 +58,8 @@ class StrategyResult:
     mean_learnability: float | None = None
     accuracy: float | None = None
     n_accuracy: int = 0
+    #: Share of its prompts this strategy gives another teacher than Strong's (None: no Strong).
+    routed_unlike_strong: float | None = None
     notes: list[str] = field(default_factory=list)
     files: dict[str, Path] = field(default_factory=dict)  # format -> dataset file (to train on)
 
@@ -77,6 +81,7 @@ class StrategyResult:
             "mean_learnability": self.mean_learnability,
             "accuracy": self.accuracy,
             "n_accuracy": self.n_accuracy,
+            "routed_unlike_strong": self.routed_unlike_strong,
             "path": str(self.path) if self.path else None,
         }
 
@@ -95,7 +100,10 @@ def result(ctx: RunContext) -> dict[str, StrategyResult]:
 
 def parse_strategies(text: str | list[str]) -> list[str]:
     names = [s.strip() for s in (text.split(",") if isinstance(text, str) else text) if s.strip()]
-    unknown = [n for n in names if n not in STRATEGIES]
+    try:
+        unknown = [n for n in names if n not in STRATEGIES and persyn_alpha(n) is None]
+    except ValueError as e:
+        raise StageError(str(e)) from None
     if unknown:
         raise StageError(
             f"unknown strateg{'ies' if len(unknown) > 1 else 'y'} {unknown}; choose from {list(STRATEGIES)}"
@@ -150,6 +158,12 @@ def _assignments(
 
     out: dict[str, tuple[str, list[tuple[str, str]]]] = {}
     for name in names:
+        if (alpha := persyn_alpha(name)) is not None:  # PerSyn with a router of another alpha
+            variant = ctx.with_router_alpha(alpha)
+            variant.run_stage("train-router")
+            routes = ctx.store.get_routes(variant.run_stage("route").router_key, ids)
+            out[name] = ("all", list(zip(routes.prompt_ids, routes.assigned, strict=True)))
+            continue
         router = fitted.routers.get(BASELINE_OF.get(name, name))
         if name in BASELINE_OF and router is None:
             if name == "family-strong" and not cfg.family_teachers():
@@ -197,6 +211,8 @@ def run(
     q_cal, l_cal = scores.matrices(cal)
     labels_cal = scores.labels(*scores.matrices(cal, gate=True))
     cal_pos = {pid: i for i, pid in enumerate(cal)}
+    strong = fit_strategy_baselines(ctx.config, teachers, q_cal, l_cal).routers.get("strongest")
+    strong_choice = getattr(strong, "choice", None)
 
     for name, (scope, assignment) in plans.items():
         ctx.ui.say(f"[bold]strategies[/]: {name}")
@@ -223,6 +239,8 @@ def run(
         res.files = dataset_files(ctx, name, path) if rows else {}
         _calibration_metrics(ctx, res, assignment, cal_pos, q_cal, l_cal, labels_cal)
         _accuracy(ctx, res, assignment)
+        if assignment and strong_choice is not None:
+            res.routed_unlike_strong = sum(t != strong_choice for _, t in assignment) / len(assignment)
         results[name] = res
         ctx.store.log_event(
             "strategies",

@@ -32,3 +32,11 @@ def _sft_file(files: dict):
 def usable_counts(ctx: RunContext, names: list[str], *, oracle: bool = False) -> dict[str, int]:
     """How many usable rows (non-empty answers) each strategy's dataset has."""
     return {name: len(training_examples(ctx, name, oracle=oracle)) for name in names}
+
+
+def student_name(ctx: RunContext, strategy: str, seed: int | None = None) -> str:
+    """The name a trained student goes by (its folder, `persyn eval --model`): the strategy, plus
+    `+seed<N>` when trained with another seed than `train.seed`."""
+    if seed is None or seed == ctx.config.train.seed:
+        return strategy
+    return f"{strategy}+seed{seed}"

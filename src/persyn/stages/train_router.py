@@ -200,7 +200,8 @@ def run(ctx: RunContext) -> RouterResult:
     if done is not None:
         ctx.store.log_event("train-router", "resume", f"router {key} already trained", key=key)
         ctx.ui.say(f"[dim]train-router[/] router {key}: done earlier")
-        ctx.store.set_state("router", {"key": key, "path": str(path)})
+        if ctx.variant is None:
+            ctx.store.set_state("router", {"key": key, "path": str(path)})
         return done
 
     teachers = ctx.teachers
@@ -319,7 +320,8 @@ def _save(
     with atomic_path(path) as tmp:  # the folder appears complete (weights and metrics) or not at all
         save_router(router, tmp, extra={"persyn": extra})
         ctx.write_artifact(f"{ROUTERS_DIR}/{tmp.name}/{METRICS_FILE}", json_safe(doc))
-    ctx.store.set_state("router", {"key": doc["train_key"], "path": str(path)})
+    if ctx.variant is None:  # another alpha's router never becomes the run's current one
+        ctx.store.set_state("router", {"key": doc["train_key"], "path": str(path)})
     return json_safe(doc)
 
 

@@ -9,7 +9,8 @@ the strategies stage when missing, which generates only what the store lacks). W
 trained on the same count keep the same prompts wherever they share them (student/compare.py).
 Training is TRL's `SFTTrainer` in this process (student/train.py): LoRA or full, the dtype the
 hardware computes natively, resumed from its last checkpoint when killed, not redone when
-finished. Output: `<run>/students/<strategy>/` (model/, train.json).
+finished. Output: `<run>/students/<strategy>/` (model/, train.json); with another training seed
+than `train.seed` (`seed=`), `<run>/students/<strategy>+seed<N>/`.
 """
 
 from __future__ import annotations
@@ -18,13 +19,13 @@ import json
 from typing import Any
 
 from persyn.stages.context import STUDENTS_DIR, RunContext, StageError
-from persyn.stages.student_data import training_examples
+from persyn.stages.student_data import student_name, training_examples
 
 __all__ = ["result", "run", "student_dir"]
 
 
-def student_dir(ctx: RunContext, strategy: str):
-    return ctx.path(STUDENTS_DIR, strategy)
+def student_dir(ctx: RunContext, strategy: str, seed: int | None = None):
+    return ctx.path(STUDENTS_DIR, student_name(ctx, strategy, seed))
 
 
 def result(ctx: RunContext) -> dict[str, dict[str, Any]]:
@@ -47,10 +48,12 @@ def run(
     examples: int | None = None,
     force: bool = False,
     oracle: bool = False,
+    seed: int | None = None,
 ):
     """Fine-tune the student on `strategy`'s dataset; see the module docstring. `examples`: how many
     rows (default `train.examples`, else all). `force`: retrain over a finished or conflicting
-    training in the same folder."""
+    training in the same folder. `seed`: the training seed (default `train.seed`); the examples
+    drawn stay those of `train.seed`, so seeds differ in initialisation and order only."""
     from persyn.engines.spec import resolve_model
     from persyn.student.compare import ComparisonError, equal_subsamples
     from persyn.student.train import TrainingConflict, train_student
@@ -66,7 +69,12 @@ def run(
             raise StageError(f"train: {e}") from None
     if not rows:
         raise StageError(f"strategy {strategy!r}: its dataset has no usable rows")
-    out = student_dir(ctx, strategy)
+    if ctx.executor is not None:
+        ctx.executor.release()  # the teachers' engines are dead weight beside a training (memory)
+    out = student_dir(ctx, strategy, seed)
+    name = student_name(ctx, strategy, seed)
+    if seed is not None:
+        settings = settings.model_copy(update={"seed": int(seed)})
     try:
         trained = train_student(
             rows,
@@ -75,7 +83,7 @@ def run(
             settings,
             base_name=cfg.student.model,
             progress=ctx.ui,
-            label=f"train · {strategy}",
+            label=f"train · {name}",
             force=force,
         )
     except TrainingConflict as e:
@@ -86,14 +94,14 @@ def run(
     info = trained.info
     if trained.reused:
         done = f"already trained ({info.get('examples')} examples)"
-        ctx.ui.say(f"train · {strategy}: {done} -> {trained.model_dir}")
+        ctx.ui.say(f"train · {name}: {done} -> {trained.model_dir}")
     else:
         ctx.store.log_event(
             "train",
             "done",
-            f"{strategy}: {info['examples']} examples, {info['steps']} steps, final loss "
+            f"{name}: {info['examples']} examples, {info['steps']} steps, final loss "
             f"{info.get('final_loss')}, {info['wall_s']} s",
-            strategy=strategy,
+            strategy=name,
             examples=info["examples"],
             steps=info["steps"],
         )

@@ -23,7 +23,7 @@ from typing import Any
 from persyn.prompts import normalise_text
 from persyn.store.keys import digest
 from persyn.student.evaluate import EvalResult
-from persyn.student.stats import Interval, paired_difference
+from persyn.student.stats import Interval, PairedTest, metric_interval, paired_test
 from persyn.student.train import SFTExample
 
 __all__ = [
@@ -32,8 +32,10 @@ __all__ = [
     "ComparisonTable",
     "UNTRAINED",
     "assert_comparable",
+    "comparison_summary",
     "comparison_table",
     "equal_subsamples",
+    "pool_seeds",
 ]
 
 UNTRAINED = "untrained"
@@ -96,6 +98,7 @@ class ComparisonRow:
     name: str
     metrics: dict[str, Interval]  # "set/metric" -> interval
     vs: dict[str, dict[str, Interval]] = field(default_factory=dict)  # other row -> column -> paired diff
+    tests: dict[str, dict[str, PairedTest]] = field(default_factory=dict)  # the same, with p-values
     cost: dict[str, Any] | None = None  # generations, tokens, money, as the strategy's ledger says
     train: dict[str, Any] | None = None  # examples, steps, final loss, wall time
 
@@ -104,6 +107,7 @@ class ComparisonRow:
             "name": self.name,
             "metrics": {k: v.to_dict() for k, v in self.metrics.items()},
             "vs": {o: {k: v.to_dict() for k, v in d.items()} for o, d in self.vs.items()},
+            "tests": {o: {k: v.to_dict() for k, v in d.items()} for o, d in self.tests.items()},
             "cost": self.cost,
             "train": self.train,
         }
@@ -200,24 +204,118 @@ def comparison_table(
             if metric in results[name][s].metrics:
                 metrics[c] = results[name][s].metrics[metric]
         vs: dict[str, dict[str, Interval]] = {}
+        tests: dict[str, dict[str, PairedTest]] = {}
         for ref in refs:
             if ref == name:
                 continue
-            vs[ref] = {}
+            vs[ref], tests[ref] = {}, {}
             for c in columns:
                 a, b = scores(name, c), scores(ref, c)
                 if a is None or b is None:
                     continue
                 pairs = [(x, y) for x, y in zip(a, b, strict=True) if not (math.isnan(x) or math.isnan(y))]
                 if pairs:
-                    vs[ref][c] = paired_difference([x for x, _ in pairs], [y for _, y in pairs], **boot)
+                    test = paired_test([x for x, _ in pairs], [y for _, y in pairs], **boot)
+                    vs[ref][c], tests[ref][c] = test.difference, test
         rows.append(
             ComparisonRow(
                 name,
                 metrics,
                 vs,
+                tests,
                 cost=dict(costs[name]) if costs and name in costs else None,
                 train=dict(trainings[name]) if trainings and name in trainings else None,
             )
         )
     return ComparisonTable(columns, rows, refs)
+
+
+def pool_seeds(
+    runs: Sequence[EvalResult], *, confidence: float = 0.95, resamples: int = 2000, seed: int = 0
+) -> tuple[EvalResult, dict[str, list[float]]]:
+    """One strategy trained with several seeds, as one row: each item's score is its mean over the
+    seeds (so the paired tests compare items, with the seed noise averaged in), the intervals are
+    recomputed over items, and beside it each metric's mean per seed (the spread a reader needs).
+    Every run must cover the same items (checked)."""
+    if not runs:
+        raise ComparisonError("no runs to pool")
+    first = runs[0]
+    ids = [it.id for it in first.items]
+    for r in runs[1:]:
+        if [it.id for it in r.items] != ids:
+            raise ComparisonError("the seeds of one strategy were evaluated on different items")
+    pooled: dict[str, list[float]] = {}
+    per_seed: dict[str, list[float]] = {}
+    for metric in first.scores:
+        stack = [r.scores[metric] for r in runs if metric in r.scores]
+        pooled[metric] = [
+            math.nan
+            if all(math.isnan(v) for v in col)
+            else sum(v for v in col if not math.isnan(v)) / sum(not math.isnan(v) for v in col)
+            for col in zip(*stack, strict=True)
+        ]
+        per_seed[metric] = [r.metrics[metric].mean for r in runs if metric in r.metrics]
+    boot = dict(confidence=confidence, resamples=resamples, seed=seed)
+    metrics = {m: metric_interval(v, **boot) for m, v in pooled.items()}
+    cost = {k: sum(r.cost.get(k, 0.0) for r in runs) for k in first.cost}
+    return EvalResult(first.model, first.items, first.answers, pooled, metrics, cost), per_seed
+
+
+# ----------------------------------------------------------------------------- reading compare.json
+
+
+def _iv(d: dict) -> str:
+    return (
+        "-" if not d or not d.get("n") else f"{d['mean']:.3f} [{d['low']:.3f}, {d['high']:.3f}] (n={d['n']})"
+    )
+
+
+def _test_line(col: str, t: dict) -> str:
+    d = t["difference"]
+    return (
+        f"{col}: {d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}], p = {t['p_value']:.3g} ({t['test']})"
+    )
+
+
+def comparison_summary(doc: dict) -> list[str]:
+    """What `persyn compare` prints under its table and the report shows: the primary comparison,
+    Strong's gain over the untrained student, the alpha curve, the seeds, identical data, routing,
+    the teachers' quality."""
+    lines = []
+    p = doc.get("primary")
+    if p:
+        lines.append(f"primary (named before the run): {p['arm']} vs {p['against']} on {p['metric']}")
+        lines += [f"  {_test_line(c, t)}" for c, t in p["tests"].items()] or ["  not measured"]
+    g = doc.get("strong_gain")
+    if g:
+        lines.append("strong vs untrained on the primary metric (can this miniature show anything?)")
+        lines += [f"  {_test_line(c, t)}" for c, t in g["tests"].items()]
+        if not g["informative"]:
+            lines.append("  the interval holds 0: the comparison of strategies is not informative")
+    a = doc.get("alpha")
+    if a:
+        curve = ", ".join(
+            f"{c['alpha']:g}: {c['validation']['mean']:.3f}"
+            + (f" (= {c['same_data_as']})" if c["same_data_as"] else "")
+            for c in a["curve"]
+        )
+        lines.append(f"alpha chosen on validation ({a['metric']}): {a['chosen']:g}; curve {curve}")
+    for arm, by_set in (doc.get("seed_means") or {}).items():
+        for s, metrics in by_set.items():
+            shown = ", ".join(f"{m} {' / '.join(f'{v:.3f}' for v in vs)}" for m, vs in metrics.items())
+            lines.append(f"seeds of {arm} on {s}: {shown}")
+    if doc.get("same_data_as"):
+        lines.append(
+            "identical training data, trained once: "
+            + ", ".join(f"{a} = {b}" for a, b in doc["same_data_as"].items())
+        )
+    unlike = {k: v for k, v in (doc.get("routed_unlike_strong") or {}).items() if v is not None}
+    if unlike:
+        lines.append(
+            "share of prompts given another teacher than Strong's: "
+            + ", ".join(f"{k} {v:.2f}" for k, v in unlike.items())
+        )
+    for name, by_method in (doc.get("teachers") or {}).items():
+        shown = ", ".join(f"{m} {_iv(iv)}" for m, iv in by_method.items())
+        lines.append(f"teacher {name} on the calibration prompts: {shown}")
+    return lines

@@ -7,7 +7,8 @@
     result.metrics["accuracy"]                                 # Interval(mean, low, high, n)
 
 Every verb goes through `persyn.engines` (`generate`, `loglik`, `score`), so the student and the judge
-can be any back end. Per item, and then the mean with a 95% bootstrap interval (stats.py):
+can be any back end. Per item, and then the mean with a 95% interval (stats.py: Wilson for 0/1
+metrics, else the bootstrap):
 
 * prompts with a reference answer:
   - `accuracy`: the greedy answer's final answer checked against the reference by the project's
@@ -20,7 +21,12 @@ can be any back end. Per item, and then the mean with a 95% bootstrap interval (
     answer replaced by wrong numbers (near misses, a doubling: `wrong_references`). The phrasing is
     shared by both terms and cancels: it measures whether the student puts its probability on the
     right number, not on a format it was trained to write. Three more forward passes.
-* prompts without one:
+* prompts with verifiable constraints (a `constraints` field, as `persyn.scoring.constraints`
+  checks them the IFEval way):
+  - `constraints_strict` / `constraints_loose`: the share of the item's constraints the answer
+    meets (IFEval's instruction-level accuracy, per item);
+  - `all_constraints_strict` / `all_constraints_loose`: 1 if it meets every one (prompt-level).
+* prompts without either:
   - `judge_score`: the judge's `score` of the answer (log P(Yes) - log P(No), or a reward model);
   - `win_rate`: against the untrained student's answer to the same prompt, judged in both orders
     (below). 1 = this model's answer wins, 0.5 = tie, 0 = loses.
@@ -48,7 +54,7 @@ from persyn.engines.base import Engine, Generation, GenerationParams
 from persyn.prompts import normalise_text, text_id
 from persyn.store.keys import content_key, digest
 from persyn.student.settings import EvalSet, EvalSettings
-from persyn.student.stats import Interval, bootstrap_mean
+from persyn.student.stats import Interval, metric_interval
 from persyn.util.progress import Progress
 
 __all__ = [
@@ -93,6 +99,14 @@ def answer_checker(settings: EvalSettings, checker: str = "auto"):
 # ----------------------------------------------------------------------------- items, overlap
 
 
+def prompt_constraints(meta: dict[str, Any]) -> tuple[dict[str, Any], ...]:
+    """The verifiable constraints of a prompt row (its `CONSTRAINTS_FIELD`), checked; () if none."""
+    from persyn.scoring.constraints import CONSTRAINTS_FIELD, validate_constraints
+
+    raw = meta.get(CONSTRAINTS_FIELD)
+    return tuple(validate_constraints(raw)) if raw else ()
+
+
 @dataclass(frozen=True)
 class EvalItem:
     """One held-out prompt; `reference` is a full reference response where the set has one."""
@@ -101,10 +115,15 @@ class EvalItem:
     prompt: str
     answer: str | None = None
     reference: str | None = None
+    constraints: tuple[dict[str, Any], ...] = ()  # verifiable constraints (scoring/constraints.py)
 
     @property
     def key(self) -> str:
         """The item's content key: a stored result is reused only for the same id and text."""
+        if self.constraints:
+            return content_key(
+                "eval-item", self.id, self.prompt, self.answer, self.reference, list(self.constraints)
+            )
         return content_key("eval-item", self.id, self.prompt, self.answer, self.reference)
 
 
@@ -146,7 +165,8 @@ def load_eval_set(spec: EvalSet) -> list[EvalItem]:
     items = []
     for p in loaded.prompts:
         ref = p.meta.get(spec.reference_field) if spec.reference_field else None
-        items.append(EvalItem(p.id, p.text, p.answer, ref if isinstance(ref, str) and ref.strip() else None))
+        ref = ref if isinstance(ref, str) and ref.strip() else None
+        items.append(EvalItem(p.id, p.text, p.answer, ref, prompt_constraints(p.meta)))
     return items
 
 
@@ -398,7 +418,10 @@ def evaluate(
     cost["generated_tokens"] = float(sum(g["tokens"] for g in got))
 
     with_ref = [i for i, it in enumerate(items) if it.answer is not None]
-    open_ended = [i for i, it in enumerate(items) if it.answer is None and i < n_answer]
+    constrained = [i for i, it in enumerate(items) if it.constraints and i < n_answer]
+    open_ended = [
+        i for i, it in enumerate(items) if it.answer is None and not it.constraints and i < n_answer
+    ]
     answered = [i for i in with_ref if i < n_answer]
     if answered:
         check = answer_checker(settings, checker)
@@ -415,6 +438,8 @@ def evaluate(
         for i, v in zip(answered, acc_values, strict=True):
             acc[i] = float(v)
         scores["accuracy"] = acc
+    if constrained:
+        scores.update(_constraint_scores(items, answers, constrained, keys, cache, ui, label))
     if with_ref:
 
         def reference_texts(i: int) -> list[str]:
@@ -484,5 +509,43 @@ def evaluate(
             scores["win_rate"] = won
 
     boot = dict(confidence=settings.confidence, resamples=settings.resamples, seed=settings.seed)
-    metrics = {name: bootstrap_mean(values, **boot) for name, values in scores.items()}
+    metrics = {name: metric_interval(values, **boot) for name, values in scores.items()}
     return EvalResult(getattr(engine, "fingerprint", "?"), items, answers, scores, metrics, cost)
+
+
+CONSTRAINT_METRICS = (
+    "constraints_strict",
+    "constraints_loose",
+    "all_constraints_strict",
+    "all_constraints_loose",
+)
+
+
+def _constraint_scores(items, answers, constrained, keys, cache, ui, label) -> dict[str, list[float]]:
+    """The four constraint metrics of the answered items with constraints (NaN elsewhere). Checked
+    in this process (lm-eval's checkers are fast); cached under the checker's version."""
+    from persyn.scoring.constraints import check_response, checker_key
+
+    def checks(idx: list[int]) -> list[list[float]]:
+        out = []
+        for j in idx:
+            i = constrained[j]
+            c = check_response(answers[i] or "", items[i].constraints, prompt=items[i].prompt)
+            out.append([c.fraction_strict, c.fraction_loose, float(c.all_strict), float(c.all_loose)])
+        return out
+
+    values, _ = _fill(
+        cache,
+        f"constraints:{checker_key()}",
+        [keys[i] for i in constrained],
+        checks,
+        256,
+        ui,
+        f"{label} · constraints",
+    )
+    n = len(items)
+    out = {m: [math.nan] * n for m in CONSTRAINT_METRICS}
+    for i, v in zip(constrained, values, strict=True):
+        for m, x in zip(CONSTRAINT_METRICS, v, strict=True):
+            out[m][i] = float(x)
+    return out

@@ -83,7 +83,8 @@ class TrainSettings(_Section):
 class EvalSet(_Section):
     """One held-out prompt file (JSONL, Parquet or CSV, read by `persyn.prompts.load_prompts`).
     With `answer_field`, prompts with an answer get accuracy and the reference's log-likelihood;
-    prompts without one get the judge's score and the win rate against the untrained student."""
+    prompts with a `constraints` field get IFEval's constraint metrics; the others get the judge's
+    score and the win rate against the untrained student."""
 
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$")
     path: Path
@@ -99,6 +100,9 @@ class EvalSet(_Section):
     # Answer (generate for) only the first N items: accuracy, judge score and win rate cover those,
     # the reference log-likelihood metrics (one forward pass each) cover every item.
     answer_limit: int | None = Field(default=None, ge=0)
+    # test: every compared model is scored on it. validation: only the PerSyn arms of an alpha grid
+    # (`persyn compare --alpha-grid`), to choose alpha; the chosen one is then reported on test.
+    split: Literal["test", "validation"] = "test"
 
 
 class EvalSettings(_Section):
@@ -114,6 +118,10 @@ class EvalSettings(_Section):
     confidence: float = Field(default=0.95, gt=0.5, lt=1.0)
     resamples: int = Field(default=2000, ge=100)
     seed: int = 0
+
+    def names(self, split: str | None = None) -> list[str]:
+        """The names of the eval sets of a split (`test`, `validation`), or of all of them."""
+        return [s.name for s in self.sets if split is None or s.split == split]
 
     @model_validator(mode="after")
     def _unique_names(self) -> EvalSettings:
