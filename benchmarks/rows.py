@@ -5,9 +5,10 @@ filters (cut at the token limit after the second try, empty, a loop, an echo, th
     flock /tmp/persyn-heavy.lock nice -n 19 .venv/bin/python benchmarks/rows.py --dir /tmp/rows
     .venv/bin/python benchmarks/rows.py --dir /tmp/rows --prompts 32 --calibration 16 --max-new-tokens 64
 
-1. The demo project (`persyn.demo.project.write_demo`, this machine's `demo_size()` unless sizes
-   are given) is run with `router.quality_floor.enabled=false`: the paper's labels; filters and the
-   second try at cut responses on, so every routed row gets a verdict.
+1. The demo project (`persyn.demo.project.write_demo`, sized for this machine by
+   `persyn.demo.sizing` as `persyn demo` sizes it, unless sizes are given) is run with
+   `router.quality_floor.enabled=false`: the paper's labels; filters and the second try at cut
+   responses on, so every routed row gets a verdict.
 2. The same run directory with the default config (the gate on): every response and score is
    reused; the router is trained on the gated labels, prompts are routed again, and only the
    routed prompts whose teacher changed are generated.
@@ -44,7 +45,8 @@ def _totals(doc: dict) -> dict[str, int]:
 
 
 def main() -> None:
-    from persyn.demo.project import demo_size, write_demo
+    from persyn.demo import instruction_pool, sizing
+    from persyn.demo.project import SHORT_ANSWER_CATEGORIES, SHORT_ANSWER_LEVELS, write_demo
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dir", type=Path, required=True)
@@ -53,12 +55,19 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int)
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
-    size = demo_size()
+    if args.prompts:
+        cal = sizing.calibration_for(args.prompts)
+        size = sizing.DemoSize(args.prompts, cal, sizing.MAX_NEW_TOKENS, "set by options")
+    else:  # as `persyn demo` sizes itself (zoo conversion not counted: it is done once)
+        pool = len(instruction_pool(SHORT_ANSWER_CATEGORIES))
+        size = sizing.size_for(sizing.measure_speed(), sizing.BUDGET_S, pool)
     cfg = write_demo(
         args.dir,
-        n_prompts=args.prompts or size.prompts,
+        n_prompts=size.prompts,
         calibration=args.calibration or size.calibration,
         max_new_tokens=args.max_new_tokens or size.max_new_tokens,
+        math_levels=SHORT_ANSWER_LEVELS,
+        instruction_categories=SHORT_ANSWER_CATEGORIES,
     )
     paper, t_paper = _run(cfg, {"router.quality_floor.enabled": False}, force=False)
     gated, t_gated = _run(cfg, {}, force=True)

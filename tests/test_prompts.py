@@ -273,7 +273,7 @@ def test_windows_files_with_byte_order_mark_and_crlf(tmp_path):
     assert [x.text for x in ps.prompts] == ["caf\u00e9 au lait?", "Second"]
     assert ps.prompts[1].source.endswith(":3") and ps.report.blank_lines == 1
     c = tmp_path / "win.csv"
-    c.write_bytes(b"\xef\xbb\xbfprompt,answer\r\n\"Line one\r\nline two\",7\r\nNext,\r\n")
+    c.write_bytes(b'\xef\xbb\xbfprompt,answer\r\n"Line one\r\nline two",7\r\nNext,\r\n')
     ps = load_prompts(c, answer_field="answer")
     assert [(x.text, x.answer) for x in ps.prompts] == [("Line one\r\nline two", "7"), ("Next", None)]
     assert ps.prompts[1].source.endswith(":4")

@@ -259,11 +259,10 @@ def run(ctx: RunContext, prompt_ids: Sequence[str] | None = None, *, stage: str 
             # A reference-guided judge reads the reference answer under the question.
             show = mkey.startswith("judge+reference:")
 
-            def shown(pid: str) -> str:
-                p = by_id[pid]
-                return with_reference(p.text, p.answer) if show else p.text
-
-            items = [WorkItem(k, shown(k.prompt_id), r.text) for k, r in work]
+            texts = {
+                pid: with_reference(p.text, p.answer) if show else p.text for pid, p in by_id.items()
+            }
+            items = [WorkItem(k, texts[k.prompt_id], r.text) for k, r in work]
             # Batches cut from all of the method's pairs (Job.positions): the same on a resume.
             positions = todo_positions([k for k, _ in pairs], todo)
             job = Job(

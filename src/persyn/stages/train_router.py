@@ -183,7 +183,9 @@ def cross_validate(train, k: int, teachers, texts, q, learn, labels, emb, settin
             pooled.setdefault(name, np.full((len(texts), len(teachers)), np.nan))[held] = m
             seen[name] = seen.get(name, 0) + 1
     for name in [n for n in pooled if seen[n] < k]:
-        notes.append(f"baseline {name} left out of the metrics: it could be fitted in {seen[name]} of {k} folds")
+        notes.append(
+            f"baseline {name} left out of the metrics: it could be fitted in {seen[name]} of {k} folds"
+        )
         del pooled[name]
     metrics = compare(pooled, labels, teachers, quality=q, learnability=learn, intervals=True, seed=seed)
     return json_safe(metrics), notes
@@ -256,7 +258,9 @@ def run(ctx: RunContext) -> RouterResult:
         "metrics": metrics,
         "notes": notes,
     }
-    doc = _save(ctx, final, path, doc, refit=bool(cv or (cfg.router.refit and test.any())), folds=k if cv else 0)
+    doc = _save(
+        ctx, final, path, doc, refit=bool(cv or (cfg.router.refit and test.any())), folds=k if cv else 0
+    )
     rm = metrics.get("router", {})
     msg = f"router {key} trained ({report.n_train_pairs} pairs)"
     if rm:
