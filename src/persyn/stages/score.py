@@ -259,9 +259,7 @@ def run(ctx: RunContext, prompt_ids: Sequence[str] | None = None, *, stage: str 
             # A reference-guided judge reads the reference answer under the question.
             show = mkey.startswith("judge+reference:")
 
-            texts = {
-                pid: with_reference(p.text, p.answer) if show else p.text for pid, p in by_id.items()
-            }
+            texts = {pid: with_reference(p.text, p.answer) if show else p.text for pid, p in by_id.items()}
             items = [WorkItem(k, texts[k.prompt_id], r.text) for k, r in work]
             # Batches cut from all of the method's pairs (Job.positions): the same on a resume.
             positions = todo_positions([k for k, _ in pairs], todo)
