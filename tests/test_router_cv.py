@@ -62,7 +62,7 @@ def test_report_shows_intervals_and_cuts_bars_far_below_zero(tmp_path, monkeypat
     from test_report import make_data
 
     from persyn.report import write_report
-    from persyn.report.page import QUALITY_FLOOR
+    from persyn.report.router_charts import QUALITY_FLOOR
 
     metrics = {
         "router": {"hit@1": 0.5, "oracle_gain_recovered": 0.2, "n": 30, "ci95": {"hit@1": [0.3, 0.7]}},
@@ -74,10 +74,10 @@ def test_report_shows_intervals_and_cuts_bars_far_below_zero(tmp_path, monkeypat
     assert re.search(r'<td class="num">0\.500 \[0\.300, 0\.700\]</td>', html)
     assert "95% bootstrap interval" in html
     # The chart's axis stops near the floor: the -5.7 and -6.7 bars are cut, not drawn to scale.
-    import persyn.report.page as page
+    import persyn.report.router_charts as charts
 
     seen = {}
-    real = page.save
+    real = charts.save
 
     def spy(fig, path):
         if path.name == "router_quality.png":
@@ -86,7 +86,7 @@ def test_report_shows_intervals_and_cuts_bars_far_below_zero(tmp_path, monkeypat
             seen["texts"] = [t.get_text() for t in ax.texts]
         real(fig, path)
 
-    monkeypatch.setattr(page, "save", spy)
+    monkeypatch.setattr(charts, "save", spy)
     write_report(make_data(router_metrics=metrics), tmp_path / "again")
     assert QUALITY_FLOOR - 0.5 <= seen["ylim"][0] < QUALITY_FLOOR
     assert "-5.7" in seen["texts"] and "-6.7" in seen["texts"]

@@ -437,9 +437,8 @@ def demo(
     measures this machine's speed and picks the number of prompts that ends within 8 minutes, every
     answer allowed 512 tokens (the prompts are ones whose answers end well before); a re-run resumes
     the same demo."""
-    from persyn.demo import instruction_pool, sizing
+    from persyn.demo import sizing
     from persyn.demo.project import (
-        DEMO_MODELS,
         SHORT_ANSWER_CATEGORIES,
         SHORT_ANSWER_LEVELS,
         DemoSettingsError,
@@ -453,21 +452,7 @@ def demo(
         if any(out.iterdir()) and not (out / "persyn-demo.yaml").is_file():
             _fail(f"{out} is not a demo directory (no persyn-demo.yaml); not deleting it")
         shutil.rmtree(out)
-    size = sizing.load_size(out) if (out / "persyn-demo.yaml").is_file() else None
-    if size is not None:
-        why = f"as first sized in {out}: {size.why}"
-    elif prompts is not None:
-        cal = sizing.calibration_for(prompts) if calibration is None else calibration
-        size, why = sizing.DemoSize(prompts, cal, sizing.MAX_NEW_TOKENS, "set by options"), "set by options"
-    else:
-        from persyn.zoo import ensure
-
-        for alias in DEMO_MODELS:  # first run: convert now (one bar each), then measure and size
-            ensure(alias)
-        speed = sizing.measure_speed()
-        budget = sizing.BUDGET_S - (time.monotonic() - _STARTED)
-        size = sizing.size_for(speed, budget, len(instruction_pool(SHORT_ANSWER_CATEGORIES)))
-        why = f"sized for this machine: {size.why}"
+    size, why = _demo_size(out, prompts, calibration)
     prompts = size.prompts if prompts is None else prompts
     calibration = size.calibration if calibration is None else calibration
     max_new_tokens = size.max_new_tokens if max_new_tokens is None else max_new_tokens
@@ -493,6 +478,28 @@ def demo(
     _err.print(f"demo: {time.monotonic() - _STARTED:.0f} s in all")
     _out.print(f"  config:  {cfg_path}   (re-run: persyn run {cfg_path})")
     _out.print(f"  next:    persyn compare {cfg_path}   (the student trained on each strategy's data)")
+
+
+def _demo_size(out: Path, prompts: int | None, calibration: int | None):
+    """The demo's size and why: as first sized in `out`, as the options set it, or (first run)
+    from this machine's measured speed and what is left of the time budget after converting the zoo."""
+    from persyn.demo import instruction_pool, sizing
+    from persyn.demo.project import DEMO_MODELS, SHORT_ANSWER_CATEGORIES
+
+    size = sizing.load_size(out) if (out / "persyn-demo.yaml").is_file() else None
+    if size is not None:
+        return size, f"as first sized in {out}: {size.why}"
+    if prompts is not None:
+        cal = sizing.calibration_for(prompts) if calibration is None else calibration
+        return sizing.DemoSize(prompts, cal, sizing.MAX_NEW_TOKENS, "set by options"), "set by options"
+    from persyn.zoo import ensure
+
+    for alias in DEMO_MODELS:  # first run: convert now (one bar each), then measure and size
+        ensure(alias)
+    speed = sizing.measure_speed()
+    budget = sizing.BUDGET_S - (time.monotonic() - _STARTED)
+    size = sizing.size_for(speed, budget, len(instruction_pool(SHORT_ANSWER_CATEGORIES)))
+    return size, f"sized for this machine: {size.why}"
 
 
 def _evidence_demo(task: str, out: Path, force: bool) -> None:

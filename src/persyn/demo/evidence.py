@@ -26,6 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from persyn.defaults import default_strategies
 from persyn.demo import write_jsonl
 from persyn.demo.constraint_prompts import constraint_splits
 from persyn.demo.math_problems import generate_math_problems
@@ -94,7 +95,7 @@ TRAINING = {"epochs": 1.0, "learning_rate": 3.0e-4}
 
 #: What `persyn compare` is asked (benchmarks/reproduce.py passes these): the pre-registered design.
 EVIDENCE_DESIGN = {
-    "strategies": ["persyn", "strong", "family-strong", "mix", "car", "random", "oracle"],
+    "strategies": default_strategies(family=True, oracle=True),  # the pool has SmolLM2, the student's family
     "oracle": True,
     "alpha_grid": [0.0, 0.2, 0.4, 0.6, 0.8],
     "seeds": [0, 1],

@@ -24,9 +24,8 @@ index.html goes last, and figures an earlier report wrote but this one does not 
 
 from __future__ import annotations
 
-import math
 import numbers
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -37,16 +36,19 @@ import yaml
 from persyn.dataset.card import checks_context
 from persyn.report.comparison import comparison_context, plot_comparison
 from persyn.report.figures import count_axis, new_figure, save, style
+from persyn.report.router_charts import (
+    QUALITY_METRICS,
+    interval,
+    number,
+    plot_regret,
+    plot_router_quality,
+)
 from persyn.util.atomic import atomic_write
 from persyn.util.credentials import scrub_secrets
 
 __all__ = ["LedgerRow", "ReportData", "headline", "write_report"]
 
 FIGURES = ("allocation.png", "router_quality.png", "router_regret.png", "cost.png", "comparison.png")
-# Bar metrics of the router figure (regret has its own panel: lower is better, other units).
-QUALITY_METRICS = ("hit@1", "hit@3", "oracle_gain_recovered")
-# The router figure's axis stops here: bars below are cut, hatched and labelled with their value.
-QUALITY_FLOOR = -1.0
 # Table column order; any other numeric metric follows, sorted.
 METRIC_ORDER = (
     "hit@1",
@@ -65,9 +67,7 @@ ROUTER_NAMES = ("router", "persyn")
 PROMPT_CHARS = 300
 RESPONSE_CHARS = 600
 
-_HIGHLIGHT = "#d9480f"
 _GTS = "#adb5bd"
-_BASELINES = ("#4c6ef5", "#37b24d", "#ae3ec9", "#1098ad", "#f59f00", "#868e96", "#74c0fc", "#c0eb75")
 _STAGES = ("#1c7ed6", "#f76707", "#2f9e44", "#ae3ec9", "#e8590c", "#0c8599", "#f08c00", "#5f3dc4")
 
 
@@ -116,22 +116,11 @@ class ReportData:
 # ----------------------------------------------------------------------------- numbers
 
 
-def _num(value: Any) -> float | None:
-    """A finite float, or None for anything missing (None, NaN, a string, a dict)."""
-    if isinstance(value, bool) or value is None:
-        return None
-    try:
-        f = float(value)
-    except (TypeError, ValueError):
-        return None
-    return f if math.isfinite(f) else None
-
-
 def _fmt(value: Any, digits: int = 3) -> str:
     """Integers with thousands separators, floats to `digits` places, text as is, missing as '—'."""
     if isinstance(value, str) and value:
         return value
-    f = _num(value)
+    f = number(value)
     if f is None:
         return "—"
     if isinstance(value, numbers.Integral):
@@ -140,7 +129,7 @@ def _fmt(value: Any, digits: int = 3) -> str:
 
 
 def _fmt_int(value: Any) -> str:
-    f = _num(value)
+    f = number(value)
     return "—" if f is None else f"{round(f):,}"
 
 
@@ -160,10 +149,10 @@ def headline(data: ReportData) -> dict[str, Any]:
     rows = [r for r in data.ledger if data.headline_stages is None or r.stage in data.headline_stages]
     spent_g = sum(int(r.generations) for r in rows)
     spent_t = sum(int(r.prompt_tokens) + int(r.completion_tokens) for r in rows)
-    gts_g = sum(_num(v.get("generations")) or 0 for v in data.gts.values())
-    gts_t = sum(_num(v.get("tokens")) or 0 for v in data.gts.values())
-    costs = [_num(r.cost) for r in rows]
-    gts_costs = [_num(v.get("cost")) for v in data.gts.values()]
+    gts_g = sum(number(v.get("generations")) or 0 for v in data.gts.values())
+    gts_t = sum(number(v.get("tokens")) or 0 for v in data.gts.values())
+    costs = [number(r.cost) for r in rows]
+    gts_costs = [number(v.get("cost")) for v in data.gts.values()]
     spent_c = sum(costs) if rows and all(c is not None for c in costs) else None
     gts_c = sum(gts_costs) if gts_costs and all(c is not None for c in gts_costs) else None
     out: dict[str, Any] = {
@@ -215,140 +204,6 @@ def _plot_allocation(allocation: Mapping[str, int], path: Path) -> None:
     save(fig, path)
 
 
-def _router_colors(names: Sequence[str], ours: str | None) -> list[str]:
-    colors, i = [], 0
-    for n in names:
-        if n == ours:
-            colors.append(_HIGHLIGHT)
-        else:
-            colors.append(_BASELINES[i % len(_BASELINES)])
-            i += 1
-    return colors
-
-
-def _interval(metrics: Mapping[str, Any], name: str) -> tuple[float, float] | None:
-    ci = metrics.get("ci95")
-    pair = ci.get(name) if isinstance(ci, Mapping) else None
-    if not isinstance(pair, list | tuple) or len(pair) != 2:
-        return None
-    lo, hi = _num(pair[0]), _num(pair[1])
-    return None if lo is None or hi is None else (lo, hi)
-
-
-def _plot_router_quality(
-    metrics: Mapping[str, Mapping[str, Any]], names: Sequence[str], ours: str | None, path: Path
-) -> None:
-    """Grouped bars with their 95% intervals. Hit@k lies in [0, 1], but "oracle gain recovered" of a
-    poor router can be -6 (it is a ratio over a small gain): such bars would squash the rest, so the
-    axis stops at QUALITY_FLOOR, and a bar below it is cut there, hatched, with its value written."""
-    shown = [m for m in QUALITY_METRICS if any(_num(metrics[n].get(m)) is not None for n in names)]
-    fig = new_figure(min(11.0, max(7.0, 1.5 + 0.3 * len(names) * len(shown))), 4.2)
-    ax = fig.add_subplot()
-    width = 0.8 / max(1, len(names))
-    colors = _router_colors(names, ours)
-    floor = QUALITY_FLOOR
-    clipped = False
-    for i, n in enumerate(names):
-        xs = [j + (i - (len(names) - 1) / 2) * width for j in range(len(shown))]
-        vals = [_num(metrics[n].get(m)) for m in shown]
-        heights = [max(v, floor) if v is not None else 0.0 for v in vals]
-        bars = ax.bar(
-            xs,
-            heights,
-            width,
-            label=n,
-            color=colors[i],
-            edgecolor="black" if n == ours else "none",
-            linewidth=1.2,
-        )
-        for bar, v, m in zip(bars, vals, shown, strict=True):
-            ci = _interval(metrics[n], m)
-            cut = v is not None and v < floor
-            if cut:
-                clipped = True
-                bar.set_hatch("///")
-            elif ci is not None and v is not None:
-                lo, hi = max(ci[0], floor), max(ci[1], floor)
-                ax.errorbar(
-                    bar.get_x() + bar.get_width() / 2,
-                    v,
-                    yerr=[[v - lo], [hi - v]],
-                    fmt="none",
-                    ecolor="black",
-                    elinewidth=0.8,
-                    capsize=2,
-                )
-            below = v is not None and v < 0  # label a negative bar under its end, not on the axis
-            top = ci[1] if (ci is not None and not below) else (bar.get_height() if v is not None else 0)
-            ax.annotate(
-                "—" if v is None else (f"{v:.1f}" if cut else f"{v:.2f}"),
-                (bar.get_x() + bar.get_width() / 2, max(v, floor) if below else max(top, 0)),
-                xytext=(0, -2 if below else 2),
-                textcoords="offset points",
-                ha="center",
-                va="top" if below else "bottom",
-                fontsize=7,
-                fontweight="bold" if n == ours else "normal",
-            )
-    ax.axhline(0, color="black", linewidth=0.6)
-    ax.set_xticks(range(len(shown)), [m.replace("_", " ") for m in shown])
-    ax.set_ylabel("higher is better")
-    values = [v for n in names for m in shown if (v := _num(metrics[n].get(m))) is not None]
-    highs = [ci[1] for n in names for m in shown if (ci := _interval(metrics[n], m)) is not None]
-    lows = [max(ci[0], floor) for n in names for m in shown if (ci := _interval(metrics[n], m)) is not None]
-    top, low = max(values + highs + [1.0]), max(min(values + lows + [0.0]), floor)
-    ax.set_ylim(low - 0.25 if low < 0 else 0, top * 1.15)
-    n_prompts = next((int(v) for nm in names if (v := _num(metrics[nm].get("n"))) is not None), None)
-    title = "Router against the baselines (prompts it never trained on"
-    title += f", n = {n_prompts}; 95% intervals)" if n_prompts is not None else "; 95% intervals)"
-    ax.set_title(title, fontsize=11, loc="left")
-    if clipped:
-        ax.text(
-            0.01,
-            0.02,
-            f"hatched: below {floor:g}, cut at {floor:g}; its value is written under it",
-            transform=ax.transAxes,
-            fontsize=7,
-            color="#495057",
-        )
-    ax.legend(
-        fontsize=8, ncols=min(len(names), 4), loc="upper center", bbox_to_anchor=(0.5, -0.1), frameon=False
-    )
-    style(ax)
-    save(fig, path)
-
-
-def _plot_regret(
-    metrics: Mapping[str, Mapping[str, Any]], names: Sequence[str], ours: str | None, path: Path
-) -> None:
-    fig = new_figure(7.0, max(2.2, 0.38 * len(names) + 1.2))
-    ax = fig.add_subplot()
-    vals = [_num(metrics[n].get("regret")) for n in names]
-    colors = _router_colors(names, ours)
-    ys = list(range(len(names)))[::-1]
-    bars = ax.barh(ys, [v or 0.0 for v in vals], color=colors)
-    for bar, v, n in zip(bars, vals, names, strict=True):
-        if n == ours:
-            bar.set_edgecolor("black")
-            bar.set_linewidth(1.2)
-        ax.annotate(
-            "—" if v is None else f"{v:.3f}",
-            (max(bar.get_width(), 0), bar.get_y() + bar.get_height() / 2),
-            xytext=(4, 0),
-            textcoords="offset points",
-            va="center",
-            fontsize=9,
-            fontweight="bold" if n == ours else "normal",
-        )
-    ax.set_yticks(ys, names)
-    right = max([v for v in vals if v is not None] + [1e-9])
-    ax.set_xlim(0, right * 1.25)
-    ax.set_xlabel("regret against the oracle (label units, lower is better)")
-    ax.set_title("Regret", fontsize=11, loc="left")
-    style(ax)
-    save(fig, path)
-
-
 # long: one figure drawn in order (stacked bars, the GtS marks, labels); its parts share the axes
 def _plot_cost(data: ReportData, path: Path) -> None:
     teachers = list(dict.fromkeys([*(r.teacher for r in data.ledger), *data.gts]))
@@ -359,8 +214,8 @@ def _plot_cost(data: ReportData, path: Path) -> None:
         gens[(r.teacher, r.stage)] += int(r.generations)
         toks[(r.teacher, r.stage)] += int(r.prompt_tokens) + int(r.completion_tokens)
     colors = {s: _STAGES[i % len(_STAGES)] for i, s in enumerate(stages)}
-    has_gts = any(_num(v.get("generations")) for v in data.gts.values())
-    gts_per_teacher = [_num(data.gts.get(t, {}).get("generations")) or 0 for t in teachers]
+    has_gts = any(number(v.get("generations")) for v in data.gts.values())
+    gts_per_teacher = [number(data.gts.get(t, {}).get("generations")) or 0 for t in teachers]
     fig = new_figure(max(9.0, 3.5 + 0.6 * len(teachers)), 4.6)
     grid = fig.add_gridspec(1, 3, width_ratios=[max(3, len(teachers) * 0.6), 1.2, 1.2])
     ax, ax_g, ax_t = (fig.add_subplot(grid[0, i]) for i in range(3))
@@ -447,7 +302,7 @@ def _metric_columns(metrics: Mapping[str, Mapping[str, Any]]) -> list[str]:
 
 def _metric_cell(metrics: Mapping[str, Any], name: str) -> str:
     """The value, and its 95% interval where one was measured: "0.412 [0.351, 0.473]"."""
-    ci = _interval(metrics, name)
+    ci = interval(metrics, name)
     text = _fmt(metrics.get(name))
     return f"{text} [{_fmt(ci[0])}, {_fmt(ci[1])}]" if ci is not None and text != "—" else text
 
@@ -484,7 +339,7 @@ def _context(data: ReportData, figures: dict[str, str | None]) -> dict[str, Any]
         g = sum(r.generations for r in mine)
         tok = sum(r.prompt_tokens + r.completion_tokens for r in mine)
         gts = data.gts.get(t, {})
-        gts_g = _num(gts.get("generations"))
+        gts_g = number(gts.get("generations"))
         per_teacher.append(
             {
                 "teacher": t,
@@ -595,11 +450,12 @@ def write_report(data: ReportData, out_dir: Path) -> Path:
     if data.allocation:
         _plot_allocation(data.allocation, out_dir / "allocation.png")
         figures["allocation"] = "allocation.png"
-    if names and any(_num(data.router_metrics[n].get(m)) is not None for n in names for m in QUALITY_METRICS):
-        _plot_router_quality(data.router_metrics, names, ours, out_dir / "router_quality.png")
+    rm = data.router_metrics
+    if names and any(number(rm[n].get(m)) is not None for n in names for m in QUALITY_METRICS):
+        plot_router_quality(data.router_metrics, names, ours, out_dir / "router_quality.png")
         figures["router_quality"] = "router_quality.png"
-    if names and any(_num(data.router_metrics[n].get("regret")) is not None for n in names):
-        _plot_regret(data.router_metrics, names, ours, out_dir / "router_regret.png")
+    if names and any(number(data.router_metrics[n].get("regret")) is not None for n in names):
+        plot_regret(data.router_metrics, names, ours, out_dir / "router_regret.png")
         figures["router_regret"] = "router_regret.png"
     if data.ledger:
         _plot_cost(data, out_dir / "cost.png")

@@ -125,7 +125,9 @@ def held_out_scores(
     f_idx, t_idx = np.flatnonzero(fit), np.flatnonzero(held)
     fitted = build_baselines(teachers, q[f_idx], learn[f_idx], labels[f_idx], emb[f_idx], **settings)
     t_texts = [texts[i] for i in t_idx]
-    matrices = {"router": router.scores(t_texts, embeddings=None if own_embeddings else emb[t_idx])}
+    matrices = {}
+    if router is not None:  # None: a fold whose router could not be trained
+        matrices["router"] = router.scores(t_texts, embeddings=None if own_embeddings else emb[t_idx])
     for name, b in fitted.routers.items():
         matrices[name] = b.scores(t_texts, embeddings=emb[t_idx])
     matrices["oracle"] = np.where(np.isnan(labels[t_idx]), -np.inf, labels[t_idx])
@@ -174,7 +176,11 @@ def cross_validate(train, k: int, teachers, texts, q, learn, labels, emb, settin
     notes: list[str] = []
     for f in range(k):
         held = folds == f
-        fold_router, _ = train(~held, f"fold {f + 1}/{k}")
+        try:
+            fold_router, _ = train(~held, f"fold {f + 1}/{k}")
+        except StageError as exc:  # too few prompts with a winner in this fold's training part
+            notes.append(f"router left out of the metrics: {exc}")
+            fold_router = None
         mats, fold_notes = held_out_scores(
             fold_router, teachers, texts, q, learn, labels, emb, ~held, held, settings, own_embeddings
         )
@@ -182,11 +188,13 @@ def cross_validate(train, k: int, teachers, texts, q, learn, labels, emb, settin
         for name, m in mats.items():
             pooled.setdefault(name, np.full((len(texts), len(teachers)), np.nan))[held] = m
             seen[name] = seen.get(name, 0) + 1
-    for name in [n for n in pooled if seen[n] < k]:
+    for name in [n for n in pooled if seen[n] < k and n != "router"]:
         notes.append(
             f"baseline {name} left out of the metrics: it could be fitted in {seen[name]} of {k} folds"
         )
         del pooled[name]
+    if seen.get("router", 0) < k:
+        pooled.pop("router", None)
     metrics = compare(pooled, labels, teachers, quality=q, learnability=learn, intervals=True, seed=seed)
     return json_safe(metrics), notes
 
