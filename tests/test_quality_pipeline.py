@@ -119,8 +119,9 @@ def test_a_reference_guided_judge_has_its_own_key_for_prompts_with_answers(tmp_p
     judge = {"quality.method": "judge"}
     off = tiny_config(tmp_path, name="a.yaml", extra={**judge, "quality.judge_reference": False})
     on = tiny_config(tmp_path, name="b.yaml", extra={**judge, "quality.judge_reference": True})
-    # On by default (the best judge measured); at its default it stays out of the manifest.
-    assert load_config(on).hash() == load_config(tiny_config(tmp_path, name="c.yaml", extra=judge)).hash()
+    # Off by default; at its default it stays out of the manifest (runs made before it keep their hash).
+    assert load_config(off).hash() == load_config(tiny_config(tmp_path, name="c.yaml", extra=judge)).hash()
+    assert load_config(on).hash() != load_config(off).hash()
     prompts = [Prompt("p1", "What is 2+2?", answer="4"), Prompt("p2", "Write a haiku.")]
     keys = {}
     for name, path in (("off", off), ("on", on)):

@@ -162,9 +162,10 @@ class QualityConfig(_Section):
     judge: EngineSpec | None = None
     reward: EngineSpec | None = None
     # method judge: a prompt's reference answer, where it has one, is shown to the judge under the
-    # question (the best lever measured by benchmarks/judge.py: docs/router.md). Under auto such
-    # prompts are checked against their answer instead.
-    judge_reference: bool = True
+    # question (docs/router.md, "How far the judge can be trusted"). Off by default: the shipped set,
+    # on which defaults are chosen, has no references to measure it on. Under auto such prompts are
+    # checked against their answer instead.
+    judge_reference: bool = False
 
     @model_validator(mode="after")
     def _needs_a_model(self) -> QualityConfig:
