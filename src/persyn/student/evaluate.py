@@ -367,7 +367,6 @@ def _number(v: Any) -> float:
     return math.nan if v is None else float(v)
 
 
-# long: being reworked for the student evidence (issue 20); split once that lands
 def evaluate(
     engine: Engine,
     items: Sequence[EvalItem],
@@ -402,7 +401,6 @@ def evaluate(
         refuse_overlap(items, train_prompts, where=label)
     keys = [it.key for it in items]
     cost: dict[str, float] = {}
-    nan = [math.nan] * n
     scores: dict[str, list[float]] = {}
     bs = settings.batch_size
 
@@ -425,92 +423,115 @@ def evaluate(
     answered = [i for i in with_ref if i < n_answer]
     if answered:
         check = answer_checker(settings, checker)
-
-        def verdicts(idx: list[int]) -> list[float]:
-            pos = [answered[j] for j in idx]
-            got = check.check_many([answers[i] or "" for i in pos], [items[i].answer for i in pos])
-            return [v.value for v in got]
-
-        acc_values, _ = _fill(
-            cache, f"accuracy:{check.key}", [keys[i] for i in answered], verdicts, 256, ui, f"{label} · check"
-        )
-        acc = list(nan)
-        for i, v in zip(answered, acc_values, strict=True):
-            acc[i] = float(v)
-        scores["accuracy"] = acc
+        scores["accuracy"] = _accuracy_scores(items, answers, answered, keys, check, cache, ui, label)
     if constrained:
         scores.update(_constraint_scores(items, answers, constrained, keys, cache, ui, label))
     if with_ref:
-
-        def reference_texts(i: int) -> list[str]:
-            ref = items[i].reference or reference_template.format(answer=items[i].answer)
-            return [ref, *wrong_references(ref, items[i].answer or "")]
-
-        def logliks(idx: list[int]) -> list[list[float | None]]:
-            # One loglik call holds each item's reference followed by its wrong variants.
-            texts = [(j, t) for j in idx for t in reference_texts(with_ref[j])]
-            lls = engine.loglik([items[with_ref[j]].prompt for j, _ in texts], [t for _, t in texts])
-            out: dict[int, list[float | None]] = {}
-            for (j, _), v in zip(texts, lls, strict=True):
-                out.setdefault(j, []).append(None if math.isnan(float(v)) else float(v))
-            return [out[j] for j in idx]
-
-        lls, cost["loglik_s"] = _fill(
-            cache,
-            f"reference:{digest(reference_template)}",
-            [keys[i] for i in with_ref],
-            logliks,
-            bs,
-            ui,
-            f"{label} · reference loglik",
+        ll, margin, cost["loglik_s"] = _reference_scores(
+            engine, items, with_ref, keys, reference_template, bs, cache, ui, label
         )
-        ll, margin = list(nan), list(nan)
-        for i, (ref_ll, *wrong_ll) in zip(with_ref, lls, strict=True):
-            ll[i] = _number(ref_ll)
-            if wrong_ll:
-                margin[i] = _number(ref_ll) - sum(map(_number, wrong_ll)) / len(wrong_ll)
-        scores["reference_loglik"] = ll
-        scores["reference_margin"] = margin
+        scores["reference_loglik"], scores["reference_margin"] = ll, margin
     if open_ended and judge is not None:
-
-        def judged(idx: list[int]) -> list[float | None]:
-            pos = [open_ended[j] for j in idx]
-            vals = judge.score([items[i].prompt for i in pos], [answers[i] or "" for i in pos])
-            return [None if math.isnan(float(v)) else float(v) for v in vals]
-
-        js, cost["judge_s"] = _fill(
-            cache, "judge", [keys[i] for i in open_ended], judged, bs, ui, f"{label} · judge"
-        )
-        values = list(nan)
-        for i, v in zip(open_ended, js, strict=True):
-            values[i] = _number(v)
-        scores["judge_score"] = values
         base = baseline.answers if isinstance(baseline, EvalResult) else baseline
-        if settings.win_rate and base is not None:
-            if len(base) != n:
-                raise ValueError(f"{label}: the baseline has {len(base)} answers for {n} items")
-
-            def wins(idx: list[int]) -> list[float]:
-                pos = [open_ended[j] for j in idx]
-                return win_scores(
-                    judge,
-                    [items[i].prompt for i in pos],
-                    [answers[i] or "" for i in pos],
-                    [base[i] or "" for i in pos],
-                    batch_size=bs,
-                )
-
-            ws, cost["win_s"] = _fill(
-                cache, "win", [keys[i] for i in open_ended], wins, bs, ui, f"{label} · win rate"
-            )
-            won = list(nan)
-            for i, v in zip(open_ended, ws, strict=True):
-                won[i] = _number(v)
-            scores["win_rate"] = won
+        if not settings.win_rate:
+            base = None
+        if base is not None and len(base) != n:
+            raise ValueError(f"{label}: the baseline has {len(base)} answers for {n} items")
+        judged, judge_cost = _judge_scores(
+            judge, items, answers, open_ended, base, keys, bs, cache, ui, label
+        )
+        scores.update(judged)
+        cost.update(judge_cost)
 
     boot = dict(confidence=settings.confidence, resamples=settings.resamples, seed=settings.seed)
     metrics = {name: metric_interval(values, **boot) for name, values in scores.items()}
     return EvalResult(getattr(engine, "fingerprint", "?"), items, answers, scores, metrics, cost)
+
+
+def _spread(n: int, idx: list[int], values: Sequence[Any]) -> list[float]:
+    """Per-item values of the items `idx` over all `n` items (NaN elsewhere)."""
+    out = [math.nan] * n
+    for i, v in zip(idx, values, strict=True):
+        out[i] = _number(v)
+    return out
+
+
+def _accuracy_scores(items, answers, answered, keys, check, cache, ui, label) -> list[float]:
+    """1/0 per answered item with a reference answer (NaN elsewhere), cached under the checker."""
+
+    def verdicts(idx: list[int]) -> list[float]:
+        pos = [answered[j] for j in idx]
+        got = check.check_many([answers[i] or "" for i in pos], [items[i].answer for i in pos])
+        return [v.value for v in got]
+
+    values, _ = _fill(
+        cache, f"accuracy:{check.key}", [keys[i] for i in answered], verdicts, 256, ui, f"{label} · check"
+    )
+    return _spread(len(items), answered, values)
+
+
+def _reference_scores(engine, items, with_ref, keys, reference_template, bs, cache, ui, label):
+    """Log-likelihood of each item's reference, and its margin over the wrong variants (NaN where an
+    item has no reference); and the seconds spent."""
+
+    def reference_texts(i: int) -> list[str]:
+        ref = items[i].reference or reference_template.format(answer=items[i].answer)
+        return [ref, *wrong_references(ref, items[i].answer or "")]
+
+    def logliks(idx: list[int]) -> list[list[float | None]]:
+        # One loglik call holds each item's reference followed by its wrong variants.
+        texts = [(j, t) for j in idx for t in reference_texts(with_ref[j])]
+        lls = engine.loglik([items[with_ref[j]].prompt for j, _ in texts], [t for _, t in texts])
+        out: dict[int, list[float | None]] = {}
+        for (j, _), v in zip(texts, lls, strict=True):
+            out.setdefault(j, []).append(None if math.isnan(float(v)) else float(v))
+        return [out[j] for j in idx]
+
+    lls, seconds = _fill(
+        cache,
+        f"reference:{digest(reference_template)}",
+        [keys[i] for i in with_ref],
+        logliks,
+        bs,
+        ui,
+        f"{label} · reference loglik",
+    )
+    margins = [_number(ref) - sum(map(_number, wrong)) / len(wrong) if wrong else None for ref, *wrong in lls]
+    return (
+        _spread(len(items), with_ref, [ref for ref, *_ in lls]),
+        _spread(len(items), with_ref, margins),
+        seconds,
+    )
+
+
+def _judge_scores(judge, items, answers, open_ended, base, keys, bs, cache, ui, label):
+    """Judge score of each answered open-ended item and, given the baseline's answers `base`, the
+    win rate against them; NaN elsewhere. Returns (scores, seconds spent)."""
+
+    def judged(idx: list[int]) -> list[float | None]:
+        pos = [open_ended[j] for j in idx]
+        vals = judge.score([items[i].prompt for i in pos], [answers[i] or "" for i in pos])
+        return [None if math.isnan(float(v)) else float(v) for v in vals]
+
+    own = [keys[i] for i in open_ended]
+    js, cost = _fill(cache, "judge", own, judged, bs, ui, f"{label} · judge")
+    scores = {"judge_score": _spread(len(items), open_ended, js)}
+    seconds = {"judge_s": cost}
+    if base is not None:
+
+        def wins(idx: list[int]) -> list[float]:
+            pos = [open_ended[j] for j in idx]
+            return win_scores(
+                judge,
+                [items[i].prompt for i in pos],
+                [answers[i] or "" for i in pos],
+                [base[i] or "" for i in pos],
+                batch_size=bs,
+            )
+
+        ws, seconds["win_s"] = _fill(cache, "win", own, wins, bs, ui, f"{label} · win rate")
+        scores["win_rate"] = _spread(len(items), open_ended, ws)
+    return scores, seconds
 
 
 CONSTRAINT_METRICS = (
