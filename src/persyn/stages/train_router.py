@@ -4,8 +4,9 @@ router, measured against every baseline by cross-validation over the calibration
 1. Labels `r = (1 - alpha) * z(r_q) + alpha * z(r_l)` over the calibration matrices.
 2. Metrics by k-fold cross-validation (`router.cv_folds`, default 5) over every calibration
    prompt: folds by a hash of seed and text; for each fold a router and the baselines (random,
-   strongest, CAR, Mix, kNN, family-strong where families are declared) are fitted on the other
-   folds and score the fold's prompts. The pooled held-out score matrices are measured with
+   strongest, CAR, Mix, kNN, family-strong where families are declared; fitted by
+   `persyn.router.baselines.build_baselines`, the function that picks the strategies' teachers too)
+   are fitted on the other folds and score the fold's prompts. The pooled held-out score matrices are measured with
    `persyn.router.metrics.compare` against the oracle (Hit@1, Hit@3, regret, share of the
    oracle's gain recovered...), with 95% bootstrap intervals over prompts. With `cv_folds: 0`,
    one held-out split (`router.test_fraction`) instead, as before (k trainings cost k times one).
