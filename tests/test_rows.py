@@ -69,6 +69,36 @@ def test_repetition_sees_a_digit_run_and_leaves_code_and_working_alone():
     assert check_response("A shop has 12 boxes of 3...", steps, "stop", ALL, has_reference=True).kept
 
 
+LEMONS = (
+    "To determine the total number of lemons in all the baskets, we need to follow these steps:\n\n"
+    "1. Identify the number of baskets.\n2. Identify the number of lemons in each basket.\n"
+    "3. Multiply the number of baskets by the number of lemons in each basket to get the total number "
+    "of lemons.\n\nLet's go through these steps in detail:\n\n1. The number of baskets is 34.\n"
+    "2. The number of lemons in each basket is 10.\n3. To find the total number of lemons, we multiply "
+    "the number of baskets by the number of lemons in each basket:\n   \\[\n   34 \\times 10 = 340\n"
+    "   \\]\n\nTherefore, the total number of lemons is \\(\\boxed{340}\\)."
+)
+# A small student's real answer: one explanation said three times, then stop.
+MICROWAVE = " ".join(
+    [
+        "The microwave oven heats food by using a device that converts electrical energy into heat. "
+        "This device is called a microwave oven."
+    ]
+    * 3
+)
+
+
+def test_repetition_drops_a_loop_but_keeps_a_worked_answer_that_restates_its_question():
+    # Gopher's web-page thresholds (dup 5-grams > 0.15) dropped answers like this one, real rows of
+    # an evidence run: it restates "the number of lemons in each basket" twice, as worked answers do.
+    lemons = check_response(
+        "There are 34 baskets with 10 lemons in each basket. How many lemons?", LEMONS, "stop", ALL
+    )
+    assert lemons.kept and lemons.measures["max_repeats_10gram"] == 2
+    said_thrice = check_response("How does a microwave oven heat food?", MICROWAVE, "stop", ALL)
+    assert said_thrice.dropped_by == ["repetition"] and said_thrice.measures["max_repeats_10gram"] >= 3
+
+
 def test_gopher_duplicate_ngram_character_fraction():
     # Rae et al. 2021: characters of words inside a repeated n-gram, each word once, over all.
     assert dup_ngram_char_fraction(words("a bb ccc dddd eeeee a bb ccc dddd eeeee"), 5) == 1.0

@@ -52,14 +52,18 @@ class QualityFloorConfig(_Section):
 
 
 class RepetitionFilterConfig(_Section):
-    """Loops: the Gopher repetition measures (Rae et al. 2021, Table A1) on the response's words:
-    the share of characters inside word n-grams that occur more than once, for n = 5..10, against
-    Gopher's thresholds (0.15 down to 0.10); plus a run of one character (a digit run `10000...`),
-    which a word measure cannot see. Texts under `min_words` words skip the n-gram measures."""
+    """Loops: a span of `ngram` words said at least `min_repeats` times, the repeated spans covering
+    more than `max_dup_fraction` of the text's characters (Gopher's duplicate n-gram character
+    fraction, Rae et al. 2021; not Gopher's web-page thresholds, which drop short answers that
+    restate their question: dataset/filters.py); plus a run of one character (a digit run
+    `10000...`), which a word measure cannot see. Texts under `min_words` words skip the span test."""
 
     enabled: bool = True
     min_words: int = Field(default=20, ge=1)
     max_char_run: int = Field(default=24, ge=2)
+    ngram: int = Field(default=10, ge=2)
+    min_repeats: int = Field(default=3, ge=2)
+    max_dup_fraction: float = Field(default=0.5, ge=0.0, le=1.0)
 
 
 class EchoFilterConfig(_Section):
