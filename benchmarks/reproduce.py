@@ -30,6 +30,11 @@ def main() -> None:
     ap.add_argument("--size", choices=("full", "quick"), default="full")
     ap.add_argument("--dir", type=Path, help="project and run directory (default runs/evidence-<size>)")
     ap.add_argument("--json", type=Path, help="also write compare.json, the timings and the machine here")
+    ap.add_argument(
+        "--force",
+        action="store_true",
+        help="reuse a run directory made with another config (rows whose keys still match are reused)",
+    )
     args = ap.parse_args()
 
     from persyn.demo.evidence import SIZES, evidence_design, write_evidence
@@ -46,7 +51,7 @@ def main() -> None:
     print(f"size {args.size}: {SIZES[args.size]}; design {evidence_design(args.size)}", flush=True)
     cfg = write_evidence(args.dir or Path(f"runs/evidence-{args.size}"), args.size)
     timings = {}
-    with Pipeline.from_config(cfg, progress=True) as pipe:
+    with Pipeline.from_config(cfg, progress=True, force=args.force) as pipe:
         t = time.perf_counter()
         pipe.run()
         timings["run_s"] = round(time.perf_counter() - t, 1)
