@@ -54,7 +54,9 @@ DEMO_CONFIG = """\
 # Student SmolLM2-135M, which is not a teacher. Three teachers on CPU that differ at the math
 # (benchmarks/teacher_pool.py): Qwen2.5-Coder-0.5B with its full working, the same model told to
 # give the number only, and Gemma-3-270M (a base model) continuing three worked examples.
-# Quality: exact answers on the math prompts, the Qwen judge on the instructions (quality.method auto).
+# Quality: exact answers on the math prompts, the Qwen 0.5B judge on the instructions (quality.method
+# auto). The 1.5B judge orders labelled pairs better (docs/router.md) but its first conversion and
+# judging cost a minute of the demo's 8; for real runs use it, a larger judge or a reward model.
 seed: 0
 prompts: {{path: {prompts}, id_field: id, answer_field: answer}}
 student: {{model: zoo:smollm2-135m-instruct, family: smollm}}
