@@ -54,6 +54,7 @@ def main() -> None:
     ap.add_argument("--calibration", type=int)
     ap.add_argument("--max-new-tokens", type=int)
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--force", action="store_true", help="reuse a directory made with another config")
     args = ap.parse_args()
     if args.prompts:
         cal = sizing.calibration_for(args.prompts)
@@ -69,7 +70,7 @@ def main() -> None:
         math_levels=SHORT_ANSWER_LEVELS,
         instruction_categories=SHORT_ANSWER_CATEGORIES,
     )
-    paper, t_paper = _run(cfg, {"router.quality_floor.enabled": False}, force=False)
+    paper, t_paper = _run(cfg, {"router.quality_floor.enabled": False}, force=args.force)
     gated, t_gated = _run(cfg, {}, force=True)
     print(f"demo config {cfg} ({t_paper:.0f} s, then {t_gated:.0f} s)")
     print(f"{'labels':<8} {'routed':>7} {'cut 1st':>8} {'again':>6} {'junk':>5}  per teacher (junk/routed)")

@@ -99,6 +99,30 @@ def test_repetition_drops_a_loop_but_keeps_a_worked_answer_that_restates_its_que
     assert said_thrice.dropped_by == ["repetition"] and said_thrice.measures["max_repeats_10gram"] >= 3
 
 
+PRINTER = (
+    "Extract the steps from these instructions and number them.\n\nInstructions: First unplug the "
+    "printer. Then open the front cover and remove the jammed paper gently. Close the cover, plug the "
+    "printer back in, and print a test page."
+)
+REVIEW = (
+    "From this customer review, extract (a) the product, (b) what the customer liked and (c) what "
+    "they disliked.\n\nReview: I bought the Zephyr desk fan last month. It is really quiet and the "
+    "three speeds are useful, but the stand wobbles and the cable is far too short."
+)
+
+
+def test_echo_is_a_verbatim_copy_not_an_extraction_in_the_prompts_words():
+    # Real rows of a demo run: Qwen's numbered steps are the answer, in the prompt's own words.
+    steps = (
+        "1. First, unplug the printer.\n2. Then, open the front cover and remove the jammed paper "
+        "gently.\n3. Close the cover, plug the printer back in, and print a test page."
+    )
+    assert check_response(PRINTER, steps, "stop", ALL).kept
+    # Gemma's: the question's tail and the review copied back, then the question again.
+    copied = REVIEW.split("extract ", 1)[1] + "\nAnswer: (a) The product, (b) what the customer liked and (c)"
+    assert check_response(REVIEW, copied, "stop", ALL).dropped_by == ["echo"]
+
+
 def test_gopher_duplicate_ngram_character_fraction():
     # Rae et al. 2021: characters of words inside a repeated n-gram, each word once, over all.
     assert dup_ngram_char_fraction(words("a bb ccc dddd eeeee a bb ccc dddd eeeee"), 5) == 1.0

@@ -67,12 +67,13 @@ class RepetitionFilterConfig(_Section):
 
 
 class EchoFilterConfig(_Section):
-    """An answer that mostly repeats the prompt: at least `min_overlap` of its words lie in word
-    4-grams of the prompt, and it is at least `min_length_ratio` as long as the prompt (so a short
-    quote extracted from a long text is not an echo)."""
+    """An answer that copies the prompt back: its longest verbatim run of the prompt's words covers at
+    least `min_overlap` of its words, and it is at least `min_length_ratio` as long as the prompt (so
+    a short quote extracted from a long text is not an echo). An answer that numbers or reorders the
+    prompt's sentences (an extraction task done right) is not one."""
 
     enabled: bool = True
-    min_overlap: float = Field(default=0.8, gt=0.0, le=1.0)
+    min_overlap: float = Field(default=0.7, gt=0.0, le=1.0)
     min_length_ratio: float = Field(default=0.5, ge=0.0)
 
 

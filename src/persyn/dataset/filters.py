@@ -11,7 +11,7 @@ hand before training on them. Pure functions of (prompt, response); the `filter`
 - repetition: a loop: a span of `ngram` words said at least `min_repeats` times, with the repeated
   spans covering more than `max_dup_fraction` of the text (Gopher's duplicate n-gram character
   fraction), or one character repeated `max_char_run` times;
-- echo: a response that mostly repeats the prompt;
+- echo: a response that mostly copies a stretch of the prompt back, verbatim;
 - shape: the wrong shape where checkable: no code for a prompt that asks for code; a bare number
   for an open instruction without a reference answer.
 
@@ -42,7 +42,7 @@ from typing import Any
 #: Filter names, in the order they are checked (and shown).
 FILTERS = ("cut", "empty", "repetition", "echo", "shape")
 #: Bump when a measure changes: stored verdicts are keyed by it, so they are computed again.
-FILTERS_VERSION = 2  # 2: loops by repeated spans, not Gopher's web-page thresholds
+FILTERS_VERSION = 2  # 2: loops by repeated spans (not Gopher's web thresholds), echoes by verbatim runs
 
 _WORD = re.compile(r"\w+", re.UNICODE)
 
@@ -57,7 +57,7 @@ class FilterSettings:
     ngram: int = 10
     min_repeats: int = 3
     max_dup_fraction: float = 0.5
-    echo_min_overlap: float = 0.8
+    echo_min_overlap: float = 0.7
     echo_min_length_ratio: float = 0.5
 
     @classmethod
@@ -134,20 +134,18 @@ def repetition(text: str, settings: FilterSettings) -> tuple[bool, dict[str, Any
     return loop, measures
 
 
-def echo_overlap(prompt: str, response: str, n: int = 4) -> float:
-    """The share of the response's words that lie inside a word n-gram of the prompt."""
+def echo_overlap(prompt: str, response: str) -> float:
+    """The share of the response's words inside its longest verbatim run of the prompt's words: 1.0
+    for a response that copies a stretch of the prompt back. A response that reorders, numbers or
+    rewords what the prompt says (an extraction's list of steps) is broken into short runs and
+    scores low, though most of its words come from the prompt."""
+    from difflib import SequenceMatcher
+
     rw, pw = words(response), words(prompt)
     if not rw:
         return 0.0
-    if len(rw) < n:
-        return 1.0 if " ".join(rw) in " ".join(pw) and len(rw) == len(pw) else 0.0
-    grams = {tuple(pw[i : i + n]) for i in range(len(pw) - n + 1)}
-    covered = [False] * len(rw)
-    for i in range(len(rw) - n + 1):
-        if tuple(rw[i : i + n]) in grams:
-            for j in range(i, i + n):
-                covered[j] = True
-    return sum(covered) / len(rw)
+    run = SequenceMatcher(None, pw, rw, autojunk=False).find_longest_match(0, len(pw), 0, len(rw))
+    return run.size / len(rw)
 
 
 def is_echo(prompt: str, response: str, settings: FilterSettings) -> tuple[bool, dict[str, Any]]:

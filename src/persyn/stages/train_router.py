@@ -6,8 +6,8 @@ router, measured against every baseline by cross-validation over the calibration
    prompt: folds by a hash of seed and text; for each fold a router and the baselines (random,
    strongest, CAR, Mix, kNN, family-strong where families are declared; fitted by
    `persyn.router.baselines.build_baselines`, the function that picks the strategies' teachers too)
-   are fitted on the other folds and score the fold's prompts. The pooled held-out score matrices are measured with
-   `persyn.router.metrics.compare` against the oracle (Hit@1, Hit@3, regret, share of the
+   are fitted on the other folds and score the fold's prompts. The pooled held-out score matrices
+   are measured with `persyn.router.metrics.compare` against the oracle (Hit@1, Hit@3, regret, share of the
    oracle's gain recovered...), with 95% bootstrap intervals over prompts. With `cv_folds: 0`,
    one held-out split (`router.test_fraction`) instead, as before (k trainings cost k times one).
 3. The router that routes is trained on every calibration prompt (with cross-validation always;
