@@ -62,11 +62,15 @@ PER_ANSWER = 12.0
 FIXED_QWEN_TOKENS = 600.0
 #: One Qwen-0.5B token costs about this many GFLOP (2 x 0.49 B parameters).
 QWEN_GFLOP_PER_TOKEN = 2 * 0.494
-#: The engine's demo throughput over the matmul bound (GFLOP/s / GFLOP per token). Calibrated on the
-#: target CPU kind (issue 17, AMD EPYC Zen 3, 2 cores, float32): its demo of 96 prompts, 32
-#: calibration, 64 tokens spent 12 min in the pipeline, which this model predicts at 38 GFLOP/s
-#: (the matmul speed measured there at 16 rows) with 0.37. Re-measure it when the engine changes.
-ENGINE_SHARE = 0.37
+#: The engine's demo throughput over the matmul bound (GFLOP/s / GFLOP per token), per dtype the
+#: models run in: small-batch generation reaches a smaller share of a bf16 matmul peak than of a
+#: float32 one. float32: calibrated on issue 17's AMD EPYC Zen 3 (AVX2, 2 cores), whose demo of 96
+#: prompts, 32 calibration, 64 tokens spent 12 min in the pipeline, which this model predicts at
+#: 38 GFLOP/s (its matmul speed at 16 rows) with 0.37. bfloat16: an AMD EPYC with AVX-512 and native
+#: bf16 (2 cores, 2026-12-08), whose first `make demo` spent about 490 s in the pipeline on 160
+#: prompts (53 calibration, 512 tokens) that 0.37 predicted at 198 s at its 417 GFLOP/s: 0.15.
+#: Other dtypes (float16 on a GPU) take float32's. Re-measure when the engine changes.
+ENGINE_SHARE = {"float32": 0.37, "bfloat16": 0.15}
 
 
 @dataclass(frozen=True)
@@ -77,7 +81,7 @@ class Speed:
 
     @property
     def qwen_tokens_per_s(self) -> float:
-        return ENGINE_SHARE * self.gflops / QWEN_GFLOP_PER_TOKEN
+        return ENGINE_SHARE.get(self.dtype, ENGINE_SHARE["float32"]) * self.gflops / QWEN_GFLOP_PER_TOKEN
 
 
 @dataclass(frozen=True)
