@@ -58,6 +58,20 @@ class Interval:
         return f"{self.mean:.3f} [{self.low:.3f}, {self.high:.3f}]"
 
 
+def _resampled_means(x: np.ndarray, resamples: int, seed: int) -> np.ndarray:
+    """The means of `resamples` seeded resamples of `x` (with replacement), drawn in row blocks so
+    memory stays bounded at large n (numpy fills the blocks in the order one draw would)."""
+    rng = np.random.default_rng(seed)
+    n = len(x)
+    per = max(1, _CHUNK // n)
+    return np.concatenate(
+        [
+            x[rng.integers(0, n, size=(min(per, resamples - s), n))].mean(axis=1)
+            for s in range(0, resamples, per)
+        ]
+    )
+
+
 def bootstrap_mean(
     values: Sequence[float], *, confidence: float = 0.95, resamples: int = 2000, seed: int = 0
 ) -> Interval:
@@ -67,14 +81,7 @@ def bootstrap_mean(
     n = len(x)
     if n == 0:
         return Interval(math.nan, math.nan, math.nan, 0, confidence)
-    rng = np.random.default_rng(seed)
-    per = max(1, _CHUNK // n)
-    means = np.concatenate(
-        [
-            x[rng.integers(0, n, size=(min(per, resamples - s), n))].mean(axis=1)
-            for s in range(0, resamples, per)
-        ]
-    )
+    means = _resampled_means(x, resamples, seed)
     tail = (1 - confidence) / 2 * 100
     low, high = np.percentile(means, [tail, 100 - tail])
     mean = float(x.mean())
@@ -180,8 +187,7 @@ def paired_test(
     d = x - y
     if not d.any():
         return PairedTest(diff, 1.0, "paired bootstrap", 0, 0)
-    rng = np.random.default_rng(seed)
-    means = d[rng.integers(0, len(d), size=(resamples, len(d)))].mean(axis=1)
+    means = _resampled_means(d, resamples, seed)  # the same resamples as the interval's
     side = min((means <= 0).mean(), (means >= 0).mean())
     p = float(min(1.0, max(2 * side, 1 / resamples)))
     return PairedTest(diff, p, "paired bootstrap", a_better, b_better)
