@@ -77,9 +77,7 @@ class Filters:
         ctx = self.ctx
         if self.key is None or not pairs:
             return {}
-        by_teacher: dict[str, list[str]] = {}
-        for pid, t in pairs:
-            by_teacher.setdefault(t, []).append(pid)
+        by_teacher = _by_teacher(pairs)
         out: dict[tuple[str, str], dict[str, Any]] = {}
         settings = FilterSettings.from_config(ctx.config.filters)
         for t, pids in by_teacher.items():
@@ -127,9 +125,7 @@ class Filters:
         teachers: dict[str, dict[str, Any]] = {}
         examples: dict[str, list[dict[str, Any]]] = {}
         rows = self._rows(pairs, "filter")
-        by_teacher: dict[str, list[str]] = {}
-        for pid, t in pairs:
-            by_teacher.setdefault(t, []).append(pid)
+        by_teacher = _by_teacher(pairs)
         for t, pids in by_teacher.items():
             first = ctx.store.get_responses(t, ctx.teacher_gen_key(t), pids)
             final = ctx.final_responses(t, pids)
@@ -167,6 +163,14 @@ class Filters:
             "teachers": teachers,
             "examples": examples,
         }
+
+
+def _by_teacher(pairs: Sequence[tuple[str, str]]) -> dict[str, list[str]]:
+    """(prompt id, teacher) pairs grouped by teacher, in order."""
+    out: dict[str, list[str]] = {}
+    for pid, t in pairs:
+        out.setdefault(t, []).append(pid)
+    return out
 
 
 def _regen_factor(ctx: RunContext) -> float | None:
