@@ -252,3 +252,12 @@ def test_demo_with_a_number_of_prompts_measures_nothing(tmp_path, monkeypatch):
     assert res.exit_code == 0, res.output
     assert sizing.load_size(tmp_path / "d") == sizing.DemoSize(12, 8, 512, "set by options")
     assert "demo: 12 prompts, 8 calibration, 512 new tokens (set by options)" in res.stderr
+
+
+def test_a_missing_size_file_is_no_size_and_a_damaged_one_an_error(tmp_path):
+    from persyn.demo import sizing
+
+    assert sizing.load_size(tmp_path) is None
+    (tmp_path / sizing.SIZE_FILE).write_text("{not json")
+    with pytest.raises(ValueError, match="damaged"):
+        sizing.load_size(tmp_path)

@@ -486,7 +486,10 @@ def _demo_size(out: Path, prompts: int | None, calibration: int | None):
     from persyn.demo import instruction_pool, sizing
     from persyn.demo.project import DEMO_MODELS, SHORT_ANSWER_CATEGORIES
 
-    size = sizing.load_size(out) if (out / "persyn-demo.yaml").is_file() else None
+    try:
+        size = sizing.load_size(out) if (out / "persyn-demo.yaml").is_file() else None
+    except ValueError as exc:
+        _fail(str(exc))
     if size is not None:
         return size, f"as first sized in {out}: {size.why}"
     if prompts is not None:

@@ -178,8 +178,12 @@ def save_size(out: Path, size: DemoSize) -> Path:
 
 def load_size(out: Path) -> DemoSize | None:
     """The size a demo in `out` was made with, or None (no demo there, or one made before sizes
-    were recorded)."""
+    were recorded). A damaged file is an error, not a reason to size the demo afresh (which would
+    write another demo over this one's rows)."""
+    path = Path(out) / SIZE_FILE
     try:
-        return DemoSize(**json.loads((Path(out) / SIZE_FILE).read_text()))
-    except (OSError, ValueError, TypeError):
+        return DemoSize(**json.loads(path.read_text()))
+    except FileNotFoundError:
         return None
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"{path} is damaged ({exc}); delete it to size the demo again") from exc

@@ -30,7 +30,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from persyn.engines.base import (
     ContextLengthError,
@@ -41,9 +41,6 @@ from persyn.engines.base import (
     scores_or_missing,
 )
 from persyn.engines.spec import EngineSpec
-
-if TYPE_CHECKING:
-    pass
 
 __all__ = [
     "BatchResult",
