@@ -134,7 +134,7 @@ def run(
 
     def evaluated(arm: str, sets: list[str]) -> list[dict[str, Any]]:
         src = same_as.get(arm, arm)
-        return [ctx.run_stage("eval", model=_student(ctx, src, s), sets=sets) for s in arm_seeds(src)]
+        return [ctx.run_stage("eval", model=student_name(ctx, src, s), sets=sets) for s in arm_seeds(src)]
 
     alpha_doc = None
     if grid:
@@ -230,16 +230,12 @@ def _train(ctx: RunContext, todo: list[tuple[str, int]], n: int, *, force: bool,
     trainings: dict[str, dict[str, Any]] = {}
     for arm, seed in todo:
         trained = ctx.run_stage("train", strategy=arm, examples=n, force=force, oracle=oracle, seed=seed)
-        trainings[_student(ctx, arm, seed)] = trained.info
+        trainings[student_name(ctx, arm, seed)] = trained.info
     try:
         assert_comparable({k: {**v, "settings": _without_seed(v)} for k, v in trainings.items()})
     except ComparisonError as e:
         raise StageError(str(e)) from None
     return trainings
-
-
-def _student(ctx: RunContext, arm: str, seed: int) -> str:
-    return student_name(ctx, arm, seed)
 
 
 def _same_data(drawn: dict[str, list]) -> dict[str, str]:
