@@ -184,6 +184,7 @@ def test_size_grows_with_the_measured_speed_and_never_shortens_answers():
         MAX_NEW_TOKENS,
         MAX_PROMPTS,
         MIN_PROMPTS,
+        PLANNED_SHARE,
         Speed,
         predicted_seconds,
         size_for,
@@ -198,7 +199,8 @@ def test_size_grows_with_the_measured_speed_and_never_shortens_answers():
     assert all(s.max_new_tokens == MAX_NEW_TOKENS == 512 for s in sizes)
     for s, g in zip(sizes[1:-1], (30, 60, 120), strict=True):
         speed = Speed(g, "float32", 2)
-        assert predicted_seconds(s.prompts, speed, 24) <= 400 < predicted_seconds(s.prompts + 4, speed, 24)
+        planned = 400 * PLANNED_SHARE  # a margin for the cost model's error
+        assert predicted_seconds(s.prompts, speed, 24) <= planned < predicted_seconds(s.prompts + 4, speed, 24)
         assert s.calibration >= 8 and s.calibration < s.prompts
         assert f"{g} GFLOP/s" in s.why
 
