@@ -191,13 +191,13 @@ def test_size_grows_with_the_measured_speed_and_never_shortens_answers():
     )
 
     sizes = [
-        size_for(Speed(g, "float32", 2), budget_s=400, instruction_pool=24) for g in (1, 30, 60, 120, 1e5)
+        size_for(Speed(g, "float32", 2), budget_s=400, instruction_pool=24) for g in (1, 100, 200, 400, 1e5)
     ]
     assert [s.prompts for s in sizes] == sorted(s.prompts for s in sizes)
     assert sizes[0].prompts == MIN_PROMPTS and "slower than the budget" in sizes[0].why
     assert sizes[-1].prompts == MAX_PROMPTS
     assert all(s.max_new_tokens == MAX_NEW_TOKENS == 512 for s in sizes)
-    for s, g in zip(sizes[1:-1], (30, 60, 120), strict=True):
+    for s, g in zip(sizes[1:-1], (100, 200, 400), strict=True):
         speed = Speed(g, "float32", 2)
         planned = 400 * PLANNED_SHARE  # a margin for the cost model's error
         assert predicted_seconds(s.prompts, speed, 24) <= planned < predicted_seconds(s.prompts + 4, speed, 24)

@@ -9,10 +9,12 @@ whose answers quote a few items of the text). What the budget decides is how man
     speed = measure_speed()                 # about a second: float32 (or bf16) matmul GFLOP/s
     size = size_for(speed, budget_s=420)    # DemoSize(prompts=.., calibration=.., ...)
 
-The cost model counts the demo's work in Qwen-0.5B-token equivalents (what one generated token of
-the demo's largest teacher costs), from expected answer lengths per teacher and prompt kind, plus a
-fixed share (model loads, the router, the report). `ENGINE_SHARE` turns the machine's measured
-matmul speed into the engine's generation speed, calibrated with a whole demo run.
+The cost model has one term per kind of work, each scaled by the machine's measured matmul speed:
+generation (the teachers' expected answer tokens, counted in Qwen-0.5B-token equivalents, at
+`DECODE_SHARE` of the matmul bound, plus a fixed share for model loads, the router and the
+report) and scoring (the judge reading each judged calibration answer, the student reading every
+calibration answer), whose prompt-length passes cost far more per answer than generating it. The
+constants come from whole demo runs, one per dtype (see below).
 """
 
 from __future__ import annotations
@@ -55,23 +57,29 @@ ANSWER_TOKENS = {
 }
 #: Cost of a token relative to one of Qwen2.5-Coder-0.5B (parameters with the output layer).
 TOKEN_COST = {"qwen": 1.0, "qwen-concise": 1.0, "gemma-fewshot": 0.55}
-#: Per answer, prompt processing and scoring (learnability; the judge on instructions), in Qwen
-#: tokens.
-PER_ANSWER = 12.0
-#: Model loads, router training, export and report, on the measured reference machine (seconds at
-#: its speed; scaled with the machine's speed).
+#: Model loads, router training, export and report, in Qwen tokens at the machine's speed.
 FIXED_QWEN_TOKENS = 600.0
 #: One Qwen-0.5B token costs about this many GFLOP (2 x 0.49 B parameters).
 QWEN_GFLOP_PER_TOKEN = 2 * 0.494
-#: The engine's demo throughput over the matmul bound (GFLOP/s / GFLOP per token), per dtype the
-#: models run in: small-batch generation reaches a smaller share of a bf16 matmul peak than of a
-#: float32 one. float32: calibrated on issue 17's AMD EPYC Zen 3 (AVX2, 2 cores), whose demo of 96
-#: prompts, 32 calibration, 64 tokens spent 12 min in the pipeline, which this model predicts at
-#: 38 GFLOP/s (its matmul speed at 16 rows) with 0.37. bfloat16: an AMD EPYC with AVX-512 and native
-#: bf16 (2 cores, 2026-12-08), whose first `make demo` spent about 490 s in the pipeline on 160
-#: prompts (53 calibration, 512 tokens) that 0.37 predicted at 198 s at its 417 GFLOP/s: 0.15.
-#: Other dtypes (float16 on a GPU) take float32's. Re-measure when the engine changes.
-ENGINE_SHARE = {"float32": 0.37, "bfloat16": 0.15}
+#: The demo's generation throughput over the matmul bound (GFLOP/s / GFLOP per token), the same in
+#: both dtypes: fitted to two whole first demos (2026-12-08, AMD EPYC with AVX-512 and native bf16,
+#: 2 cores) whose generation, loads and report took 191 s (bf16, 148 prompts, 49 calibration, 431
+#: GFLOP/s measured) and 412 s (float32 under the AVX2 limit, 60 prompts, 20 calibration, 79
+#: GFLOP/s): 0.31 and 0.30 fit them.
+DECODE_SHARE = 0.30
+#: Scoring work per answer, in GFLOP at the measured matmul speed, per dtype the models run in
+#: (prompt-length passes reach another share of the matmul bound in bf16 than in float32): the
+#: judge per judged answer and the student's log-likelihood per calibration answer, from the same
+#: two demos (bf16: 63 judged in 179 s and 147 read in 95 s; float32: 42 judged in 240 s and 60
+#: read in 142 s, at the speeds above). They include the base teacher's looping answers, cut at
+#: 1024 tokens (6 of 20 in the float32 demo), which are most of the tokens read. Other dtypes
+#: (float16 on a GPU) take float32's. Re-measure when the engine or the demo's prompts change.
+JUDGE_GFLOP = {"bfloat16": 1225.0, "float32": 451.0}
+STUDENT_GFLOP = {"bfloat16": 279.0, "float32": 187.0}
+#: Share of the calibration prompts that are instructions, i.e. judged (the calibration subset is
+#: chosen for diversity and takes more of them than their share of all prompts: 21 of 49 and 14
+#: of 20 in the two demos).
+JUDGED_SHARE = 0.7
 #: The demo is sized to fill this share of the time left, not all of it: one calibration run per
 #: dtype predicts a demo to within about 10% (the bf16 machine's second demo took 7% longer than
 #: predicted and ran 20 s over), and a busy moment during the one-second speed test does the rest.
@@ -86,7 +94,10 @@ class Speed:
 
     @property
     def qwen_tokens_per_s(self) -> float:
-        return ENGINE_SHARE.get(self.dtype, ENGINE_SHARE["float32"]) * self.gflops / QWEN_GFLOP_PER_TOKEN
+        return DECODE_SHARE * self.gflops / QWEN_GFLOP_PER_TOKEN
+
+    def scoring_gflop(self, table: dict[str, float]) -> float:
+        return table.get(self.dtype, table["float32"])
 
 
 @dataclass(frozen=True)
@@ -140,18 +151,24 @@ def _instructions(prompts: int, pool: int) -> int:
 def predicted_seconds(prompts: int, speed: Speed, instruction_pool: int) -> float:
     """The demo's expected pipeline time at `prompts` prompts (calibration by `CALIBRATION_SHARE`,
     half instructions up to `instruction_pool`): every teacher answers the calibration prompts, and
-    the rest go to one teacher each, counted as the costliest (Qwen with its working)."""
+    the rest go to one teacher each, counted as the costliest (Qwen with its working); the judge
+    reads every teacher's answer to the calibration instructions, the student every calibration
+    answer."""
     cal = calibration_for(prompts)
-    instr_share = _instructions(prompts, instruction_pool) / prompts
+    instructions = _instructions(prompts, instruction_pool)
+    instr_share = instructions / prompts
 
     def answer(teacher: str) -> float:
         kinds = ANSWER_TOKENS[teacher]
         tokens = instr_share * kinds["instruction"] + (1 - instr_share) * kinds["math"]
-        return TOKEN_COST[teacher] * tokens + PER_ANSWER
+        return TOKEN_COST[teacher] * tokens
 
     every_teacher = sum(answer(t) for t in ANSWER_TOKENS)
-    work = FIXED_QWEN_TOKENS + cal * every_teacher + (prompts - cal) * answer("qwen")
-    return work / speed.qwen_tokens_per_s
+    generation = FIXED_QWEN_TOKENS + cal * every_teacher + (prompts - cal) * answer("qwen")
+    judged = len(ANSWER_TOKENS) * min(instructions, round(cal * JUDGED_SHARE))
+    read = len(ANSWER_TOKENS) * cal
+    scoring = judged * speed.scoring_gflop(JUDGE_GFLOP) + read * speed.scoring_gflop(STUDENT_GFLOP)
+    return generation / speed.qwen_tokens_per_s + scoring / speed.gflops
 
 
 def size_for(speed: Speed, budget_s: float, instruction_pool: int) -> DemoSize:
