@@ -149,11 +149,21 @@ def test_the_gate_keeps_junk_and_low_quality_from_winning_on_learnability():
     gq, gl = gate_scores(q, lm, junk=junk, floors=floors)
     gated = combine_labels(gq, gl, alpha=0.4)
     assert len(make_pairs(gated[:1])) == 0  # all below the floor: learnability cannot decide
-    assert gq[1, 1] == 0.2 and gl[1, 1] == -4.0  # the cut one: its prompt's lowest of each
+    # The cut one: under the lowest kept quality by the kept ones' range, the lowest learnability.
+    assert gq[1, 1] == pytest.approx(0.2 - (0.5 - 0.2)) and gl[1, 1] == -4.0
     assert np.nanargmax(gated[1]) == 0
     assert np.isnan(gq[2, 2]) and gl[2, 2] == -1.0  # missing stays missing (and gates nothing)
     assert gl[2, 1] == -3.0 and gl[2, 0] == -3.0  # below the floor: its prompt's lowest learnability
     assert np.nanargmax(combine_labels(gq, gl, alpha=0.4)[2]) == 0
+    # A cut response whose raw scores are the best still loses to the worst kept one (no tie).
+    tie_q, tie_l = gate_scores(
+        np.array([[0.3, 0.9, 0.3]]), np.array([[-1.0, -0.1, -1.0]]), junk=np.array([[False, True, False]]),
+        floors=np.array([np.nan]),
+    )  # fmt: skip
+    assert tie_q[0, 1] == pytest.approx(-0.7) and tie_l[0, 1] == -1.0
+    assert len(make_pairs(combine_labels(tie_q, tie_l, alpha=0.4))) == 2
+    all_junk, _ = gate_scores(q[:1], lm[:1], junk=np.ones((1, 3), dtype=bool), floors=np.array([np.nan]))
+    assert np.all(all_junk == 0.0)  # every response dropped: a tie at the prompt's lowest
     same_q, same_l = gate_scores(q, lm, junk=np.zeros_like(junk), floors=np.full(3, np.nan))
     assert np.array_equal(same_q, q, equal_nan=True) and np.array_equal(same_l, lm, equal_nan=True)
 

@@ -231,9 +231,13 @@ class RouterConfig(_Section):
     def key_dict(self) -> dict[str, Any]:
         """The settings as the router's train key sees them: a quality floor that is off changes
         no label, so it stays out (keys of runs made before it existed stay the same)."""
+        from persyn.scoring.labels import GATE_VERSION
+
         d = self.model_dump(mode="json")
         if not self.quality_floor.enabled:
             d.pop("quality_floor")
+        else:
+            d["quality_floor"]["rule"] = GATE_VERSION  # a new gate rule gives new labels
         return d
 
     @field_validator("cv_folds")

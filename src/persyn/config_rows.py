@@ -33,8 +33,8 @@ class RegenerateCutConfig(_Section):
 class QualityFloorConfig(_Section):
     """Beyond the paper (docs/method.md, "Quality gates learnability"): a response whose quality
     is below its method's floor cannot be preferred for being learnable (its learnability counts
-    as the lowest of its prompt), and a response the row filters drop (cut, a loop...) takes the
-    lowest quality and learnability of its prompt. A floor per quality method, on that method's
+    as the lowest of its prompt), and a response the row filters drop (cut, a loop...) ranks
+    below every kept response of its prompt. A floor per quality method, on that method's
     own scale; None leaves that method ungated. `enabled: false` reproduces the paper's labels."""
 
     enabled: bool = True
@@ -80,8 +80,8 @@ class EchoFilterConfig(_Section):
 class FiltersConfig(_Section):
     """The rows left out of every dataset (stage `filter`, docs/pipeline.md). Each filter can be
     switched off; `enabled: false` switches them all off (the rows as generated, as in the paper).
-    With `router.quality_floor` on, dropped calibration responses count as the lowest quality and
-    learnability of their prompt in the router's labels."""
+    With `router.quality_floor` on, dropped calibration responses rank below every kept response
+    of their prompt in the router's labels."""
 
     enabled: bool = True
     cut: bool = True  # finish_reason length, after generation.regenerate_cut

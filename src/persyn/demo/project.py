@@ -76,7 +76,10 @@ teachers:
     # model's cut answers here are loops, and in three demos 17 of 19 second tries (1024 tokens)
     # were cut again (the other two the same made-up answer), at the cost of the teachers' longest
     # generation and the longest texts the judge and the student then read.
-    generation: {{max_new_tokens: {max_new_tokens}, stop: ["\\nQuestion:"], regenerate_cut: {{enabled: false}}}}
+    generation:
+      max_new_tokens: {max_new_tokens}
+      stop: ["\\nQuestion:"]
+      regenerate_cut: {{enabled: false}}
 generation: {{max_new_tokens: {max_new_tokens}}}
 quality: {{method: auto, judge: {{model: zoo:qwen2.5-coder-0.5b-instruct}}}}
 calibration: {{size: {calibration}, selection: diverse}}

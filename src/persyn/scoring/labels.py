@@ -97,13 +97,23 @@ def combine_labels(
     return np.where(present, total, np.nan)
 
 
+#: Version of the gate's rule (`gate_scores`), part of a gated router's train key: a new rule gives
+#: new labels, so a resumed run trains its router again. 2: junk ranks below every kept response
+#: (1 let it tie with the lowest).
+GATE_VERSION = 2
+
+
 def gate_scores(
     quality: np.ndarray, learnability: np.ndarray, *, junk: np.ndarray, floors: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """Quality that gates learnability (beyond the paper; docs/method.md), before `combine_labels`:
 
-    - a junk response (left out by the row filters: cut, empty, a loop...) takes the lowest
-      quality and the lowest learnability of its prompt, so it can never win that prompt;
+    - a junk response (left out by the row filters: cut, empty, a loop...) ranks below every kept
+      response of its prompt: its quality is one step under the lowest kept quality (the step is
+      the kept qualities' range, or 1 where they tie), its learnability the prompt's lowest. It
+      can never win that prompt, and never tie with a kept response (a tie gives the router no
+      pair, so with the worst kept response it would learn nothing from the drop). Where every
+      response of a prompt is junk, they take the prompt's lowest quality: a tie;
     - a response whose quality is below its prompt's floor (`floors`, one per prompt; NaN: no
       floor) takes the lowest learnability of its prompt: it cannot be preferred for being
       learnable. A response at or above the floor then always beats one below it.
@@ -118,7 +128,11 @@ def gate_scores(
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows: their min is NaN, unused
         q_min = np.nanmin(q, axis=1, keepdims=True)
         l_min = np.nanmin(lm, axis=1, keepdims=True)
-        q = np.where(junk & ~np.isnan(q), q_min, q)
+        kept = np.where(junk, np.nan, q)
+        kept_min = np.nanmin(kept, axis=1, keepdims=True)
+        kept_range = np.nanmax(kept, axis=1, keepdims=True) - kept_min
+        under_kept = kept_min - np.where(kept_range > 0, kept_range, 1.0)
+        q = np.where(junk & ~np.isnan(q), np.where(np.isnan(under_kept), q_min, under_kept), q)
         below = junk | (~np.isnan(floors) & (q < floors))
         lm = np.where(below & ~np.isnan(lm), l_min, lm)
     return q, lm

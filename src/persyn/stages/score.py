@@ -136,8 +136,8 @@ class Scores:
     ) -> tuple[np.ndarray, np.ndarray]:
         """Quality and learnability matrices (len(ids) x T, NaN where missing) of each teacher's
         final response (`ctx.final_responses`), from the store. `gate`: as the labels see them
-        under `router.quality_floor` (`gate_scores`: responses the row filters drop at their
-        prompt's lowest quality and learnability, and learnability not counted below the quality
+        under `router.quality_floor` (`gate_scores`: responses the row filters drop below every
+        kept response of their prompt, and learnability not counted below the quality
         floor); the raw scores otherwise, and with the floor off (the paper's labels)."""
         ctx = self.ctx
         ids = list(ids)
