@@ -162,8 +162,8 @@ def test_the_gate_keeps_junk_and_low_quality_from_winning_on_learnability():
     )  # fmt: skip
     assert tie_q[0, 1] == pytest.approx(-0.7) and tie_l[0, 1] == -1.0
     assert len(make_pairs(combine_labels(tie_q, tie_l, alpha=0.4))) == 2
-    all_junk, _ = gate_scores(q[:1], lm[:1], junk=np.ones((1, 3), dtype=bool), floors=np.array([np.nan]))
-    assert np.all(all_junk == 0.0)  # every response dropped: a tie at the prompt's lowest
+    all_junk, _ = gate_scores(q[1:2], lm[1:2], junk=np.ones((1, 3), dtype=bool), floors=np.array([np.nan]))
+    assert np.all(all_junk == 0.2)  # every response dropped: a tie at the prompt's lowest (0.5, 0.9, 0.2)
     same_q, same_l = gate_scores(q, lm, junk=np.zeros_like(junk), floors=np.full(3, np.nan))
     assert np.array_equal(same_q, q, equal_nan=True) and np.array_equal(same_l, lm, equal_nan=True)
 
